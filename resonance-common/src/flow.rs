@@ -1,0 +1,96 @@
+//! Per-flow counters and per-end latency state, as kept in the kernel maps.
+
+use crate::histogram::HIST_BUCKETS;
+
+/// Length of a task's `comm`, including the trailing NUL.
+pub const COMM_LEN: usize = 16;
+
+/// Which way data moved in a flow.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// write, writev, sendto, sendmsg.
+    Send = 0,
+    /// read, readv, recvfrom, recvmsg.
+    Recv = 1,
+}
+
+impl Direction {
+    /// Decodes the byte the kernel side stores.
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(Self::Send),
+            1 => Some(Self::Recv),
+            _ => None,
+        }
+    }
+}
+
+/// One flow: a process moving data through one end of a channel one way.
+///
+/// `end` identifies the channel end the process used: the inode number of a
+/// pipe or FIFO (both ends share it), the socket inode for Unix sockets, a
+/// hash of the local→remote 4-tuple for loopback TCP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Thread-group id (the process id userspace sees).
+    pub tgid: u32,
+    /// [`crate::ChannelKind`] as a byte.
+    pub kind: u8,
+    /// [`Direction`] as a byte.
+    pub dir: u8,
+    /// Explicit padding so the key hashes the same on both sides.
+    pub pad: u16,
+    /// Channel end id (see the type doc).
+    pub end: u64,
+}
+
+/// Counters of one flow. Written by the kernel, read by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FlowStats {
+    /// Completed syscalls, successful or not.
+    pub ops: u64,
+    /// Bytes moved by the successful ones.
+    pub bytes: u64,
+    /// Failed ones, not counting EAGAIN/EINTR/restarts.
+    pub errors: u64,
+    /// Monotonic ns of the first completed syscall.
+    pub first_ns: u64,
+    /// Monotonic ns of the latest completed syscall.
+    pub last_ns: u64,
+    /// The end data goes to (send) or comes from (recv); equal to `end` for
+    /// pipes, the peer socket's id for sockets, 0 when not (yet) known.
+    pub peer: u64,
+    /// Parent's tgid when the flow was first seen.
+    pub ppid: u32,
+    /// Explicit padding.
+    pub pad: u32,
+    /// The task's comm when the flow was first seen.
+    pub comm: [u8; COMM_LEN],
+    /// Syscall duration (enter→exit) histogram, see [`crate::histogram`].
+    pub syscall_hist: [u64; HIST_BUCKETS],
+}
+
+/// Latency state of one channel end, shared by every process using it.
+///
+/// For pipes and FIFOs (`end` = inode) it measures how long written data
+/// waits before a reader takes it. For sockets it measures the turnaround of
+/// requests *sent from this end*: the time from the first unanswered send to
+/// the next send coming back from the peer end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EndState {
+    /// Pipes: when the oldest unread data was written (0 = pipe empty as far
+    /// as we know). Sockets: when the oldest unanswered send happened.
+    pub waiting_since_ns: u64,
+    /// Pipes: bytes written and not yet read.
+    pub pending_bytes: u64,
+    /// Latency samples taken.
+    pub samples: u64,
+    /// Sum of all samples, ns.
+    pub sum_ns: u64,
+    /// Latency histogram, see [`crate::histogram`].
+    pub hist: [u64; HIST_BUCKETS],
+}

@@ -1,0 +1,50 @@
+//! The `#[repr(C)]` types the eBPF programs and the agent share.
+//!
+//! One definition of each type serves both sides: the kernel programs write
+//! [`FlowKey`]/[`FlowStats`] into LRU maps and [`Event`]s into the ring buffer;
+//! the agent reads the same bytes back. [`Offsets`] and [`ProbeConfig`] travel
+//! the other way, as globals set at load time.
+#![no_std]
+
+pub mod event;
+pub mod flow;
+pub mod histogram;
+pub mod kind;
+pub mod offsets;
+
+pub use event::{Event, EventKind, UNIX_PATH_LEN};
+pub use flow::{COMM_LEN, Direction, EndState, FlowKey, FlowStats};
+pub use histogram::{HIST_BUCKETS, bucket_index, bucket_lower_bound, bucket_upper_bound};
+pub use kind::ChannelKind;
+pub use offsets::{Offsets, ProbeConfig};
+
+/// Names of the maps and globals, so both sides spell them the same way.
+pub mod names {
+    /// Per-flow counters: `LruHashMap<FlowKey, FlowStats>`.
+    pub const FLOWS: &str = "FLOWS";
+    /// Per-end latency state: `LruHashMap<u64, EndState>`.
+    pub const ENDS: &str = "ENDS";
+    /// Discrete happenings: `RingBuf` of [`crate::Event`].
+    pub const EVENTS: &str = "EVENTS";
+    /// Failed ring-buffer reservations, one slot per CPU: `PerCpuArray<u64>`.
+    pub const EVENT_DROPS: &str = "EVENT_DROPS";
+    /// Syscalls in flight, keyed by pid_tgid: `HashMap<u64, InFlight>`.
+    pub const IN_FLIGHT: &str = "IN_FLIGHT";
+    /// Global holding [`crate::Offsets`].
+    pub const OFFSETS: &str = "OFFSETS";
+    /// Global holding [`crate::ProbeConfig`].
+    pub const CONFIG: &str = "CONFIG";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all these types are `#[repr(C)]`, `Copy`, contain only integers
+    // and arrays of integers, and have explicit padding fields, so every bit
+    // pattern is valid.
+    unsafe impl aya::Pod for crate::FlowKey {}
+    unsafe impl aya::Pod for crate::FlowStats {}
+    unsafe impl aya::Pod for crate::EndState {}
+    unsafe impl aya::Pod for crate::Offsets {}
+    unsafe impl aya::Pod for crate::ProbeConfig {}
+    unsafe impl aya::Pod for crate::Event {}
+}

@@ -1,0 +1,177 @@
+//! File descriptor → channel end, by walking the current task's file table
+//! with offsets from the running kernel's BTF.
+
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use resonance_common::ChannelKind;
+
+use crate::globals::{offset, offsets_loaded};
+
+const S_IFMT: u16 = 0o170000;
+const S_IFIFO: u16 = 0o010000;
+const S_IFSOCK: u16 = 0o140000;
+const PIPEFS_MAGIC: u64 = 0x5049_5045;
+const AF_UNIX: u16 = 1;
+const AF_INET: u16 = 2;
+const SOCK_STREAM: u16 = 1;
+const SOCK_DGRAM: u16 = 2;
+const SOCK_SEQPACKET: u16 = 5;
+
+/// A resolved channel end.
+#[derive(Clone, Copy)]
+pub struct Object {
+    /// What it is.
+    pub kind: ChannelKind,
+    /// Id of this end (see `FlowKey::end`).
+    pub end: u64,
+    /// Id of the end data goes to / comes from; 0 = not known.
+    pub peer: u64,
+}
+
+#[inline(always)]
+fn read<T>(base: u64, offset: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one fails.
+    unsafe { bpf_probe_read_kernel((base + offset) as *const T).ok() }
+}
+
+/// The current task (as an address).
+#[inline(always)]
+pub fn current_task() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    unsafe { bpf_get_current_task() }
+}
+
+/// Parent's tgid of the current task (0 if unreadable).
+#[inline(always)]
+pub fn current_ppid() -> u32 {
+    let task = current_task();
+    read::<u64>(task, offset!(task_real_parent))
+        .and_then(|parent| read::<u32>(parent, offset!(task_tgid)))
+        .unwrap_or(0)
+}
+
+/// Resolves `fd` of the current task; `None` for anything not followed.
+#[inline(always)]
+pub fn resolve(fd: i64) -> Option<Object> {
+    if !offsets_loaded() || !(0..=0xFF_FFFF).contains(&fd) {
+        return None;
+    }
+    let task = current_task();
+    let files: u64 = read(task, offset!(task_files))?;
+    let fdt: u64 = read(files, offset!(files_fdt))?;
+    let max_fds: u32 = read(fdt, offset!(fdtable_max_fds))?;
+    if fd as u64 >= max_fds as u64 {
+        return None;
+    }
+    let fd_array: u64 = read(fdt, offset!(fdtable_fd))?;
+    let file: u64 = read(fd_array, (fd as u64) * 8)?;
+    if file == 0 {
+        return None;
+    }
+    let inode: u64 = read(file, offset!(file_inode))?;
+    let mode: u16 = read(inode, offset!(inode_mode))?;
+    match mode & S_IFMT {
+        S_IFIFO => resolve_pipe(inode),
+        S_IFSOCK => resolve_socket(file, inode),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn resolve_pipe(inode: u64) -> Option<Object> {
+    let ino: u64 = read(inode, offset!(inode_ino))?;
+    let sb: u64 = read(inode, offset!(inode_sb))?;
+    let magic: u64 = read(sb, offset!(sb_magic))?;
+    if magic == PIPEFS_MAGIC {
+        // pipefs and sockfs share the kernel's inode counter, so their
+        // numbers never collide with each other.
+        return Some(Object {
+            kind: ChannelKind::Pipe,
+            end: ino,
+            peer: ino,
+        });
+    }
+    // A FIFO's inode number is only unique within its filesystem.
+    let dev: u32 = read(sb, offset!(sb_dev))?;
+    let end = (1 << 62) | (((dev as u64) << 40) ^ ino);
+    Some(Object {
+        kind: ChannelKind::Fifo,
+        end,
+        peer: end,
+    })
+}
+
+#[inline(always)]
+fn resolve_socket(file: u64, inode: u64) -> Option<Object> {
+    let socket: u64 = read(file, offset!(file_private_data))?;
+    let sock_type: u16 = read(socket, offset!(socket_type))?;
+    let sk: u64 = read(socket, offset!(socket_sk))?;
+    if sk == 0 {
+        return None;
+    }
+    let family: u16 = read(sk, offset!(sock_family))?;
+    match family {
+        AF_UNIX => {
+            let kind = match sock_type {
+                SOCK_STREAM => ChannelKind::UnixStream,
+                SOCK_DGRAM => ChannelKind::UnixDgram,
+                SOCK_SEQPACKET => ChannelKind::UnixSeqpacket,
+                _ => return None,
+            };
+            let end: u64 = read(inode, offset!(inode_ino))?;
+            Some(Object {
+                kind,
+                end,
+                peer: unix_peer(sk).unwrap_or(0),
+            })
+        }
+        AF_INET if sock_type == SOCK_STREAM => tcp_loopback(sk),
+        _ => None,
+    }
+}
+
+/// Inode number of a Unix socket's connected peer.
+#[inline(always)]
+fn unix_peer(sk: u64) -> Option<u64> {
+    let peer_sk: u64 = read(sk, offset!(unix_peer))?;
+    if peer_sk == 0 {
+        return None;
+    }
+    let peer_socket: u64 = read(peer_sk, offset!(sock_socket))?;
+    if peer_socket == 0 {
+        return None;
+    }
+    read(peer_socket + offset!(socket_to_inode), offset!(inode_ino))
+}
+
+/// A connected IPv4 TCP socket whose peer is on this host.
+#[inline(always)]
+fn tcp_loopback(sk: u64) -> Option<Object> {
+    let daddr: u32 = read(sk, offset!(sock_daddr))?;
+    let saddr: u32 = read(sk, offset!(sock_rcv_saddr))?;
+    let dport_be: u16 = read(sk, offset!(sock_dport))?;
+    let sport: u16 = read(sk, offset!(sock_num))?;
+    // Addresses are in network order: the first octet is the low byte here.
+    let loopback = (daddr & 0xff) == 127 || (daddr == saddr && daddr != 0);
+    if !loopback || dport_be == 0 {
+        return None;
+    }
+    let dport = u16::from_be(dport_be);
+    Some(Object {
+        kind: ChannelKind::TcpLoopback,
+        end: tcp_end_id(saddr, sport, daddr, dport),
+        peer: tcp_end_id(daddr, dport, saddr, sport),
+    })
+}
+
+/// Id of the TCP end at (local) looking at (remote). The top bit keeps it
+/// apart from inode numbers; the peer's id is the same function with the
+/// sides swapped, so both ends agree without talking to each other.
+#[inline(always)]
+fn tcp_end_id(local_ip: u32, local_port: u16, remote_ip: u32, remote_port: u16) -> u64 {
+    let ips = ((local_ip as u64) << 32) | remote_ip as u64;
+    let ports = ((local_port as u64) << 16) | remote_port as u64;
+    let mut h =
+        (ips ^ ports.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h | (1 << 63)
+}

@@ -1,0 +1,41 @@
+//! Load-time globals: kernel field offsets and probe settings.
+
+use resonance_common::{Offsets, ProbeConfig};
+
+/// Set by the agent from the running kernel's BTF (`names::OFFSETS`).
+#[unsafe(no_mangle)]
+pub(crate) static OFFSETS: Offsets = Offsets::ZERO;
+
+/// Set by the agent (`names::CONFIG`).
+#[unsafe(no_mangle)]
+static CONFIG: ProbeConfig = ProbeConfig::ZERO;
+
+/// Reads one offset; volatile so the compiler cannot fold the zero default.
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: reading a field of a static; volatile only defeats folding.
+        unsafe { core::ptr::read_volatile(&raw const crate::globals::OFFSETS.$field) }
+    };
+}
+pub(crate) use offset;
+
+/// Whether the agent filled in the offsets.
+#[inline(always)]
+pub fn offsets_loaded() -> bool {
+    // SAFETY: as in `offset!`.
+    unsafe { core::ptr::read_volatile(&raw const OFFSETS.loaded) == 1 }
+}
+
+/// The agent's own tgid, whose syscalls are not observed.
+#[inline(always)]
+pub fn agent_tgid() -> u32 {
+    // SAFETY: as in `offset!`.
+    unsafe { core::ptr::read_volatile(&raw const CONFIG.agent_tgid) }
+}
+
+/// Silence after which a flow counts as starting anew.
+#[inline(always)]
+pub fn idle_gap_ns() -> u64 {
+    // SAFETY: as in `offset!`.
+    unsafe { core::ptr::read_volatile(&raw const CONFIG.idle_gap_ns) }
+}

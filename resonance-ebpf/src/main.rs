@@ -1,0 +1,29 @@
+//! resonance's kernel programs.
+//!
+//! `programs` holds one file per syscall family; each resolves the file
+//! descriptor it is about through `fdwalk`, counts bytes in `flows` (kept in
+//! `maps`) and reports rare happenings through `emit`. Nothing here holds
+//! logic of its own.
+#![no_std]
+#![no_main]
+// Atomic adds on map values (`flows::add`): the bpf target lacks AtomicU64 RMW.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+mod emit;
+mod fdwalk;
+mod flows;
+mod globals;
+mod maps;
+mod programs;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach this.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

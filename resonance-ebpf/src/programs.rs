@@ -1,0 +1,40 @@
+//! The tracepoint programs, one file per syscall family.
+//!
+//! Syscall tracepoints lay out their arguments as 8-byte slots from offset
+//! 16 (`struct syscall_trace_enter`), and `sys_exit_*` has `ret` at 16. That
+//! layout is ABI, the same on every kernel we run on.
+
+mod connect;
+mod create;
+mod io;
+mod lifecycle;
+
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::TracePointContext};
+
+use crate::globals::agent_tgid;
+
+/// Argument `index` of a `sys_enter_*` tracepoint.
+#[inline(always)]
+fn arg(ctx: &TracePointContext, index: usize) -> Option<u64> {
+    // SAFETY: the tracepoint context is at least this long for syscalls
+    // that take this many arguments; reads are bounds-checked by the helper.
+    unsafe { ctx.read_at::<u64>(16 + 8 * index).ok() }
+}
+
+/// `ret` of a `sys_exit_*` tracepoint.
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> Option<i64> {
+    // SAFETY: as in `arg`.
+    unsafe { ctx.read_at::<i64>(16).ok() }
+}
+
+/// pid_tgid of the current task, or `None` for the agent itself.
+#[inline(always)]
+fn observed_task() -> Option<(u64, u32)> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == agent_tgid() {
+        return None;
+    }
+    Some((pid_tgid, tgid))
+}

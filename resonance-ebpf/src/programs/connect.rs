@@ -1,0 +1,104 @@
+//! connect and accept/accept4: who joined whom, and failed connects.
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use resonance_common::EventKind;
+
+use super::{arg, observed_task, ret};
+use crate::{
+    emit::{Happening, emit, reserve},
+    fdwalk::resolve,
+    maps::{IN_FLIGHT, InFlight, Op},
+};
+
+const AF_UNIX: u16 = 1;
+
+/// `sys_enter_connect`: remember the fd and the address.
+#[tracepoint]
+pub fn connect_enter(ctx: TracePointContext) -> u32 {
+    let Some((pid_tgid, _)) = observed_task() else {
+        return 0;
+    };
+    let (Some(fd), Some(address)) = (arg(&ctx, 0), arg(&ctx, 1)) else {
+        return 0;
+    };
+    let in_flight = InFlight {
+        op: Op::Connect,
+        kind: 0,
+        pad: [0; 2],
+        fd: fd as i32,
+        // SAFETY: the helper has no preconditions.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        end: 0,
+        peer: 0,
+        arg: address,
+    };
+    let _ = IN_FLIGHT.insert(&pid_tgid, &in_flight, 0);
+    0
+}
+
+/// `sys_exit_connect`: report the outcome with the Unix path, if any.
+#[tracepoint]
+pub fn connect_exit(ctx: TracePointContext) -> u32 {
+    let Some((pid_tgid, tgid)) = observed_task() else {
+        return 0;
+    };
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(in_flight) = (unsafe { IN_FLIGHT.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = IN_FLIGHT.remove(&pid_tgid);
+    if in_flight.op != Op::Connect {
+        return 0;
+    }
+    let Some(result) = ret(&ctx) else { return 0 };
+    let Some(object) = resolve(in_flight.fd as i64) else {
+        return 0;
+    };
+    let happening = Happening {
+        event: EventKind::Connected,
+        object: Some(object),
+        dir: 0,
+        ret: result as i32,
+        fds: [in_flight.fd, -1],
+    };
+    let Some(mut entry) = reserve(tgid, &happening) else {
+        return 0;
+    };
+    // SAFETY: user pointers from the syscall's arguments; the helpers fail
+    // cleanly on unreadable memory and the path then stays empty.
+    unsafe {
+        let family = bpf_probe_read_user(in_flight.arg as *const u16).unwrap_or(0);
+        if family == AF_UNIX {
+            let event = entry.as_mut_ptr();
+            let _ = bpf_probe_read_user_buf((in_flight.arg + 2) as *const u8, &mut (*event).path);
+        }
+    }
+    entry.submit(0);
+    0
+}
+
+/// `sys_exit_accept` and `sys_exit_accept4`: the new fd is the return value.
+#[tracepoint]
+pub fn accept_exit(ctx: TracePointContext) -> u32 {
+    let Some((_, tgid)) = observed_task() else {
+        return 0;
+    };
+    let Some(fd) = ret(&ctx) else { return 0 };
+    if let Some(object) = resolve(fd) {
+        emit(
+            tgid,
+            Happening {
+                event: EventKind::Accepted,
+                object: Some(object),
+                dir: 0,
+                ret: 0,
+                fds: [fd as i32, -1],
+            },
+        );
+    }
+    0
+}

@@ -1,0 +1,120 @@
+//! pipe/pipe2, socketpair and socket: report new channels with both ends.
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use resonance_common::EventKind;
+
+use super::{arg, observed_task, ret};
+use crate::{
+    emit::{Happening, emit},
+    fdwalk::resolve,
+    maps::{IN_FLIGHT, InFlight, Op},
+};
+
+/// `sys_enter_pipe` and `sys_enter_pipe2`: remember where the fds go.
+#[tracepoint]
+pub fn pipe_enter(ctx: TracePointContext) -> u32 {
+    remember(&ctx, Op::Pipe, 0);
+    0
+}
+
+/// `sys_exit_pipe` and `sys_exit_pipe2`.
+#[tracepoint]
+pub fn pipe_exit(ctx: TracePointContext) -> u32 {
+    created(&ctx, Op::Pipe);
+    0
+}
+
+/// `sys_enter_socketpair`: the fd vector is argument 3.
+#[tracepoint]
+pub fn socketpair_enter(ctx: TracePointContext) -> u32 {
+    remember(&ctx, Op::Socketpair, 3);
+    0
+}
+
+/// `sys_exit_socketpair`.
+#[tracepoint]
+pub fn socketpair_exit(ctx: TracePointContext) -> u32 {
+    created(&ctx, Op::Socketpair);
+    0
+}
+
+/// `sys_exit_socket`: the new fd is the return value.
+#[tracepoint]
+pub fn socket_exit(ctx: TracePointContext) -> u32 {
+    let Some((_, tgid)) = observed_task() else {
+        return 0;
+    };
+    let Some(fd) = ret(&ctx) else { return 0 };
+    if let Some(object) = resolve(fd) {
+        emit(
+            tgid,
+            Happening {
+                event: EventKind::Created,
+                object: Some(object),
+                dir: 0,
+                ret: 0,
+                fds: [fd as i32, -1],
+            },
+        );
+    }
+    0
+}
+
+#[inline(always)]
+fn remember(ctx: &TracePointContext, op: Op, pointer_arg: usize) {
+    let Some((pid_tgid, _)) = observed_task() else {
+        return;
+    };
+    let Some(pointer) = arg(ctx, pointer_arg) else {
+        return;
+    };
+    let in_flight = InFlight {
+        op,
+        kind: 0,
+        pad: [0; 2],
+        fd: -1,
+        // SAFETY: the helper has no preconditions.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        end: 0,
+        peer: 0,
+        arg: pointer,
+    };
+    let _ = IN_FLIGHT.insert(&pid_tgid, &in_flight, 0);
+}
+
+#[inline(always)]
+fn created(ctx: &TracePointContext, op: Op) {
+    let Some((pid_tgid, tgid)) = observed_task() else {
+        return;
+    };
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(in_flight) = (unsafe { IN_FLIGHT.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = IN_FLIGHT.remove(&pid_tgid);
+    if in_flight.op != op || ret(ctx) != Some(0) {
+        return;
+    }
+    // SAFETY: a user pointer the syscall just wrote two ints to; the helper
+    // fails cleanly if it is not readable.
+    let Ok(fds) = (unsafe { bpf_probe_read_user(in_flight.arg as *const [i32; 2]) }) else {
+        return;
+    };
+    let Some(object) = resolve(fds[0] as i64) else {
+        return;
+    };
+    emit(
+        tgid,
+        Happening {
+            event: EventKind::Created,
+            object: Some(object),
+            dir: 0,
+            ret: 0,
+            fds,
+        },
+    );
+}

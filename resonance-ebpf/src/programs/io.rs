@@ -1,0 +1,94 @@
+//! read/write, readv/writev, sendto/recvfrom, sendmsg/recvmsg: one enter
+//! program per direction and one shared exit program. The fd is resolved at
+//! enter, so syscalls on files and devices cost one walk and nothing else.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use resonance_common::{ChannelKind, Direction};
+
+use super::{arg, observed_task, ret};
+use crate::{
+    fdwalk::{Object, resolve},
+    flows::account,
+    maps::{IN_FLIGHT, InFlight, Op},
+};
+
+/// `sys_enter_{write,writev,sendto,sendmsg}`.
+#[tracepoint]
+pub fn io_send_enter(ctx: TracePointContext) -> u32 {
+    enter(&ctx, Op::Send);
+    0
+}
+
+/// `sys_enter_{read,readv,recvfrom,recvmsg}`.
+#[tracepoint]
+pub fn io_recv_enter(ctx: TracePointContext) -> u32 {
+    enter(&ctx, Op::Recv);
+    0
+}
+
+/// `sys_exit_*` of all of the above.
+#[tracepoint]
+pub fn io_exit(ctx: TracePointContext) -> u32 {
+    exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn enter(ctx: &TracePointContext, op: Op) {
+    let Some((pid_tgid, _)) = observed_task() else {
+        return;
+    };
+    let Some(fd) = arg(ctx, 0) else { return };
+    let Some(object) = resolve(fd as i64) else {
+        return;
+    };
+    let in_flight = InFlight {
+        op,
+        kind: object.kind as u8,
+        pad: [0; 2],
+        fd: fd as i32,
+        // SAFETY: the helper has no preconditions.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        end: object.end,
+        peer: object.peer,
+        arg: 0,
+    };
+    let _ = IN_FLIGHT.insert(&pid_tgid, &in_flight, 0);
+}
+
+#[inline(always)]
+fn exit(ctx: &TracePointContext) {
+    let Some((pid_tgid, tgid)) = observed_task() else {
+        return;
+    };
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(in_flight) = (unsafe { IN_FLIGHT.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = IN_FLIGHT.remove(&pid_tgid);
+    let dir = match in_flight.op {
+        Op::Send => Direction::Send,
+        Op::Recv => Direction::Recv,
+        _ => return,
+    };
+    let Some(kind) = ChannelKind::from_u8(in_flight.kind) else {
+        return;
+    };
+    let Some(ret) = ret(ctx) else { return };
+    let mut object = Object {
+        kind,
+        end: in_flight.end,
+        peer: in_flight.peer,
+    };
+    // A stream socket's peer can change while the syscall blocks (the
+    // client went away); take the latest view for sends that succeeded.
+    if object.peer == 0
+        && kind != ChannelKind::TcpLoopback
+        && let Some(now_object) = resolve(in_flight.fd as i64)
+    {
+        object.peer = now_object.peer;
+    }
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    account(tgid, object, dir, ret, in_flight.start_ns, now);
+}

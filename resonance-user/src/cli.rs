@@ -1,0 +1,47 @@
+//! Command-line front end: one file per subcommand, each with its `Args`
+//! and a `run` that returns an error with context instead of exiting.
+
+mod gen_trace;
+mod observe;
+mod replay;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// resonance: which process talks to which over pipes and sockets.
+#[derive(Parser)]
+#[command(name = "resonance", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the probes for a while and print who talked to whom.
+    Observe(observe::Args),
+    /// Simulate preallocation over a recorded trace and score it.
+    Replay(replay::Args),
+    /// Write a synthetic interaction trace for a named scenario.
+    GenTrace(gen_trace::Args),
+}
+
+/// Parses the command line, runs it, and turns errors into one clear
+/// message and a non-zero exit status.
+pub fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Observe(args) => observe::run(args),
+        Command::Replay(args) => replay::run(args),
+        Command::GenTrace(args) => gen_trace::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("resonance: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! `cargo xtask bench NAME`: builds the benchmark binaries in release mode and
+//! runs them; each measures its own baseline in the same run.
+
+use std::path::Path;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use crate::{bootstrap::BuildEnv, cmd};
+
+/// The benchmarks.
+#[derive(Subcommand)]
+pub enum Which {
+    /// Pipe ping-pong and streaming, without and with the probes attached.
+    Observer {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Builds and runs one benchmark.
+pub fn run(root: &Path, env: &BuildEnv, which: Which) -> Result<()> {
+    match which {
+        Which::Observer { json } => {
+            cmd::cargo(
+                root,
+                env,
+                &[
+                    "build",
+                    "--release",
+                    "--package",
+                    "resonance-tests",
+                    "--bin",
+                    "bench-observer",
+                ],
+            )?;
+            let mut args = Vec::new();
+            if json {
+                args.push("--json");
+            }
+            cmd::run(
+                root,
+                env,
+                &root.join("target/release/bench-observer"),
+                &args,
+            )
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! `cargo xtask`: everything a fresh Debian machine needs to build, run, test
+//! and benchmark resonance, done idempotently with caches outside the clone.
+//!
+//! `bootstrap` makes the toolchain ready (pinned nightly + rust-src, a
+//! bpf-linker built against that nightly's LLVM, Debian packages); the other
+//! commands call it first, then drive cargo.
+
+mod bench;
+mod bootstrap;
+mod cache;
+mod cmd;
+mod debian;
+mod toolchain;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run, test and benchmark resonance"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building needs (nightly rust-src, bpf-linker, packages).
+    Bootstrap,
+    /// Build the agent (release) with its embedded eBPF programs.
+    Build,
+    /// Build, load the probes and print what they see (`resonance observe`).
+    Run {
+        /// Arguments passed to `resonance` (default: `observe --duration 10s`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Formatting, clippy, unit and integration tests (real eBPF: needs root).
+    Test,
+    /// Formatting and clippy only.
+    Lint,
+    /// Benchmarks, each printing ratios against a baseline from the same run.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Command::Bootstrap => bootstrap::ensure(&root).map(|_| ()),
+        Command::Build => {
+            let env = bootstrap::ensure(&root)?;
+            cmd::cargo(
+                &root,
+                &env,
+                &["build", "--release", "--package", "resonance-user"],
+            )
+        }
+        Command::Run { args } => {
+            let env = bootstrap::ensure(&root)?;
+            cmd::cargo(
+                &root,
+                &env,
+                &["build", "--release", "--package", "resonance-user"],
+            )?;
+            let args = if args.is_empty() {
+                vec![
+                    "observe".to_owned(),
+                    "--duration".to_owned(),
+                    "10s".to_owned(),
+                ]
+            } else {
+                args
+            };
+            cmd::run(&root, &env, &root.join("target/release/resonance"), &args)
+        }
+        Command::Lint => {
+            let env = bootstrap::ensure(&root)?;
+            lint(&root, &env)
+        }
+        Command::Test => {
+            let env = bootstrap::ensure(&root)?;
+            lint(&root, &env)?;
+            cmd::cargo(&root, &env, &["test", "--workspace", "--no-fail-fast"])
+        }
+        Command::Bench { which } => {
+            let env = bootstrap::ensure(&root)?;
+            bench::run(&root, &env, which)
+        }
+    }
+}
+
+fn lint(root: &std::path::Path, env: &bootstrap::BuildEnv) -> Result<()> {
+    cmd::cargo(root, env, &["fmt", "--all", "--", "--check"])?;
+    cmd::cargo(
+        root,
+        env,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )
+}
+
+/// The workspace root: xtask lives one level below it.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or(manifest_dir)
+}
