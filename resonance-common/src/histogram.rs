@@ -55,6 +55,10 @@ pub fn bucket_lower_bound(index: usize) -> u64 {
 
 /// Largest value (ns) that lands in `index` (the last bucket is open-ended).
 pub fn bucket_upper_bound(index: usize) -> u64 {
+    // Bucket 0 holds 0 and 1; bucket 1 stays empty (the first split is 2|3).
+    if index < 2 {
+        return 1;
+    }
     if index + 1 >= HIST_BUCKETS {
         return u64::MAX;
     }

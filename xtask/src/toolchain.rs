@@ -26,25 +26,30 @@ pub fn ebpf_toolchain(root: &Path) -> Result<String> {
         .with_context(|| format!("no `channel = \"...\"` line in {}", path.display()))
 }
 
-/// Installs the toolchain with rust-src unless rustup already has both.
+/// Components the eBPF build (rust-src) and its lint (clippy) need.
+const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy"];
+
+/// Installs the toolchain with its components unless rustup has them all.
 pub fn ensure_nightly(toolchain: &str) -> Result<()> {
-    let has_rust_src = Command::new("rustup")
+    let installed = Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", toolchain])
         .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src"))
-        .unwrap_or(false);
-    if has_rust_src {
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let complete = NIGHTLY_COMPONENTS
+        .iter()
+        .all(|component| installed.lines().any(|line| line.starts_with(component)));
+    if complete {
         return Ok(());
     }
-    cmd::status(Command::new("rustup").args([
-        "toolchain",
-        "install",
-        toolchain,
-        "--profile",
-        "minimal",
-        "--component",
-        "rust-src",
-    ]))
+    let mut command = Command::new("rustup");
+    command.args(["toolchain", "install", toolchain, "--profile", "minimal"]);
+    for component in NIGHTLY_COMPONENTS {
+        command.args(["--component", component]);
+    }
+    cmd::status(&mut command)
 }
 
 /// Returns the folder holding a bpf-linker linked against `toolchain`'s LLVM,

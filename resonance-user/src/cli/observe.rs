@@ -1,13 +1,59 @@
 //! `resonance observe`: load the probes, watch for a while, print who talked
 //! to whom.
 
-use anyhow::{Result, bail};
+use std::{io::Write, time::Duration};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    observer::{Observer, ObserverOptions},
+    report::{InteractionRecord, write_json_lines, write_table},
+};
 
 /// Arguments of `resonance observe`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// How long to observe (e.g. `5s`, `2m`).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
 
-/// Runs the observation.
-pub fn run(_args: Args) -> Result<()> {
-    bail!("observe is not implemented yet")
+/// Runs the observation and prints one record per (source, destination,
+/// kind).
+pub fn run(args: Args) -> Result<()> {
+    let mut observer = Observer::start(&ObserverOptions::default())?;
+    log::info!(
+        "{} tracepoints attached; observing for {}",
+        observer.attached(),
+        humantime::format_duration(args.duration)
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(observer.watch(args.duration))?;
+    let records: Vec<InteractionRecord> = observer
+        .interactions()
+        .iter()
+        .map(InteractionRecord::from)
+        .collect();
+    let stats = observer.stats();
+    if stats.dropped > 0 || stats.malformed > 0 {
+        log::warn!(
+            "{} events lost to a full ring buffer, {} malformed; byte counts are unaffected",
+            stats.dropped,
+            stats.malformed
+        );
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        write_json_lines(&mut out, &records)?;
+    } else {
+        write_table(&mut out, &records)?;
+    }
+    out.flush().context("writing to stdout")
 }

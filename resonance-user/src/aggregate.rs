@@ -1,0 +1,15 @@
+//! Flows → interactions.
+//!
+//! The kernel counts per flow (one process, one channel end, one
+//! direction). `join` pairs each writer with the readers of the end it
+//! writes to and folds the result into one [`Interaction`] per (source
+//! process, destination process, kind); `processes` attributes each pid to
+//! a comm, executable and cgroup; `histogram` holds the latency buckets.
+
+pub mod histogram;
+pub mod join;
+pub mod processes;
+
+pub use histogram::Histogram;
+pub use join::{ConnectFailure, EndLatency, FlowRecord, Interaction, join};
+pub use processes::{ProcessInfo, ProcessTable};

@@ -1,0 +1,101 @@
+//! User-side view of the kernel's log-linear latency buckets.
+
+use resonance_common::{HIST_BUCKETS, bucket_index, bucket_lower_bound, bucket_upper_bound};
+
+/// Counts per bucket (see `resonance_common::histogram`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Histogram {
+    counts: Vec<u64>,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            counts: vec![0; HIST_BUCKETS],
+        }
+    }
+}
+
+impl Histogram {
+    /// Copies the kernel's bucket array.
+    pub fn from_buckets(buckets: &[u64]) -> Self {
+        let mut counts = vec![0; HIST_BUCKETS];
+        for (slot, value) in counts.iter_mut().zip(buckets) {
+            *slot = *value;
+        }
+        Self { counts }
+    }
+
+    /// Adds one sample (user-side aggregation and tests).
+    pub fn record(&mut self, value_ns: u64) {
+        self.counts[bucket_index(value_ns)] += 1;
+    }
+
+    /// Adds another histogram's counts.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+    }
+
+    /// Number of samples.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Counts per bucket.
+    pub fn buckets(&self) -> &[u64] {
+        &self.counts
+    }
+
+    /// The `q`-quantile (0..=1) in ns: the middle of the bucket it falls in,
+    /// so within 25 % of the true value. `None` without samples.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (index, count) in self.counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                let low = bucket_lower_bound(index);
+                let high = bucket_upper_bound(index).min(low.saturating_mul(2));
+                return Some(low + (high - low) / 2);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_land_within_a_quarter_of_the_samples() {
+        let mut hist = Histogram::default();
+        for _ in 0..98 {
+            hist.record(1_000_000);
+        }
+        hist.record(50_000_000);
+        hist.record(50_000_000);
+        let p50 = hist.quantile(0.5).unwrap();
+        let p99 = hist.quantile(0.99).unwrap();
+        assert!((750_000..=1_250_000).contains(&p50), "p50 {p50}");
+        assert!((37_500_000..=62_500_000).contains(&p99), "p99 {p99}");
+        assert_eq!(Histogram::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn merging_adds_counts() {
+        let mut a = Histogram::default();
+        a.record(10);
+        let mut b = Histogram::default();
+        b.record(10);
+        b.record(1000);
+        a.merge(&b);
+        assert_eq!(a.count(), 3);
+    }
+}

@@ -1,0 +1,298 @@
+//! An observation session: probes loaded, events drained, flows read.
+//!
+//! [`Observer::start`] runs the preflight checks, reads offsets from BTF and
+//! attaches the probes. [`Observer::drain_events`] decodes what the ring
+//! buffer holds into the process table; [`Observer::interactions`] reads the
+//! flow maps and joins them. [`Observer::watch`] drains asynchronously for a
+//! while, waking only when the kernel has written something.
+
+use std::{os::fd::AsFd, time::Duration};
+
+use anyhow::{Context, Result};
+use resonance_common::{ChannelKind, Direction, ProbeConfig};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    aggregate::{
+        ConnectFailure, EndLatency, FlowRecord, Histogram, Interaction, ProcessTable, join,
+    },
+    decode::{DecodeError, Happening, KernelEvent, c_string, decode},
+    probe::{ProbeError, Probes, preflight, read_offsets},
+};
+
+/// How the observer is set up.
+#[derive(Clone, Debug)]
+pub struct ObserverOptions {
+    /// A flow silent this long emits a new `FlowStarted`.
+    pub idle_gap: Duration,
+}
+
+impl Default for ObserverOptions {
+    fn default() -> Self {
+        Self {
+            idle_gap: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Counters about the observer itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ObserverStats {
+    /// Ring-buffer records decoded.
+    pub events: u64,
+    /// Records that did not decode.
+    pub malformed: u64,
+    /// Reservations the kernel could not make (ring buffer full).
+    pub dropped: u64,
+    /// Flows in the kernel map at the last read.
+    pub flows: u64,
+}
+
+/// A running observation.
+pub struct Observer {
+    probes: Probes,
+    processes: ProcessTable,
+    failures: Vec<ConnectFailure>,
+    started: Vec<KernelEvent>,
+    stats: ObserverStats,
+    clock: Clock,
+}
+
+impl Observer {
+    /// Checks the machine, reads offsets from BTF and attaches the probes.
+    pub fn start(options: &ObserverOptions) -> Result<Self, ProbeError> {
+        preflight()?;
+        let offsets = read_offsets(std::path::Path::new(crate::probe::VMLINUX_BTF))?;
+        let config = ProbeConfig {
+            agent_tgid: std::process::id(),
+            pad: 0,
+            idle_gap_ns: u64::try_from(options.idle_gap.as_nanos()).unwrap_or(u64::MAX),
+        };
+        let probes = Probes::load(&offsets, &config)?;
+        Ok(Self {
+            probes,
+            processes: ProcessTable::default(),
+            failures: Vec::new(),
+            started: Vec::new(),
+            stats: ObserverStats::default(),
+            clock: Clock::now(),
+        })
+    }
+
+    /// Decodes everything the ring buffer holds now; returns how many.
+    pub fn drain_events(&mut self) -> usize {
+        let mut drained = 0;
+        loop {
+            // Decode inside the borrow of the ring buffer, apply after it.
+            let decoded = match self.probes.events.next() {
+                Some(record) => decode(&record),
+                None => break,
+            };
+            drained += 1;
+            match decoded {
+                Ok(event) => {
+                    self.stats.events += 1;
+                    self.apply(event);
+                }
+                Err(error) => {
+                    self.stats.malformed += 1;
+                    log_malformed(&error);
+                }
+            }
+        }
+        drained
+    }
+
+    fn apply(&mut self, event: KernelEvent) {
+        let task = &event.task;
+        match &event.what {
+            Happening::Exited => {
+                self.processes
+                    .exited(task.pid, task.ppid, &task.comm, event.ts_ns)
+            }
+            Happening::Connected { end, ret, path } => {
+                self.processes.see(task.pid, task.ppid, &task.comm);
+                if connect_failed(*ret) {
+                    self.failures.push(ConnectFailure {
+                        pid: task.pid,
+                        ppid: task.ppid,
+                        comm: task.comm.clone(),
+                        kind: end.kind,
+                        path: path.clone(),
+                        ret: *ret,
+                        ts_ns: event.ts_ns,
+                    });
+                }
+            }
+            Happening::FlowStarted { .. } => {
+                self.processes.see(task.pid, task.ppid, &task.comm);
+                self.started.push(event);
+            }
+            Happening::Created { .. } | Happening::Accepted { .. } | Happening::Closed { .. } => {
+                self.processes.see(task.pid, task.ppid, &task.comm);
+            }
+        }
+    }
+
+    /// Flow starts seen since the last call (for recording traces).
+    pub fn take_flow_starts(&mut self) -> Vec<KernelEvent> {
+        std::mem::take(&mut self.started)
+    }
+
+    /// Drains events as they come until `duration` has passed.
+    pub async fn watch(&mut self, duration: Duration) -> Result<()> {
+        let fd = self
+            .probes
+            .events
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the ring-buffer fd")?;
+        // SAFETY: `fd` is our own duplicate, owned by the AsyncFd and closed
+        // only when it is dropped.
+        let readiness =
+            unsafe { AsyncFd::register(fd) }.context("registering the ring buffer with tokio")?;
+        let deadline = tokio::time::Instant::now() + duration;
+        loop {
+            self.drain_events();
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => break,
+                guard = readiness.readable() => {
+                    let mut guard = guard.context("waiting for the ring buffer")?;
+                    guard.clear_ready();
+                }
+            }
+        }
+        self.drain_events();
+        Ok(())
+    }
+
+    /// Reads the flow maps.
+    pub fn flows(&mut self) -> Vec<FlowRecord> {
+        let mut flows = Vec::new();
+        for entry in self.probes.flows.iter() {
+            let Ok((key, stats)) = entry else { continue };
+            let (Some(kind), Some(dir)) =
+                (ChannelKind::from_u8(key.kind), Direction::from_u8(key.dir))
+            else {
+                continue;
+            };
+            flows.push(FlowRecord {
+                pid: key.tgid,
+                ppid: stats.ppid,
+                comm: c_string(&stats.comm),
+                kind,
+                dir,
+                end: key.end,
+                peer: stats.peer,
+                ops: stats.ops,
+                bytes: stats.bytes,
+                errors: stats.errors,
+                first_ns: stats.first_ns,
+                last_ns: stats.last_ns,
+                syscall: Histogram::from_buckets(&stats.syscall_hist),
+            });
+        }
+        self.stats.flows = flows.len() as u64;
+        flows
+    }
+
+    /// Reads the per-end latency map.
+    pub fn end_latency(&self) -> EndLatency {
+        self.probes
+            .ends
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(end, state)| (end, Histogram::from_buckets(&state.hist)))
+            .collect()
+    }
+
+    /// Everything observed so far, joined into interactions. Times are
+    /// converted to Unix epoch ns.
+    pub fn interactions(&mut self) -> Vec<Interaction> {
+        self.drain_events();
+        let flows = self.flows();
+        let latency = self.end_latency();
+        let mut interactions = join(&flows, &latency, &self.failures, &mut self.processes);
+        for interaction in &mut interactions {
+            interaction.first_ns = self.clock.to_epoch_ns(interaction.first_ns);
+            interaction.last_ns = self.clock.to_epoch_ns(interaction.last_ns);
+        }
+        interactions
+    }
+
+    /// Counters about the observer, with the kernel's drop count.
+    pub fn stats(&mut self) -> ObserverStats {
+        self.stats.dropped = self
+            .probes
+            .event_drops
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0);
+        self.stats
+    }
+
+    /// The process table.
+    pub fn processes(&self) -> &ProcessTable {
+        &self.processes
+    }
+
+    /// Converts a monotonic kernel timestamp to Unix epoch ns.
+    pub fn epoch_ns(&self, monotonic_ns: u64) -> u64 {
+        self.clock.to_epoch_ns(monotonic_ns)
+    }
+
+    /// How many tracepoints are attached.
+    pub fn attached(&self) -> usize {
+        self.probes.attached.len()
+    }
+}
+
+/// A failed connect, as opposed to one still in progress or interrupted.
+fn connect_failed(ret: i32) -> bool {
+    const EINPROGRESS: i32 = 115;
+    const EAGAIN: i32 = 11;
+    const EINTR: i32 = 4;
+    ret < 0 && ![EINPROGRESS, EAGAIN, EINTR].contains(&-ret)
+}
+
+fn log_malformed(error: &DecodeError) {
+    log::warn!("skipping a malformed ring-buffer record: {error}");
+}
+
+/// Monotonic (kernel `bpf_ktime_get_ns`) to wall-clock conversion, fixed at
+/// start so that times within one session stay consistent.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    offset_ns: i128,
+}
+
+impl Clock {
+    fn now() -> Self {
+        let monotonic = monotonic_ns();
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        Self {
+            offset_ns: wall - i128::from(monotonic),
+        }
+    }
+
+    fn to_epoch_ns(self, monotonic_ns: u64) -> u64 {
+        if monotonic_ns == 0 {
+            return 0;
+        }
+        u64::try_from(i128::from(monotonic_ns) + self.offset_ns).unwrap_or(0)
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+}

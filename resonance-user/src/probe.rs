@@ -1,0 +1,52 @@
+//! Loading and attaching the kernel programs: the only owner of `aya::Ebpf`.
+//!
+//! `preflight` checks what the machine must offer (privileges, BTF) and
+//! says in one sentence what is missing; `offsets` reads the struct field
+//! offsets the programs need from the running kernel's BTF; `attach` loads
+//! the embedded object with those offsets and attaches every program.
+//! Dropping the returned [`Probes`] detaches everything.
+
+mod attach;
+mod offsets;
+mod preflight;
+
+pub use attach::{AttachStatus, Probes, TRACEPOINTS};
+pub use offsets::{OffsetError, read_offsets};
+pub use preflight::{PreflightError, VMLINUX_BTF, preflight};
+
+/// Everything that can stop the probes from loading.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The machine lacks something (privilege, BTF, ...).
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    /// The kernel's BTF lacks a field we need.
+    #[error(transparent)]
+    Offsets(#[from] OffsetError),
+    /// The kernel refused the object or a program.
+    #[error("the kernel refused to load the eBPF programs: {0}")]
+    Load(Box<aya::EbpfError>),
+    /// A program could not be loaded or attached.
+    #[error("could not load or attach {program} to {category}:{name}: {source}")]
+    Attach {
+        /// Program name in the object.
+        program: &'static str,
+        /// Tracepoint category.
+        category: &'static str,
+        /// Tracepoint name.
+        name: &'static str,
+        /// What aya said.
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// The object lacks a program or map the agent expects.
+    #[error("the embedded eBPF object has no {0}; it does not match this agent")]
+    Missing(&'static str),
+    /// A map had an unexpected shape.
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// What aya said.
+        source: Box<aya::maps::MapError>,
+    },
+}

@@ -1,0 +1,262 @@
+//! The observer against the real kernel: real processes move known numbers
+//! of bytes over each kind of channel, and the figures must match exactly.
+//! These need root; without BPF they fail (never skip).
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+use resonance::report::InteractionRecord;
+use resonance_tests::{observe, serial, traffic_bin};
+
+fn traffic(args: &[&str]) -> Command {
+    let mut command = Command::new(traffic_bin());
+    command.args(args);
+    command
+}
+
+fn wait(mut child: Child, what: &str) -> Result<()> {
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {what}"))?;
+    if !status.success() {
+        bail!("{what} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Spawns a server that prints `ready` once it listens.
+fn spawn_ready(mut command: Command, what: &str) -> Result<Child> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    if line.trim() != "ready" {
+        bail!("{what} did not get ready: {line:?}");
+    }
+    Ok(child)
+}
+
+fn between<'a>(
+    records: &'a [InteractionRecord],
+    src: u32,
+    dst: u32,
+    kind: &str,
+) -> Vec<&'a InteractionRecord> {
+    records
+        .iter()
+        .filter(|r| r.src_pid == src && r.dst_pid == Some(dst) && r.kind == kind)
+        .collect()
+}
+
+fn temp_path(name: &str) -> String {
+    format!(
+        "{}/resonance-test-{}-{name}",
+        std::env::temp_dir().display(),
+        std::process::id()
+    )
+}
+
+#[test]
+fn shell_pipeline_head_to_cat_is_one_pipe_of_exactly_ten_million_bytes() {
+    let _serial = serial();
+    let mut shell_pid = 0;
+    let records = observe(|| {
+        let child = Command::new("sh")
+            .args(["-c", "head -c 10000000 /dev/zero | cat >/dev/null"])
+            .spawn()?;
+        shell_pid = child.id();
+        wait(child, "the shell pipeline")
+    });
+    let pipes: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r.src_comm == "head" && r.dst_comm.as_deref() == Some("cat") && r.src_ppid == shell_pid
+        })
+        .collect();
+    assert_eq!(
+        pipes.len(),
+        1,
+        "expected one head->cat interaction, got {pipes:#?}"
+    );
+    let pipe = pipes[0];
+    assert_eq!(pipe.kind, "pipe");
+    assert_eq!(pipe.bytes, 10_000_000);
+    assert_eq!(pipe.errors, 0);
+    assert!(
+        pipe.messages >= 10_000_000 / 65_536,
+        "messages {}",
+        pipe.messages
+    );
+    assert!(pipe.latency_samples > 0 && pipe.latency_p50_ns.is_some());
+    assert!(pipe.first_seen_ns > 0 && pipe.first_seen_ns <= pipe.last_seen_ns);
+}
+
+#[test]
+fn named_fifo_joins_writer_and_reader() {
+    let _serial = serial();
+    let fifo = temp_path("fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let status = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("running mkfifo");
+    assert!(status.success(), "mkfifo failed");
+    let (mut writer_pid, mut reader_pid) = (0, 0);
+    let records = observe(|| {
+        let reader = Command::new("cat")
+            .arg(&fifo)
+            .stdout(Stdio::null())
+            .spawn()?;
+        let writer = traffic(&["write-file", &fifo, "3000000"]).spawn()?;
+        (writer_pid, reader_pid) = (writer.id(), reader.id());
+        wait(writer, "the FIFO writer")?;
+        wait(reader, "the FIFO reader")
+    });
+    let _ = std::fs::remove_file(&fifo);
+    let found = between(&records, writer_pid, reader_pid, "fifo");
+    assert_eq!(found.len(), 1, "{records:#?}");
+    assert_eq!(found[0].bytes, 3_000_000);
+}
+
+#[test]
+fn unix_stream_counts_each_way_and_shows_the_server_delay_as_turnaround() {
+    let _serial = serial();
+    let path = temp_path("stream.sock");
+    let (mut server_pid, mut client_pid) = (0, 0);
+    let records = observe(|| {
+        // 20 requests of 100 bytes, 5,000-byte replies, 40 ms server delay.
+        let server = spawn_ready(
+            traffic(&["unix-server", &path, "20", "100", "5000", "40"]),
+            "server",
+        )?;
+        let client = traffic(&["unix-client", &path, "20", "100", "5000"]).spawn()?;
+        (server_pid, client_pid) = (server.id(), client.id());
+        wait(client, "client")?;
+        wait(server, "server")
+    });
+    let _ = std::fs::remove_file(&path);
+    let requests = between(&records, client_pid, server_pid, "unix_stream");
+    let replies = between(&records, server_pid, client_pid, "unix_stream");
+    assert_eq!(requests.len(), 1, "{records:#?}");
+    assert_eq!(replies.len(), 1, "{records:#?}");
+    assert_eq!(requests[0].bytes, 2_000);
+    assert_eq!(replies[0].bytes, 100_000);
+    let turnaround = requests[0].latency_p50_ns.expect("turnaround measured");
+    // 40 ms delay; buckets are within 25 %.
+    assert!(
+        (30_000_000..=60_000_000).contains(&turnaround),
+        "turnaround p50 {turnaround} ns"
+    );
+    assert!(
+        requests[0].latency_samples >= 19,
+        "samples {}",
+        requests[0].latency_samples
+    );
+    // Long-lived processes are attributed to their executable and cgroup.
+    let traffic = traffic_bin();
+    assert_eq!(requests[0].dst_exe.as_deref(), traffic.to_str());
+    assert!(
+        requests[0]
+            .src_cgroup
+            .as_deref()
+            .is_some_and(|c| c.starts_with('/'))
+    );
+    // The client answers the server's replies at once.
+    let back = replies[0].latency_p50_ns.unwrap_or(0);
+    assert!(back < turnaround / 4, "reverse turnaround {back} ns");
+}
+
+#[test]
+fn socketpair_across_fork_is_reported_as_unix_stream_both_ways() {
+    let _serial = serial();
+    let mut parent_pid = 0;
+    let records = observe(|| {
+        let child = traffic(&["socketpair-fork", "123456", "654"]).spawn()?;
+        parent_pid = child.id();
+        wait(child, "socketpair-fork")
+    });
+    let up: Vec<_> = records
+        .iter()
+        .filter(|r| r.src_ppid == parent_pid && r.dst_pid == Some(parent_pid))
+        .collect();
+    let down: Vec<_> = records
+        .iter()
+        .filter(|r| r.src_pid == parent_pid && r.dst_ppid == Some(parent_pid))
+        .collect();
+    assert_eq!(up.len(), 1, "{records:#?}");
+    assert_eq!(down.len(), 1, "{records:#?}");
+    assert_eq!((up[0].kind.as_str(), up[0].bytes), ("unix_stream", 123_456));
+    assert_eq!((down[0].kind.as_str(), down[0].bytes), ("unix_stream", 654));
+}
+
+#[test]
+fn unix_datagrams_are_counted_per_message() {
+    let _serial = serial();
+    let path = temp_path("dgram.sock");
+    let (mut server_pid, mut client_pid) = (0, 0);
+    let records = observe(|| {
+        let server = spawn_ready(
+            traffic(&["dgram-server", &path, "50", "700"]),
+            "datagram server",
+        )?;
+        let client = traffic(&["dgram-client", &path, "50", "700"]).spawn()?;
+        (server_pid, client_pid) = (server.id(), client.id());
+        wait(client, "datagram client")?;
+        wait(server, "datagram server")
+    });
+    let _ = std::fs::remove_file(&path);
+    let found = between(&records, client_pid, server_pid, "unix_dgram");
+    assert_eq!(found.len(), 1, "{records:#?}");
+    assert_eq!((found[0].bytes, found[0].messages), (35_000, 50));
+}
+
+#[test]
+fn loopback_tcp_joins_both_ends_by_their_addresses() {
+    let _serial = serial();
+    let mut parent_pid = 0;
+    let records = observe(|| {
+        let child = traffic(&["tcp-fork", "77777", "4321"]).spawn()?;
+        parent_pid = child.id();
+        wait(child, "tcp-fork")
+    });
+    let up: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r.src_ppid == parent_pid && r.dst_pid == Some(parent_pid) && r.kind == "tcp_loopback"
+        })
+        .collect();
+    let down: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r.src_pid == parent_pid && r.dst_ppid == Some(parent_pid) && r.kind == "tcp_loopback"
+        })
+        .collect();
+    assert_eq!(up.len(), 1, "{records:#?}");
+    assert_eq!(down.len(), 1, "{records:#?}");
+    assert_eq!(up[0].bytes, 77_777);
+    assert_eq!(down[0].bytes, 4_321);
+}
+
+#[test]
+fn connect_to_a_missing_unix_path_is_an_error() {
+    let _serial = serial();
+    let path = temp_path("missing.sock");
+    let mut pid = 0;
+    let records = observe(|| {
+        let child = traffic(&["connect-missing", &path]).spawn()?;
+        pid = child.id();
+        wait(child, "connect-missing")
+    });
+    let failed: Vec<_> = records.iter().filter(|r| r.src_pid == pid).collect();
+    assert_eq!(failed.len(), 1, "{records:#?}");
+    assert_eq!(failed[0].errors, 1);
+    assert_eq!(failed[0].dst_pid, None);
+    assert_eq!(failed[0].dst_addr.as_deref(), Some(path.as_str()));
+    assert_eq!(failed[0].kind, "unix_stream");
+}
