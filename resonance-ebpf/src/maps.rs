@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use resonance_common::{EndState, FlowKey, FlowStats};
 
@@ -23,10 +23,12 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map(name = "EVENT_DROPS")]
 pub static EVENT_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Syscalls between enter and exit, keyed by pid_tgid. LRU so a thread that
-/// dies inside a syscall cannot leak its slot for good.
+/// Syscalls between enter and exit, keyed by pid_tgid. A plain hash, not an
+/// LRU: this map is touched twice per observed syscall and LRU updates cost
+/// several times more. A thread that dies inside a syscall has its slot
+/// removed by `thread_exit`.
 #[map(name = "IN_FLIGHT")]
-pub static IN_FLIGHT: LruHashMap<u64, InFlight> = LruHashMap::with_max_entries(16_384, 0);
+pub static IN_FLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(16_384, 0);
 
 /// All-zero templates to insert new entries from: the values are too large
 /// for the 512-byte BPF stack. Never written.

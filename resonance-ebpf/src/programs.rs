@@ -38,3 +38,10 @@ fn observed_task() -> Option<(u64, u32)> {
     }
     Some((pid_tgid, tgid))
 }
+
+/// Does nothing: attached in place of the real programs, it measures what
+/// the tracepoint hooks alone cost (the benchmark's floor).
+#[aya_ebpf::macros::tracepoint]
+pub fn hook_floor(_ctx: TracePointContext) -> u32 {
+    0
+}

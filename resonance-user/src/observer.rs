@@ -17,7 +17,7 @@ use crate::{
         ConnectFailure, EndLatency, FlowRecord, Histogram, Interaction, ProcessTable, join,
     },
     decode::{DecodeError, Happening, KernelEvent, c_string, decode},
-    probe::{ProbeError, Probes, preflight, read_offsets},
+    probe::{ProbeError, ProbeSet, Probes, preflight, read_offsets},
 };
 
 /// How the observer is set up.
@@ -25,12 +25,15 @@ use crate::{
 pub struct ObserverOptions {
     /// A flow silent this long emits a new `FlowStarted`.
     pub idle_gap: Duration,
+    /// Which programs to attach (benchmarks measure the bare hooks too).
+    pub probe_set: ProbeSet,
 }
 
 impl Default for ObserverOptions {
     fn default() -> Self {
         Self {
             idle_gap: Duration::from_secs(1),
+            probe_set: ProbeSet::Observer,
         }
     }
 }
@@ -68,7 +71,7 @@ impl Observer {
             pad: 0,
             idle_gap_ns: u64::try_from(options.idle_gap.as_nanos()).unwrap_or(u64::MAX),
         };
-        let probes = Probes::load(&offsets, &config)?;
+        let probes = Probes::load_set(&offsets, &config, options.probe_set)?;
         Ok(Self {
             probes,
             processes: ProcessTable::default(),

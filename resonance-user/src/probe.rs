@@ -10,7 +10,7 @@ mod attach;
 mod offsets;
 mod preflight;
 
-pub use attach::{AttachStatus, Probes, TRACEPOINTS};
+pub use attach::{AttachStatus, ProbeSet, Probes, TRACEPOINTS};
 pub use offsets::{OffsetError, read_offsets};
 pub use preflight::{PreflightError, VMLINUX_BTF, preflight};
 

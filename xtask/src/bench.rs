@@ -31,8 +31,7 @@ pub fn run(root: &Path, env: &BuildEnv, which: Which) -> Result<()> {
                     "--release",
                     "--package",
                     "resonance-tests",
-                    "--bin",
-                    "bench-observer",
+                    "--bins",
                 ],
             )?;
             let mut args = Vec::new();

@@ -7,6 +7,7 @@ use super::{arg, observed_task};
 use crate::{
     emit::{Happening, emit},
     fdwalk::resolve,
+    maps::IN_FLIGHT,
 };
 
 /// `sys_enter_close`: resolved before the fd goes away.
@@ -31,12 +32,15 @@ pub fn close_enter(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `sched:sched_process_exit`: once per process, from its leader thread.
+/// `sched:sched_process_exit`, once per exiting thread: frees the thread's
+/// in-flight slot (it may have died inside a read), and reports the process
+/// once, from its leader thread.
 #[tracepoint]
 pub fn process_exit(_ctx: TracePointContext) -> u32 {
     let Some((pid_tgid, tgid)) = observed_task() else {
         return 0;
     };
+    let _ = IN_FLIGHT.remove(&pid_tgid);
     if pid_tgid as u32 != tgid {
         return 0;
     }

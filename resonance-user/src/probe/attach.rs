@@ -96,11 +96,31 @@ pub struct Probes {
     pub attached: Vec<AttachStatus>,
 }
 
+/// Which programs go on the tracepoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProbeSet {
+    /// The observer.
+    #[default]
+    Observer,
+    /// An empty program on every tracepoint: what the hooks alone cost
+    /// (for benchmarks).
+    HookFloor,
+}
+
 impl Probes {
     /// Loads the object with `offsets` and `config` and attaches everything.
     /// On any failure nothing stays attached: the partly built `Ebpf` is
     /// dropped, which closes every link.
     pub fn load(offsets: &Offsets, config: &ProbeConfig) -> Result<Self, ProbeError> {
+        Self::load_set(offsets, config, ProbeSet::Observer)
+    }
+
+    /// [`Probes::load`] with a choice of programs.
+    pub fn load_set(
+        offsets: &Offsets,
+        config: &ProbeConfig,
+        set: ProbeSet,
+    ) -> Result<Self, ProbeError> {
         let btf = aya::Btf::parse_file(VMLINUX_BTF, aya::Endianness::default()).ok();
         let mut ebpf = EbpfLoader::new()
             .btf(btf.as_ref())
@@ -112,7 +132,12 @@ impl Probes {
             )))
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
         let mut attached = Vec::new();
+        let mut loaded: Vec<&str> = Vec::new();
         for &(program, category, tracepoints) in TRACEPOINTS {
+            let program = match set {
+                ProbeSet::Observer => program,
+                ProbeSet::HookFloor => "hook_floor",
+            };
             let tracepoint: &mut TracePoint = ebpf
                 .program_mut(program)
                 .ok_or(ProbeError::Missing(program))?
@@ -123,12 +148,15 @@ impl Probes {
                     name: tracepoints[0],
                     source: Box::new(source),
                 })?;
-            tracepoint.load().map_err(|source| ProbeError::Attach {
-                program,
-                category,
-                name: tracepoints[0],
-                source: Box::new(source),
-            })?;
+            if !loaded.contains(&program) {
+                tracepoint.load().map_err(|source| ProbeError::Attach {
+                    program,
+                    category,
+                    name: tracepoints[0],
+                    source: Box::new(source),
+                })?;
+                loaded.push(program);
+            }
             for &name in tracepoints {
                 tracepoint
                     .attach(category, name)
