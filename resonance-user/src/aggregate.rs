@@ -9,7 +9,9 @@
 pub mod histogram;
 pub mod join;
 pub mod processes;
+pub mod services;
 
 pub use histogram::Histogram;
 pub use join::{ConnectFailure, EndLatency, FlowRecord, Interaction, join};
 pub use processes::{ProcessInfo, ProcessTable};
+pub use services::ServiceNamer;

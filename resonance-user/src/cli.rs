@@ -3,7 +3,9 @@
 
 mod gen_trace;
 mod observe;
+mod pairs;
 mod replay;
+mod run;
 
 use std::process::ExitCode;
 
@@ -21,6 +23,10 @@ struct Cli {
 enum Command {
     /// Run the probes for a while and print who talked to whom.
     Observe(observe::Args),
+    /// Run the agent: observe, score, store, serve metrics (until SIGTERM).
+    Run(run::Args),
+    /// Show the running agent's current pair scores.
+    Pairs(pairs::Args),
     /// Simulate preallocation over a recorded trace and score it.
     Replay(replay::Args),
     /// Write a synthetic interaction trace for a named scenario.
@@ -34,6 +40,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Observe(args) => observe::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Pairs(args) => pairs::run(args),
         Command::Replay(args) => replay::run(args),
         Command::GenTrace(args) => gen_trace::run(args),
     };

@@ -6,9 +6,15 @@
 //! them to processes; `observer` drives one observation session; `cli`
 //! prints the result.
 
+pub mod agent;
 pub mod aggregate;
 pub mod cli;
+pub mod config;
+pub mod control;
 pub mod decode;
+pub mod http;
+pub mod metrics;
 pub mod observer;
 pub mod probe;
 pub mod report;
+pub mod score;

@@ -6,7 +6,7 @@
 //! flow maps and joins them. [`Observer::watch`] drains asynchronously for a
 //! while, waking only when the kernel has written something.
 
-use std::{os::fd::AsFd, time::Duration};
+use std::{collections::HashMap, os::fd::AsFd, time::Duration};
 
 use anyhow::{Context, Result};
 use resonance_common::{ChannelKind, Direction, ProbeConfig};
@@ -57,8 +57,22 @@ pub struct Observer {
     processes: ProcessTable,
     failures: Vec<ConnectFailure>,
     started: Vec<KernelEvent>,
+    /// Flow starts per (pid, kind, dir, end), cumulative like the flows.
+    starts: HashMap<FlowId, u64>,
+    /// Readings at the last [`Observer::interval`], to turn cumulative
+    /// kernel counters into deltas.
+    previous: Previous,
     stats: ObserverStats,
     clock: Clock,
+}
+
+/// Identifies a flow the way the kernel map key does.
+type FlowId = (u32, ChannelKind, Direction, u64);
+
+#[derive(Default)]
+struct Previous {
+    flows: HashMap<FlowId, FlowRecord>,
+    ends: EndLatency,
 }
 
 impl Observer {
@@ -77,6 +91,8 @@ impl Observer {
             processes: ProcessTable::default(),
             failures: Vec::new(),
             started: Vec::new(),
+            starts: HashMap::new(),
+            previous: Previous::default(),
             stats: ObserverStats::default(),
             clock: Clock::now(),
         })
@@ -127,8 +143,12 @@ impl Observer {
                     });
                 }
             }
-            Happening::FlowStarted { .. } => {
+            Happening::FlowStarted { end, dir } => {
                 self.processes.see(task.pid, task.ppid, &task.comm);
+                *self
+                    .starts
+                    .entry((task.pid, end.kind, *dir, end.id))
+                    .or_default() += 1;
                 self.started.push(event);
             }
             Happening::Created { .. } | Happening::Accepted { .. } | Happening::Closed { .. } => {
@@ -140,6 +160,20 @@ impl Observer {
     /// Flow starts seen since the last call (for recording traces).
     pub fn take_flow_starts(&mut self) -> Vec<KernelEvent> {
         std::mem::take(&mut self.started)
+    }
+
+    /// A tokio handle that becomes readable when the kernel has written to
+    /// the ring buffer (a duplicate of its fd).
+    pub fn ring_readiness(&self) -> Result<AsyncFd<std::os::fd::OwnedFd>> {
+        let fd = self
+            .probes
+            .events
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the ring-buffer fd")?;
+        // SAFETY: `fd` is our own duplicate, owned by the AsyncFd and closed
+        // only when it is dropped.
+        unsafe { AsyncFd::register(fd) }.context("registering the ring buffer with tokio")
     }
 
     /// Drains events as they come until `duration` has passed.
@@ -193,6 +227,11 @@ impl Observer {
                 first_ns: stats.first_ns,
                 last_ns: stats.last_ns,
                 syscall: Histogram::from_buckets(&stats.syscall_hist),
+                starts: self
+                    .starts
+                    .get(&(key.tgid, kind, dir, key.end))
+                    .copied()
+                    .unwrap_or(0),
             });
         }
         self.stats.flows = flows.len() as u64;
@@ -205,7 +244,7 @@ impl Observer {
             .ends
             .iter()
             .filter_map(Result::ok)
-            .map(|(end, state)| (end, Histogram::from_buckets(&state.hist)))
+            .map(|(end, state)| (end, Histogram::from_kernel(&state.hist, state.sum_ns)))
             .collect()
     }
 
@@ -216,6 +255,78 @@ impl Observer {
         let flows = self.flows();
         let latency = self.end_latency();
         let mut interactions = join(&flows, &latency, &self.failures, &mut self.processes);
+        for interaction in &mut interactions {
+            interaction.first_ns = self.clock.to_epoch_ns(interaction.first_ns);
+            interaction.last_ns = self.clock.to_epoch_ns(interaction.last_ns);
+        }
+        interactions
+    }
+
+    /// What happened since the previous call (the first call: since start),
+    /// joined into interactions. Flows without new activity are left out.
+    /// Times are Unix epoch ns.
+    pub fn interval(&mut self) -> Vec<Interaction> {
+        self.drain_events();
+        let flows = self.flows();
+        let latency = self.end_latency();
+        // Writers contribute what they sent since the last tick; readers are
+        // all those the kernel knows (cumulative, for pairing and shares),
+        // with only this tick's errors and times.
+        let mut pairing = Vec::with_capacity(flows.len());
+        let mut seen = HashMap::with_capacity(flows.len());
+        for flow in flows {
+            let id = (flow.pid, flow.kind, flow.dir, flow.end);
+            let before = self.previous.flows.get(&id).filter(|b| flow.ops >= b.ops);
+            let delta = match before {
+                Some(before) => FlowRecord {
+                    ops: flow.ops - before.ops,
+                    bytes: flow.bytes.saturating_sub(before.bytes),
+                    errors: flow.errors.saturating_sub(before.errors),
+                    syscall: flow.syscall.delta_since(&before.syscall),
+                    starts: flow.starts.saturating_sub(before.starts),
+                    ..flow.clone()
+                },
+                // New, or evicted and recreated: everything is new.
+                None => flow.clone(),
+            };
+            match flow.dir {
+                Direction::Send if delta.ops > 0 => pairing.push(delta),
+                Direction::Send => {}
+                Direction::Recv => {
+                    let active = delta.ops > 0;
+                    pairing.push(FlowRecord {
+                        errors: delta.errors,
+                        syscall: delta.syscall,
+                        first_ns: if active { flow.last_ns } else { u64::MAX },
+                        last_ns: if active { flow.last_ns } else { 0 },
+                        ..flow.clone()
+                    });
+                }
+            }
+            seen.insert(id, flow);
+        }
+        let latency_delta: EndLatency = latency
+            .iter()
+            .map(|(end, hist)| {
+                let delta = match self.previous.ends.get(end) {
+                    Some(before) => hist.delta_since(before),
+                    None => hist.clone(),
+                };
+                (*end, delta)
+            })
+            .collect();
+        // The agent calls only this, so failures are handed out once.
+        let new_failures: Vec<ConnectFailure> = self.failures.drain(..).collect();
+        let mut interactions = join(&pairing, &latency_delta, &new_failures, &mut self.processes);
+        // Bounded memory for a long-running agent: forget what the kernel
+        // maps forgot, and processes gone for a minute.
+        self.starts.retain(|id, _| seen.contains_key(id));
+        self.processes
+            .forget_exited_before(monotonic_ns().saturating_sub(60_000_000_000));
+        self.previous = Previous {
+            flows: seen,
+            ends: latency,
+        };
         for interaction in &mut interactions {
             interaction.first_ns = self.clock.to_epoch_ns(interaction.first_ns);
             interaction.last_ns = self.clock.to_epoch_ns(interaction.last_ns);
@@ -247,6 +358,11 @@ impl Observer {
     /// How many tracepoints are attached.
     pub fn attached(&self) -> usize {
         self.probes.attached.len()
+    }
+
+    /// What is attached where.
+    pub fn attach_status(&self) -> &[crate::probe::AttachStatus] {
+        &self.probes.attached
     }
 }
 

@@ -2,33 +2,42 @@
 
 use resonance_common::{HIST_BUCKETS, bucket_index, bucket_lower_bound, bucket_upper_bound};
 
-/// Counts per bucket (see `resonance_common::histogram`).
+/// Counts per bucket (see `resonance_common::histogram`) and the exact sum
+/// of the samples when the kernel kept one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Histogram {
     counts: Vec<u64>,
+    sum_ns: u64,
 }
 
 impl Default for Histogram {
     fn default() -> Self {
         Self {
             counts: vec![0; HIST_BUCKETS],
+            sum_ns: 0,
         }
     }
 }
 
 impl Histogram {
-    /// Copies the kernel's bucket array.
+    /// Copies the kernel's bucket array (no sum kept).
     pub fn from_buckets(buckets: &[u64]) -> Self {
+        Self::from_kernel(buckets, 0)
+    }
+
+    /// Copies the kernel's bucket array and its sum of samples.
+    pub fn from_kernel(buckets: &[u64], sum_ns: u64) -> Self {
         let mut counts = vec![0; HIST_BUCKETS];
         for (slot, value) in counts.iter_mut().zip(buckets) {
             *slot = *value;
         }
-        Self { counts }
+        Self { counts, sum_ns }
     }
 
     /// Adds one sample (user-side aggregation and tests).
     pub fn record(&mut self, value_ns: u64) {
         self.counts[bucket_index(value_ns)] += 1;
+        self.sum_ns = self.sum_ns.saturating_add(value_ns);
     }
 
     /// Adds another histogram's counts.
@@ -36,6 +45,30 @@ impl Histogram {
         for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
             *mine += theirs;
         }
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+    }
+
+    /// What was added since `earlier` (a previous reading of the same
+    /// cumulative histogram). A bucket that went down means the kernel
+    /// entry was evicted and started again, so its count is all new.
+    pub fn delta_since(&self, earlier: &Histogram) -> Histogram {
+        let counts = self
+            .counts
+            .iter()
+            .zip(&earlier.counts)
+            .map(|(now, then)| if now >= then { now - then } else { *now })
+            .collect();
+        let sum_ns = if self.sum_ns >= earlier.sum_ns {
+            self.sum_ns - earlier.sum_ns
+        } else {
+            self.sum_ns
+        };
+        Histogram { counts, sum_ns }
+    }
+
+    /// Sum of the samples, ns (0 where the kernel kept none).
+    pub fn sum_ns(&self) -> u64 {
+        self.sum_ns
     }
 
     /// Number of samples.

@@ -2,9 +2,10 @@
 //!
 //! A send flow on end `E` writes to end `P` (its `peer`): for pipes and
 //! FIFOs `P == E`, for sockets `P` is the peer socket. Every recv flow *on*
-//! `P` read what the writers of `P` wrote. With one writer, each reader's
-//! own byte count is exact; with one reader, each writer's is; with several
-//! of each (rare), bytes are split in proportion.
+//! `P` reads what the writers of `P` wrote. Bytes are counted where they are
+//! sent: with one reader, each writer's count goes to it exactly; with
+//! several readers (rare), a writer's bytes are split in proportion to what
+//! each reader has read.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -41,6 +42,8 @@ pub struct FlowRecord {
     pub last_ns: u64,
     /// Syscall durations.
     pub syscall: Histogram,
+    /// Times this flow started after an idle gap (from ring-buffer events).
+    pub starts: u64,
 }
 
 /// Latency measured on a channel end (see `EndState`).
@@ -81,6 +84,8 @@ pub struct Interaction {
     pub bytes: u64,
     /// Send syscalls.
     pub messages: u64,
+    /// Times the sender started talking after an idle gap.
+    pub interactions: u64,
     /// Failed syscalls on either side, plus failed connects.
     pub errors: u64,
     /// Wait in the pipe (one-way) or request→response turnaround (two-way).
@@ -134,6 +139,7 @@ pub fn join(
                 let piece = Piece {
                     bytes: writer.bytes,
                     messages: writer.ops,
+                    interactions: writer.starts,
                     errors: writer.errors,
                     first_ns: writer.first_ns,
                     last_ns: writer.last_ns,
@@ -151,9 +157,7 @@ pub fn join(
                 continue;
             }
             for reader in receivers {
-                let bytes = if senders.len() == 1 {
-                    reader.bytes
-                } else if receivers.len() == 1 {
+                let bytes = if receivers.len() == 1 {
                     writer.bytes
                 } else {
                     share(writer.bytes, reader.bytes, total_read)
@@ -173,6 +177,7 @@ pub fn join(
                 let piece = Piece {
                     bytes,
                     messages,
+                    interactions: writer.starts,
                     errors,
                     first_ns: writer.first_ns.min(reader.first_ns),
                     last_ns: writer.last_ns.max(reader.last_ns),
@@ -204,6 +209,7 @@ pub fn join(
                 kind: failure.kind,
                 bytes: 0,
                 messages: 0,
+                interactions: 0,
                 errors: 0,
                 latency: Histogram::default(),
                 syscall: Histogram::default(),
@@ -221,6 +227,7 @@ pub fn join(
 struct Piece {
     bytes: u64,
     messages: u64,
+    interactions: u64,
     errors: u64,
     first_ns: u64,
     last_ns: u64,
@@ -247,6 +254,7 @@ fn add(
         kind,
         bytes: 0,
         messages: 0,
+        interactions: 0,
         errors: 0,
         latency: Histogram::default(),
         syscall: Histogram::default(),
@@ -255,6 +263,7 @@ fn add(
     });
     entry.bytes += piece.bytes;
     entry.messages += piece.messages;
+    entry.interactions += piece.interactions;
     entry.errors += piece.errors;
     entry.latency.merge(latency);
     entry.syscall.merge(syscall);
@@ -296,6 +305,7 @@ mod tests {
             first_ns: 100 + u64::from(pid),
             last_ns: 200 + u64::from(pid),
             syscall: Histogram::default(),
+            starts: 1,
         }
     }
 
@@ -316,8 +326,8 @@ mod tests {
             (pipe.src.pid, pipe.dst.as_ref().map(|d| d.pid)),
             (10, Some(11))
         );
-        // One writer: what the reader got is exact.
-        assert_eq!(pipe.bytes, 990);
+        // Bytes count where they are sent.
+        assert_eq!(pipe.bytes, 1000);
         assert_eq!(pipe.messages, 100);
         assert_eq!(pipe.latency.count(), 1);
         assert_eq!((pipe.first_ns, pipe.last_ns), (110, 211));
@@ -342,6 +352,28 @@ mod tests {
             .map(|i| (i.src.pid, i.dst.as_ref().map(|d| d.pid), i.bytes))
             .collect();
         assert_eq!(pairs, vec![(20, Some(21), 300), (21, Some(20), 7000)]);
+    }
+
+    #[test]
+    fn a_writer_with_several_readers_splits_by_what_each_read() {
+        let flows = [
+            flow(1, ChannelKind::Pipe, Direction::Send, 9, 9, 1000),
+            flow(3, ChannelKind::Pipe, Direction::Recv, 9, 9, 300),
+            flow(4, ChannelKind::Pipe, Direction::Recv, 9, 9, 100),
+        ];
+        let out = join(
+            &flows,
+            &EndLatency::new(),
+            &[],
+            &mut ProcessTable::default(),
+        );
+        let to = |pid| {
+            out.iter()
+                .find(|i| i.dst.as_ref().map(|d| d.pid) == Some(pid))
+                .unwrap()
+                .bytes
+        };
+        assert_eq!((to(3), to(4)), (750, 250));
     }
 
     #[test]

@@ -1,0 +1,235 @@
+//! `resonance run`: the long-running agent.
+//!
+//! One loop owns the observer and everything downstream of it: it drains
+//! the ring buffer whenever the kernel writes to it, and every tick turns
+//! the flows' deltas into per-service-pair figures, scores them and
+//! publishes them to the metrics and the control socket. SIGTERM/SIGINT stop
+//! it cleanly (probes detached, last tick published, sockets removed);
+//! SIGHUP reloads the config.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    aggregate::{Interaction, ServiceNamer},
+    config::Config,
+    control::{self, Shared},
+    http,
+    metrics::Metrics,
+    observer::{Observer, ObserverOptions, ObserverStats},
+    score::{IntervalFigures, PairKey, Scorer},
+};
+
+/// Service name for the far end of a send nobody was seen reading.
+pub const UNKNOWN_PEER: &str = "(unknown)";
+
+/// Where the config came from, for reloads.
+#[derive(Clone, Debug)]
+pub struct ConfigSource {
+    /// The file.
+    pub path: PathBuf,
+    /// Whether the user named it (then it must exist).
+    pub explicit: bool,
+}
+
+/// The running agent.
+pub struct Agent {
+    config: Config,
+    source: ConfigSource,
+    observer: Observer,
+    namer: ServiceNamer,
+    scorer: Scorer,
+    metrics: Arc<Metrics>,
+    shared: Arc<Mutex<Shared>>,
+    last_tick: Instant,
+    last_stats: ObserverStats,
+}
+
+impl Agent {
+    /// Loads the probes and prepares everything; nothing listens yet.
+    pub fn new(config: Config, source: ConfigSource) -> Result<Self> {
+        let observer = Observer::start(&ObserverOptions {
+            idle_gap: config.idle_gap,
+            ..ObserverOptions::default()
+        })?;
+        let metrics = Metrics::new(config.metrics.max_pairs).context("registering metrics")?;
+        for status in observer.attach_status() {
+            metrics
+                .probe_attached
+                .with_label_values(&[status.tracepoint.as_str()])
+                .set(1);
+        }
+        Ok(Self {
+            namer: ServiceNamer::new(config.services.clone()),
+            scorer: Scorer::new(config.score.half_life),
+            metrics: Arc::new(metrics),
+            shared: Arc::new(Mutex::new(Shared::default())),
+            last_tick: Instant::now(),
+            last_stats: ObserverStats::default(),
+            config,
+            source,
+            observer,
+        })
+    }
+
+    /// Serves until SIGTERM or SIGINT.
+    pub async fn run(mut self) -> Result<()> {
+        let control_listener = bind_control(&self.config.control_socket)?;
+        let metrics_listener = tokio::net::TcpListener::bind(self.config.metrics_listen)
+            .await
+            .with_context(|| {
+                format!("listening for Prometheus on {}", self.config.metrics_listen)
+            })?;
+        log::info!(
+            "serving metrics on http://{}/metrics and control on {}",
+            self.config.metrics_listen,
+            self.config.control_socket.display()
+        );
+        let control_task = tokio::spawn(control::serve(control_listener, Arc::clone(&self.shared)));
+        let metrics_task = tokio::spawn(http::serve(metrics_listener, Arc::clone(&self.metrics)));
+        let mut terminate =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut interrupt =
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let ring = self.observer.ring_readiness()?;
+        let mut tick = tokio::time::interval(self.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                guard = ring.readable() => {
+                    let mut guard = guard.context("waiting for the ring buffer")?;
+                    self.observer.drain_events();
+                    guard.clear_ready();
+                }
+                _ = tick.tick() => self.tick(),
+                _ = terminate.recv() => { log::info!("SIGTERM: stopping"); break; }
+                _ = interrupt.recv() => { log::info!("SIGINT: stopping"); break; }
+                _ = hangup.recv() => self.reload(),
+            }
+        }
+        self.tick();
+        control_task.abort();
+        metrics_task.abort();
+        let _ = std::fs::remove_file(&self.config.control_socket);
+        log::info!("stopped; probes detached");
+        Ok(())
+    }
+
+    /// Reads this tick's traffic, scores it and publishes it.
+    fn tick(&mut self) {
+        let interval = self.last_tick.elapsed();
+        self.last_tick = Instant::now();
+        let interactions = self.observer.interval();
+        let figures = pair_figures(&interactions, &self.namer);
+        self.scorer.update(interval, &figures);
+        let scores = self.scorer.scores();
+        self.metrics.record_traffic(&figures);
+        self.metrics.record_scores(&scores);
+        self.publish_health();
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).scores = scores;
+    }
+
+    fn publish_health(&mut self) {
+        let stats = self.observer.stats();
+        let before = self.last_stats;
+        self.metrics
+            .events
+            .inc_by(stats.events.saturating_sub(before.events));
+        self.metrics
+            .events_malformed
+            .inc_by(stats.malformed.saturating_sub(before.malformed));
+        if stats.dropped > before.dropped {
+            log::warn!(
+                "{} events lost to a full ring buffer (byte counts are unaffected)",
+                stats.dropped - before.dropped
+            );
+        }
+        self.metrics
+            .event_drops
+            .inc_by(stats.dropped.saturating_sub(before.dropped));
+        self.metrics.flow_map_entries.set(stats.flows as i64);
+        self.metrics
+            .processes
+            .set(self.observer.processes().len() as i64);
+        self.last_stats = stats;
+    }
+
+    /// SIGHUP: re-read the config; settings that need a restart say so.
+    fn reload(&mut self) {
+        match Config::load(&self.source.path, self.source.explicit) {
+            Ok(new) => {
+                if new.metrics_listen != self.config.metrics_listen
+                    || new.control_socket != self.config.control_socket
+                    || new.state_dir != self.config.state_dir
+                {
+                    log::warn!(
+                        "SIGHUP: listen addresses and the state folder change only on restart"
+                    );
+                }
+                self.namer = ServiceNamer::new(new.services.clone());
+                self.scorer.set_half_life(new.score.half_life);
+                log::info!("SIGHUP: reloaded {}", self.source.path.display());
+                self.config = Config {
+                    metrics_listen: self.config.metrics_listen,
+                    control_socket: self.config.control_socket.clone(),
+                    state_dir: self.config.state_dir.clone(),
+                    ..new
+                };
+            }
+            Err(error) => log::error!("SIGHUP: keeping the old config: {error}"),
+        }
+    }
+}
+
+/// Folds process-level interactions into service pairs.
+pub fn pair_figures(
+    interactions: &[Interaction],
+    namer: &ServiceNamer,
+) -> BTreeMap<PairKey, IntervalFigures> {
+    let mut figures: BTreeMap<PairKey, IntervalFigures> = BTreeMap::new();
+    for i in interactions {
+        let dst = match (&i.dst, &i.dst_addr) {
+            (Some(dst), _) => namer.name(dst),
+            (None, Some(addr)) => addr.clone(),
+            (None, None) => UNKNOWN_PEER.to_owned(),
+        };
+        let key = PairKey {
+            src: namer.name(&i.src),
+            dst,
+            kind: i.kind,
+        };
+        let entry = figures.entry(key).or_default();
+        entry.interactions += i.interactions;
+        entry.messages += i.messages;
+        entry.bytes += i.bytes;
+        entry.errors += i.errors;
+        entry.latency.merge(&i.latency);
+    }
+    figures
+}
+
+/// Binds the control socket, replacing a stale one left by a crash but
+/// refusing to steal one a live agent answers on.
+fn bind_control(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("another agent is already serving {}", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding the control socket {}", path.display()))
+}

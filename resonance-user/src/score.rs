@@ -1,0 +1,300 @@
+//! Resonance score per (source service, destination service, kind).
+//!
+//! Each pair keeps exponentially decayed averages (half-life configurable,
+//! 5 min by default) of four components, updated every tick:
+//!
+//! - frequency: interactions per second (flow starts after an idle gap),
+//! - rate: bytes per second,
+//! - latency: median wait or turnaround, ns (only when measured),
+//! - error ratio: failed syscalls per message.
+//!
+//! Frequency, rate and latency are normalised against the host's own pairs
+//! by mid-rank (0 = lowest on this host, 1 = highest; 0.5 when alone), the
+//! error ratio against a fixed 5 % ceiling. The score is
+//!
+//! `score = 0.3·F + 0.3·R + 0.2·(1 − L) + 0.2·(1 − min(1, errors / 0.05))`
+//!
+//! where a pair with no latency measured gets `L = 0.5`. It lies in [0, 1]:
+//! busy, fast, clean pairs resonate. Pure functions only; unit-tested.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use resonance_common::ChannelKind;
+use serde::Serialize;
+
+use crate::aggregate::Histogram;
+
+/// Weights of the components (they sum to 1).
+const WEIGHT_FREQUENCY: f64 = 0.3;
+const WEIGHT_RATE: f64 = 0.3;
+const WEIGHT_LATENCY: f64 = 0.2;
+const WEIGHT_ERRORS: f64 = 0.2;
+/// Error ratio at which the error component bottoms out.
+const ERROR_CEILING: f64 = 0.05;
+/// A pair whose decayed activity falls below this is forgotten.
+const FORGET_BELOW: f64 = 1e-6;
+
+/// A service pair.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct PairKey {
+    /// Sending service.
+    pub src: String,
+    /// Receiving service.
+    pub dst: String,
+    /// Channel kind.
+    #[serde(serialize_with = "kind_name")]
+    pub kind: ChannelKind,
+}
+
+fn kind_name<S: serde::Serializer>(kind: &ChannelKind, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(kind.as_str())
+}
+
+/// What one pair did during one tick.
+#[derive(Clone, Debug, Default)]
+pub struct IntervalFigures {
+    /// Interactions started.
+    pub interactions: u64,
+    /// Send syscalls.
+    pub messages: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Errors.
+    pub errors: u64,
+    /// Latency samples.
+    pub latency: Histogram,
+}
+
+/// Decayed raw components of a pair.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Components {
+    /// Interactions per second.
+    pub interactions_per_s: f64,
+    /// Bytes per second.
+    pub bytes_per_s: f64,
+    /// Median latency, ns (None until measured).
+    pub latency_p50_ns: Option<f64>,
+    /// Errors per message.
+    pub error_ratio: f64,
+}
+
+/// Components normalised to [0, 1] (1 = best for rate and frequency,
+/// highest for latency).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Normalized {
+    /// Rank of the interaction frequency.
+    pub frequency: f64,
+    /// Rank of the byte rate.
+    pub rate: f64,
+    /// Rank of the latency (1 = slowest on this host).
+    pub latency: f64,
+    /// Error ratio against the ceiling (1 = at or above it).
+    pub errors: f64,
+}
+
+/// A pair's score with what it is made of.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PairScore {
+    /// The pair.
+    #[serde(flatten)]
+    pub key: PairKey,
+    /// The resonance score, 0..=1.
+    pub score: f64,
+    /// Decayed raw components.
+    pub components: Components,
+    /// Normalised components.
+    pub normalized: Normalized,
+}
+
+/// Decayed state of all pairs.
+#[derive(Clone, Debug)]
+pub struct Scorer {
+    half_life: Duration,
+    pairs: BTreeMap<PairKey, Components>,
+}
+
+impl Scorer {
+    /// A scorer whose averages halve every `half_life`.
+    pub fn new(half_life: Duration) -> Self {
+        Self {
+            half_life,
+            pairs: BTreeMap::new(),
+        }
+    }
+
+    /// Changes the half-life (config reload).
+    pub fn set_half_life(&mut self, half_life: Duration) {
+        self.half_life = half_life;
+    }
+
+    /// Folds one tick of length `interval` into every pair's averages
+    /// (pairs silent in this tick decay towards zero).
+    pub fn update(&mut self, interval: Duration, figures: &BTreeMap<PairKey, IntervalFigures>) {
+        let seconds = interval.as_secs_f64().max(1e-9);
+        let alpha = 1.0 - 0.5f64.powf(seconds / self.half_life.as_secs_f64().max(1e-9));
+        for key in figures.keys() {
+            self.pairs.entry(key.clone()).or_default();
+        }
+        let quiet = IntervalFigures::default();
+        for (key, state) in &mut self.pairs {
+            let f = figures.get(key).unwrap_or(&quiet);
+            state.interactions_per_s +=
+                alpha * (f.interactions as f64 / seconds - state.interactions_per_s);
+            state.bytes_per_s += alpha * (f.bytes as f64 / seconds - state.bytes_per_s);
+            if f.messages > 0 {
+                let ratio = f.errors as f64 / f.messages as f64;
+                state.error_ratio += alpha * (ratio - state.error_ratio);
+            } else if f.errors > 0 {
+                // Errors without traffic (failed connects) are all failure.
+                state.error_ratio += alpha * (1.0 - state.error_ratio);
+            }
+            if let Some(p50) = f.latency.quantile(0.5) {
+                let p50 = p50 as f64;
+                state.latency_p50_ns = Some(match state.latency_p50_ns {
+                    Some(old) => old + alpha * (p50 - old),
+                    None => p50,
+                });
+            }
+        }
+        self.pairs.retain(|_, s| {
+            s.interactions_per_s > FORGET_BELOW
+                || s.bytes_per_s > FORGET_BELOW
+                || s.error_ratio > FORGET_BELOW
+        });
+    }
+
+    /// Current scores, in pair order.
+    pub fn scores(&self) -> Vec<PairScore> {
+        let frequencies: Vec<f64> = self.pairs.values().map(|c| c.interactions_per_s).collect();
+        let rates: Vec<f64> = self.pairs.values().map(|c| c.bytes_per_s).collect();
+        let latencies: Vec<f64> = self
+            .pairs
+            .values()
+            .filter_map(|c| c.latency_p50_ns)
+            .collect();
+        self.pairs
+            .iter()
+            .map(|(key, c)| {
+                let normalized = Normalized {
+                    frequency: mid_rank(&frequencies, c.interactions_per_s),
+                    rate: mid_rank(&rates, c.bytes_per_s),
+                    latency: c.latency_p50_ns.map_or(0.5, |l| mid_rank(&latencies, l)),
+                    errors: (c.error_ratio / ERROR_CEILING).min(1.0),
+                };
+                PairScore {
+                    key: key.clone(),
+                    score: combine(&normalized),
+                    components: *c,
+                    normalized,
+                }
+            })
+            .collect()
+    }
+
+    /// Number of pairs tracked.
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// Whether no pair is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+}
+
+/// The weighted sum documented in the module doc.
+pub fn combine(n: &Normalized) -> f64 {
+    WEIGHT_FREQUENCY * n.frequency
+        + WEIGHT_RATE * n.rate
+        + WEIGHT_LATENCY * (1.0 - n.latency)
+        + WEIGHT_ERRORS * (1.0 - n.errors)
+}
+
+/// Mid-rank of `value` among `values` (which contains it), in [0, 1];
+/// 0.5 when it is alone.
+pub fn mid_rank(values: &[f64], value: f64) -> f64 {
+    if values.len() <= 1 {
+        return 0.5;
+    }
+    let below = values.iter().filter(|v| **v < value).count() as f64;
+    let equal = values.iter().filter(|v| **v == value).count().max(1) as f64;
+    (below + (equal - 1.0) / 2.0) / (values.len() - 1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(src: &str, dst: &str) -> PairKey {
+        PairKey {
+            src: src.into(),
+            dst: dst.into(),
+            kind: ChannelKind::UnixStream,
+        }
+    }
+
+    fn figures(
+        interactions: u64,
+        bytes: u64,
+        errors: u64,
+        latency_ns: Option<u64>,
+    ) -> IntervalFigures {
+        let mut latency = Histogram::default();
+        if let Some(ns) = latency_ns {
+            latency.record(ns);
+        }
+        IntervalFigures {
+            interactions,
+            messages: interactions.max(1) * 10,
+            bytes,
+            errors,
+            latency,
+        }
+    }
+
+    #[test]
+    fn busy_fast_clean_pairs_score_above_slow_failing_ones() {
+        let mut scorer = Scorer::new(Duration::from_secs(60));
+        let mut tick = BTreeMap::new();
+        tick.insert(
+            key("nginx", "php"),
+            figures(100, 1_000_000, 0, Some(100_000)),
+        );
+        tick.insert(
+            key("cron", "backup"),
+            figures(1, 1_000, 5, Some(900_000_000)),
+        );
+        tick.insert(key("app", "redis"), figures(50, 50_000, 0, Some(50_000)));
+        for _ in 0..10 {
+            scorer.update(Duration::from_secs(1), &tick);
+        }
+        let scores = scorer.scores();
+        let get = |src: &str| scores.iter().find(|s| s.key.src == src).unwrap().score;
+        assert!(get("nginx") > get("app"), "{scores:#?}");
+        assert!(get("app") > get("cron"), "{scores:#?}");
+        assert!(scores.iter().all(|s| (0.0..=1.0).contains(&s.score)));
+    }
+
+    #[test]
+    fn old_behaviour_fades_with_the_half_life() {
+        let mut scorer = Scorer::new(Duration::from_secs(10));
+        let mut tick = BTreeMap::new();
+        tick.insert(key("a", "b"), figures(10, 1000, 0, None));
+        scorer.update(Duration::from_secs(1000), &tick);
+        let busy = scorer.scores()[0].components.bytes_per_s;
+        scorer.update(Duration::from_secs(10), &BTreeMap::new());
+        let later = scorer.scores()[0].components.bytes_per_s;
+        assert!((later / busy - 0.5).abs() < 1e-9, "{busy} -> {later}");
+        // A long silence forgets the pair entirely.
+        scorer.update(Duration::from_secs(100_000), &BTreeMap::new());
+        assert!(scorer.is_empty());
+    }
+
+    #[test]
+    fn mid_rank_spreads_ties_and_handles_a_single_pair() {
+        assert_eq!(mid_rank(&[5.0], 5.0), 0.5);
+        assert_eq!(mid_rank(&[1.0, 2.0, 3.0], 1.0), 0.0);
+        assert_eq!(mid_rank(&[1.0, 2.0, 3.0], 3.0), 1.0);
+        assert_eq!(mid_rank(&[2.0, 2.0], 2.0), 0.5);
+    }
+}
