@@ -1,15 +1,106 @@
 //! `resonance replay TRACE`: preallocation simulated over a trace.
 
-use anyhow::{Result, bail};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    replay::{DEFAULT_THRESHOLD, DEFAULT_TTL_NS, Figures, ReplayConfig, replay},
+    trace::read_trace,
+};
 
 /// Arguments of `resonance replay`.
 #[derive(clap::Args)]
 pub struct Args {
     /// The trace (JSON Lines, one interaction start per line).
     pub trace: std::path::PathBuf,
+    /// Probability at which a channel is prepared.
+    #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
+    pub threshold: f64,
+    /// How long a prepared channel waits for its interaction (e.g. 5s).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub ttl: Duration,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also print the model's figures for each pair (table output).
+    #[arg(long)]
+    pub by_pair: bool,
 }
 
 /// Runs the replay.
-pub fn run(_args: Args) -> Result<()> {
-    bail!("replay is not implemented yet")
+pub fn run(args: Args) -> Result<()> {
+    if !(args.threshold > 0.0 && args.threshold <= 1.0) {
+        bail!("--threshold must be in (0, 1], got {}", args.threshold);
+    }
+    let ttl_ns = u64::try_from(args.ttl.as_nanos()).context("--ttl is too long")?;
+    if ttl_ns == 0 {
+        bail!("--ttl must be positive");
+    }
+    debug_assert_eq!(
+        DEFAULT_TTL_NS, 5_000_000_000,
+        "keep the --ttl default in step"
+    );
+    let trace = read_trace(&args.trace)?;
+    for bad in &trace.malformed {
+        eprintln!("resonance: {}: skipped {bad}", args.trace.display());
+    }
+    let config = ReplayConfig {
+        threshold: args.threshold,
+        ttl_ns,
+        ..ReplayConfig::default()
+    };
+    let report = replay(&trace.events, &config);
+    if args.json {
+        let text = serde_json::to_string(&report).context("encoding the report")?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!(
+        "{} interactions, threshold {}, ttl {} ms, {} malformed lines skipped",
+        report.model.interactions,
+        report.threshold,
+        report.ttl_ms,
+        trace.malformed.len()
+    );
+    println!(
+        "{:<18} {:>8} {:>8} {:>9} {:>8} {:>7} {:>10} {:>7}",
+        "strategy", "hits", "hit_rate", "created", "wasted", "waste", "lead_p50", "brier"
+    );
+    for (name, figures) in [
+        ("model", &report.model),
+        ("static_pool", &report.static_pool),
+        ("ratio_preconnect", &report.ratio_preconnect),
+    ] {
+        print_row(name, figures);
+    }
+    if args.by_pair {
+        println!();
+        println!(
+            "{:<40} {:>8} {:>8} {:>8} {:>8}",
+            "pair (model)", "starts", "hits", "created", "wasted"
+        );
+        for pair in &report.pairs {
+            let name = format!("{} -> {} ({})", pair.src, pair.dst, pair.kind);
+            println!(
+                "{name:<40} {:>8} {:>8} {:>8} {:>8}",
+                pair.interactions, pair.hits, pair.created, pair.wasted
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_row(name: &str, figures: &Figures) {
+    println!(
+        "{:<18} {:>8} {:>8.3} {:>9} {:>8} {:>7.3} {:>8.1}ms {:>7.4}",
+        name,
+        figures.hits,
+        figures.hit_rate,
+        figures.created,
+        figures.wasted,
+        figures.waste_ratio,
+        figures.lead_time_p50_ms,
+        figures.brier_score
+    );
 }
