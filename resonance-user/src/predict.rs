@@ -344,13 +344,41 @@ impl Model {
     /// [`PairId`]) of a start in `(now, now + horizon]`.
     pub fn scores(&self, now: u64, horizon: u64) -> Vec<Score> {
         let mut scores = vec![Score::default(); self.pairs.len()];
+        self.accumulate(now, horizon, None, &mut scores);
+        scores
+    }
+
+    /// Probability and expected lead of one pair (cheaper than
+    /// [`Model::scores`] when only a few pairs matter).
+    pub fn score(&self, pair: PairId, now: u64, horizon: u64) -> Score {
+        let mut scores = [Score::default()];
+        self.accumulate(now, horizon, Some(pair), &mut scores);
+        scores[0]
+    }
+
+    /// Raises `scores` with every component's opinion. With `only`, just
+    /// that pair is scored, into `scores[0]`.
+    fn accumulate(&self, now: u64, horizon: u64, only: Option<PairId>, scores: &mut [Score]) {
         let config = &self.config;
         let share =
             |pair: PairId| config.base_prior * self.state(pair).map_or(1.0, |state| state.prior);
+        let slot = |pair: PairId| match only {
+            None => Some(pair as usize),
+            Some(target) if target == pair => Some(0),
+            Some(_) => None,
+        };
+        if let Some(target) = only
+            && let Some(state) = self.state(target)
+        {
+            let (p, lead) = self.timing(state, now, horizon);
+            scores[0].raise(p, lead);
+        }
         for (id, state) in self.pairs.iter().enumerate() {
             let Some(state) = state else { continue };
-            let (p, lead) = self.timing(state, now, horizon);
-            scores[id].raise(p, lead);
+            if only.is_none() {
+                let (p, lead) = self.timing(state, now, horizon);
+                scores[id].raise(p, lead);
+            }
             // Window patterns: this pair as a context still open at `now`.
             let Some(last) = state.last_ts else { continue };
             let elapsed = now.saturating_sub(last);
@@ -361,13 +389,16 @@ impl Model {
             // followers on the closed ones only.
             let closed = (state.follow.weight - 1.0).max(0.0);
             for entry in &state.follow.entries {
+                let Some(index) = slot(entry.pair) else {
+                    continue;
+                };
                 if state.credited.contains(&entry.pair) {
                     continue;
                 }
                 let count = state.follow.count(entry, config.decay);
                 let p_follow = smoothed(count, closed, config.alpha, share(entry.pair));
                 let (p, lead) = conditional(p_follow, &entry.delays, elapsed, horizon);
-                if let Some(score) = scores.get_mut(entry.pair as usize) {
+                if let Some(score) = scores.get_mut(index) {
                     score.raise(p, lead);
                 }
             }
@@ -377,14 +408,14 @@ impl Model {
             let params = self.chain_params();
             self.markov
                 .candidates(&params, share, |pair, p_next, table, index| {
+                    let Some(index_out) = slot(pair) else { return };
                     let (p, lead) =
                         conditional(p_next, &table.entries[index].delays, elapsed, horizon);
-                    if let Some(score) = scores.get_mut(pair as usize) {
+                    if let Some(score) = scores.get_mut(index_out) {
                         score.raise(p, lead);
                     }
                 });
         }
-        scores
     }
 
     /// Timing component: the chance the pair's next gap ends inside the
@@ -454,7 +485,8 @@ impl Model {
     /// `threshold`, unless a channel made within the next
     /// [`LOOKAHEAD_STEPS`] steps of `step` would clearly be worth more (a
     /// sharp periodic start is better covered by a channel made closer to
-    /// it than by one expiring just before it). `wanted` filters pairs, e.g. those with no channel yet.
+    /// it than by one expiring just before it). `wanted` filters pairs, e.g.
+    /// those with no channel yet.
     pub fn due(
         &self,
         now: u64,
@@ -466,35 +498,45 @@ impl Model {
         let waste_cost = threshold / (1.0 - threshold).max(1e-3);
         let worth = |p: f64| p - waste_cost * (1.0 - p);
         let current = self.scores(now, horizon);
-        let mut due: Vec<Due> = current
+        let mut candidates: Vec<(Due, bool)> = current
             .iter()
             .enumerate()
             .filter(|(id, score)| score.probability >= threshold && wanted(*id as PairId))
-            .map(|(id, score)| Due {
-                pair: id as PairId,
-                probability: score.probability,
-                expected_lead_ns: score.expected_lead_ns,
+            .map(|(id, score)| {
+                let due = Due {
+                    pair: id as PairId,
+                    probability: score.probability,
+                    expected_lead_ns: score.expected_lead_ns,
+                };
+                (due, false)
             })
             .collect();
         for k in 1..=LOOKAHEAD_STEPS {
-            if due.is_empty() {
+            if candidates.iter().all(|(_, settled)| *settled) {
                 break;
             }
             // Waiting pays if a channel made later is worth more, counting
             // the starts missed while waiting. A channel is worth its chance
             // of a hit minus its chance of waste, the latter weighed so that
             // a channel at exactly `threshold` is worth nothing.
-            let later = self.scores(now.saturating_add(k * step), horizon);
-            let meanwhile = self.scores(now, k * step);
-            due.retain(|candidate| {
-                let id = candidate.pair as usize;
-                let (Some(later), Some(meanwhile)) = (later.get(id), meanwhile.get(id)) else {
+            let later_ts = now.saturating_add(k * step);
+            candidates.retain_mut(|(candidate, settled)| {
+                if *settled {
                     return true;
-                };
-                let worth_later = (1.0 - meanwhile.probability) * worth(later.probability);
-                worth_later <= worth(candidate.probability) + PEAK_MARGIN
+                }
+                let meanwhile = self.score(candidate.pair, now, k * step).probability;
+                let best_now = worth(candidate.probability) + PEAK_MARGIN;
+                // Even a certain start later could not make up for waiting,
+                // and waiting longer only misses more.
+                if 1.0 - meanwhile <= best_now {
+                    *settled = true;
+                    return true;
+                }
+                let later = self.score(candidate.pair, later_ts, horizon).probability;
+                (1.0 - meanwhile) * worth(later) <= best_now
             });
         }
+        let due: Vec<Due> = candidates.into_iter().map(|(due, _)| due).collect();
         due
     }
 

@@ -17,6 +17,13 @@ pub enum Which {
         #[arg(long)]
         json: bool,
     },
+    /// Predictions per second of the predictive model, against reading the
+    /// same trace.
+    Predict {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Builds and runs one benchmark.
@@ -45,6 +52,22 @@ pub fn run(root: &Path, env: &BuildEnv, which: Which) -> Result<()> {
                 &root.join("target/release/bench-observer"),
                 &args,
             )
+        }
+        Which::Predict { json } => {
+            cmd::cargo(
+                root,
+                env,
+                &[
+                    "build",
+                    "--release",
+                    "--package",
+                    "resonance-user",
+                    "--bin",
+                    "bench-predict",
+                ],
+            )?;
+            let args: &[&str] = if json { &["--json"] } else { &[] };
+            cmd::run(root, env, &root.join("target/release/bench-predict"), args)
         }
     }
 }

@@ -204,3 +204,22 @@ fn retrain_equals_learning_the_history_afresh() {
     assert_eq!(fresh.predict(now, 5 * S), retrained.predict(now, 5 * S));
     assert_eq!(retrained.tracked(), 2);
 }
+
+#[test]
+fn one_pair_score_matches_the_full_scores() {
+    let mut model = Model::default();
+    let ts = triggered(&mut model, 15);
+    for run in 0..5 {
+        model.observe(&event(ts + run * 9 * S, "cron", "job"));
+    }
+    let last = ts + 4 * 9 * S;
+    let mut confident = 0;
+    for now in [last, last + 10 * MS, last + 8 * S] {
+        let all = model.scores(now, 2 * S);
+        confident += all.iter().filter(|score| score.probability > 0.3).count();
+        for (id, score) in all.iter().enumerate() {
+            assert_eq!(model.score(id as PairId, now, 2 * S), *score, "pair {id}");
+        }
+    }
+    assert!(confident > 0, "the comparison covered a real prediction");
+}
