@@ -18,6 +18,7 @@
 //! [`ModelConfig::max_contexts`] tracked pairs (least recently seen evicted).
 //! The model serialises to JSON ([`Model::save`], [`Model::load`]).
 
+pub mod calibrate;
 pub mod markov;
 pub mod samples;
 pub mod table;
@@ -33,6 +34,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::trace::TraceEvent;
+use calibrate::Calibrator;
 use markov::{ChainParams, Markov};
 use samples::Samples;
 use table::{Table, conditional, smoothed};
@@ -87,6 +89,12 @@ pub struct ModelConfig {
     pub max_contexts: usize,
     /// Most followers kept per context.
     pub max_followers: usize,
+    /// Whether raw probabilities are mapped onto observed frequencies.
+    pub calibrate: bool,
+    /// Horizon the calibration learns (the channel TTL it serves).
+    pub calibration_horizon_ns: u64,
+    /// Event time between two samples of forecasts for calibration.
+    pub calibration_every_ns: u64,
 }
 
 impl Default for ModelConfig {
@@ -100,6 +108,9 @@ impl Default for ModelConfig {
             timing_shrink: 1.0,
             max_contexts: 1024,
             max_followers: 32,
+            calibrate: true,
+            calibration_horizon_ns: 5_000_000_000,
+            calibration_every_ns: 1_000_000_000,
         }
     }
 }
@@ -173,6 +184,7 @@ pub struct Model {
     markov: Markov,
     /// Resonance scores in [0, 1] by pair; 0.5 is neutral.
     priors: BTreeMap<PairKey, f64>,
+    calibrator: Calibrator,
     #[serde(skip)]
     index: HashMap<PairKey, PairId>,
 }
@@ -197,6 +209,7 @@ impl Model {
             free: Vec::new(),
             markov: Markov::default(),
             priors: BTreeMap::new(),
+            calibrator: Calibrator::default(),
             index: HashMap::new(),
         }
     }
@@ -273,6 +286,25 @@ impl Model {
         }
         let params = self.chain_params();
         self.markov.observe(id, ts, &params);
+        if self.config.calibrate {
+            self.calibrator.on_start(id, ts);
+        }
+        self.tick(ts);
+    }
+
+    /// Lets time pass with no event: samples the model's own forecasts for
+    /// calibration once per [`ModelConfig::calibration_every_ns`]. Calling
+    /// it on a clock (the replay does, every tick) keeps the calibration
+    /// true between events, not just right after them.
+    pub fn tick(&mut self, now: u64) {
+        if !self.config.calibrate || !self.calibrator.wants_sample(now) {
+            return;
+        }
+        let horizon = self.config.calibration_horizon_ns;
+        let mut raw = vec![Score::default(); self.pairs.len()];
+        self.accumulate(now, horizon, None, &mut raw);
+        let every = self.config.calibration_every_ns;
+        self.calibrator.sample(now, horizon, every, &raw);
     }
 
     /// Periodic retraining: forgets what was learnt (keeping configuration
@@ -282,6 +314,7 @@ impl Model {
         self.free.clear();
         self.index.clear();
         self.markov = Markov::default();
+        self.calibrator = Calibrator::default();
         for event in events {
             self.observe(event);
         }
@@ -337,6 +370,7 @@ impl Model {
             state.credited.retain(|pair| *pair != victim);
         }
         self.markov.remove(victim);
+        self.calibrator.forget(victim);
         self.free.push(victim);
     }
 
@@ -345,6 +379,11 @@ impl Model {
     pub fn scores(&self, now: u64, horizon: u64) -> Vec<Score> {
         let mut scores = vec![Score::default(); self.pairs.len()];
         self.accumulate(now, horizon, None, &mut scores);
+        if self.config.calibrate {
+            for score in &mut scores {
+                score.probability = self.calibrator.map(score.probability);
+            }
+        }
         scores
     }
 
@@ -353,6 +392,9 @@ impl Model {
     pub fn score(&self, pair: PairId, now: u64, horizon: u64) -> Score {
         let mut scores = [Score::default()];
         self.accumulate(now, horizon, Some(pair), &mut scores);
+        if self.config.calibrate {
+            scores[0].probability = self.calibrator.map(scores[0].probability);
+        }
         scores[0]
     }
 

@@ -36,7 +36,7 @@ pub struct ReplayConfig {
 }
 
 /// Default creation threshold.
-pub const DEFAULT_THRESHOLD: f64 = 0.5;
+pub const DEFAULT_THRESHOLD: f64 = 0.6;
 /// Default channel TTL.
 pub const DEFAULT_TTL_NS: u64 = 5_000_000_000;
 
@@ -106,6 +106,8 @@ pub struct Report {
     pub timeline: Vec<Bucket>,
     /// The model's figures per pair, in order of first appearance.
     pub pairs: Vec<PairFigures>,
+    /// Reliability of the model's probabilities (the Brier samples, binned).
+    pub calibration: Vec<CalibrationBin>,
 }
 
 /// The model's outcome for one pair.
@@ -142,6 +144,27 @@ pub struct Tally {
     pub leads: Vec<u64>,
     brier_sum: f64,
     brier_count: u64,
+    /// Per tenth of probability: forecasts, their summed probability, and
+    /// how many came true.
+    bins: [(u64, f64, u64); CALIBRATION_BINS],
+}
+
+/// Number of probability bins in [`Report::calibration`].
+pub const CALIBRATION_BINS: usize = 10;
+
+/// Forecasts of the model whose probability fell in `[from, to)`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CalibrationBin {
+    /// Lower bound of the bin.
+    pub from: f64,
+    /// Upper bound (1.0 is included in the last bin).
+    pub to: f64,
+    /// Forecasts in the bin.
+    pub forecasts: u64,
+    /// Their mean probability.
+    pub mean_probability: f64,
+    /// How often the pair did start within the TTL.
+    pub observed_rate: f64,
 }
 
 impl Tally {
@@ -150,6 +173,10 @@ impl Tally {
         let outcome = if happened { 1.0 } else { 0.0 };
         self.brier_sum += (probability - outcome).powi(2);
         self.brier_count += 1;
+        let bin = ((probability * CALIBRATION_BINS as f64) as usize).min(CALIBRATION_BINS - 1);
+        self.bins[bin].0 += 1;
+        self.bins[bin].1 += probability;
+        self.bins[bin].2 += u64::from(happened);
     }
 
     /// Records a start, served by a channel made `lead` earlier or not.
@@ -159,6 +186,21 @@ impl Tally {
             self.hits += 1;
             self.leads.push(lead);
         }
+    }
+
+    fn calibration(&self) -> Vec<CalibrationBin> {
+        self.bins
+            .iter()
+            .enumerate()
+            .filter(|(_, (forecasts, _, _))| *forecasts > 0)
+            .map(|(index, &(forecasts, sum, came_true))| CalibrationBin {
+                from: index as f64 / CALIBRATION_BINS as f64,
+                to: (index + 1) as f64 / CALIBRATION_BINS as f64,
+                forecasts,
+                mean_probability: sum / forecasts as f64,
+                observed_rate: came_true as f64 / forecasts as f64,
+            })
+            .collect()
     }
 
     fn figures(mut self, pending: u64) -> Figures {
@@ -292,7 +334,10 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
     let (mut pairs, ids) = Pairs::new(events);
     let count = pairs.keys.len();
     let mut predictive = Predictive {
-        model: Model::new(config.model.clone()),
+        model: Model::new(ModelConfig {
+            calibration_horizon_ns: ttl,
+            ..config.model.clone()
+        }),
         channels: vec![None; count],
         tally: Tally::default(),
         per_pair: pairs
@@ -326,6 +371,7 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
                  ratio: &mut RatioPreconnect,
                  next_brier: &mut u64| {
         predictive.expire(now, ttl);
+        predictive.model.tick(now);
         predictive.create_due(pairs, now, config);
         if now >= *next_brier {
             *next_brier = now + brier_every;
@@ -386,6 +432,7 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
     }
     predictive.expire(last, ttl);
     let pending = predictive.channels.iter().flatten().count() as u64;
+    let calibration = predictive.tally.calibration();
     Report {
         threshold: config.threshold,
         ttl_ms: ttl as f64 / 1e6,
@@ -394,5 +441,6 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
         ratio_preconnect: ratio.finish(last),
         timeline,
         pairs: predictive.per_pair,
+        calibration,
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::{
+    predict::ModelConfig,
     replay::{DEFAULT_THRESHOLD, DEFAULT_TTL_NS, Figures, ReplayConfig, replay},
     trace::read_trace,
 };
@@ -26,6 +27,12 @@ pub struct Args {
     /// Also print the model's figures for each pair (table output).
     #[arg(long)]
     pub by_pair: bool,
+    /// Also print how well the model's probabilities are calibrated.
+    #[arg(long)]
+    pub calibration: bool,
+    /// Most pairs the model tracks at once (least recently seen evicted).
+    #[arg(long, default_value_t = ModelConfig::default().max_contexts)]
+    pub max_contexts: usize,
 }
 
 /// Runs the replay.
@@ -48,7 +55,10 @@ pub fn run(args: Args) -> Result<()> {
     let config = ReplayConfig {
         threshold: args.threshold,
         ttl_ns,
-        ..ReplayConfig::default()
+        model: ModelConfig {
+            max_contexts: args.max_contexts,
+            ..ModelConfig::default()
+        },
     };
     let report = replay(&trace.events, &config);
     if args.json {
@@ -73,6 +83,22 @@ pub fn run(args: Args) -> Result<()> {
         ("ratio_preconnect", &report.ratio_preconnect),
     ] {
         print_row(name, figures);
+    }
+    if args.calibration {
+        println!();
+        println!(
+            "{:<12} {:>10} {:>10} {:>10}",
+            "p (model)", "forecasts", "mean p", "observed"
+        );
+        for bin in &report.calibration {
+            println!(
+                "{:<12} {:>10} {:>10.3} {:>10.3}",
+                format!("{:.1}-{:.1}", bin.from, bin.to),
+                bin.forecasts,
+                bin.mean_probability,
+                bin.observed_rate
+            );
+        }
     }
     if args.by_pair {
         println!();
