@@ -89,6 +89,12 @@ pub struct ModelConfig {
     pub max_contexts: usize,
     /// Most followers kept per context.
     pub max_followers: usize,
+    /// Whether the sliding-window follower tables are consulted.
+    pub use_window: bool,
+    /// Whether the Markov chain is consulted.
+    pub use_markov: bool,
+    /// Whether per-pair inter-arrival timing is consulted.
+    pub use_timing: bool,
     /// Whether raw probabilities are mapped onto observed frequencies.
     pub calibrate: bool,
     /// Horizon the calibration learns (the channel TTL it serves).
@@ -108,6 +114,9 @@ impl Default for ModelConfig {
             timing_shrink: 1.0,
             max_contexts: 1024,
             max_followers: 32,
+            use_window: true,
+            use_markov: true,
+            use_timing: true,
             calibrate: true,
             calibration_horizon_ns: 5_000_000_000,
             calibration_every_ns: 1_000_000_000,
@@ -410,6 +419,7 @@ impl Model {
             Some(_) => None,
         };
         if let Some(target) = only
+            && config.use_timing
             && let Some(state) = self.state(target)
         {
             let (p, lead) = self.timing(state, now, horizon);
@@ -417,9 +427,12 @@ impl Model {
         }
         for (id, state) in self.pairs.iter().enumerate() {
             let Some(state) = state else { continue };
-            if only.is_none() {
+            if only.is_none() && config.use_timing {
                 let (p, lead) = self.timing(state, now, horizon);
                 scores[id].raise(p, lead);
+            }
+            if !config.use_window {
+                continue;
             }
             // Window patterns: this pair as a context still open at `now`.
             let Some(last) = state.last_ts else { continue };
@@ -445,7 +458,7 @@ impl Model {
                 }
             }
         }
-        if let Some((_, last_ts)) = self.markov.last {
+        if let Some((_, last_ts)) = self.markov.last.filter(|_| config.use_markov) {
             let elapsed = now.saturating_sub(last_ts);
             let params = self.chain_params();
             self.markov

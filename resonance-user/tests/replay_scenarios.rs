@@ -196,7 +196,7 @@ fn cli_replay_is_deterministic_and_skips_bad_lines() {
 fn probabilities_are_calibrated() {
     use resonance::predict::ModelConfig;
     for name in ["web", "pipelines"] {
-        let generated = scenario::generate(name, 2, Some(3_600_000_000_000)).unwrap();
+        let generated = scenario::generate(name, 2, Some(1_800_000_000_000)).unwrap();
         let calibrated = replay(&generated.events, &ReplayConfig::default());
         let raw_config = ReplayConfig {
             model: ModelConfig {
@@ -224,4 +224,28 @@ fn probabilities_are_calibrated() {
         }
         assert!(checked >= 4, "{name}: {:?}", calibrated.calibration);
     }
+}
+
+#[test]
+fn bounded_memory_degrades_gracefully() {
+    use resonance::predict::ModelConfig;
+    // cron has 13 pairs; with room for 8 the least recently seen are
+    // evicted and relearnt, so some periodic jobs are predicted less.
+    let (generated, full) = run("cron", 1);
+    let config = ReplayConfig {
+        model: ModelConfig {
+            max_contexts: 8,
+            ..ModelConfig::default()
+        },
+        ..ReplayConfig::default()
+    };
+    let bounded = replay(&generated.events, &config);
+    let figures = &bounded.model;
+    assert_eq!(figures.interactions, full.model.interactions);
+    assert_eq!(
+        figures.created,
+        figures.hits + figures.wasted + figures.pending
+    );
+    assert!(figures.hits > figures.interactions / 2, "{figures:?}");
+    assert!(figures.hit_rate < full.model.hit_rate, "{figures:?}");
 }

@@ -30,9 +30,26 @@ pub struct Args {
     /// Also print how well the model's probabilities are calibrated.
     #[arg(long)]
     pub calibration: bool,
+    /// Switch off model components, to measure what each brings
+    /// (repeatable): window, markov, timing, calibration.
+    #[arg(long, value_enum)]
+    pub disable: Vec<Component>,
     /// Most pairs the model tracks at once (least recently seen evicted).
     #[arg(long, default_value_t = ModelConfig::default().max_contexts)]
     pub max_contexts: usize,
+}
+
+/// A part of the model that `--disable` switches off.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Component {
+    /// Sliding-window follower tables.
+    Window,
+    /// The Markov chain.
+    Markov,
+    /// Per-pair inter-arrival timing.
+    Timing,
+    /// Online calibration of probabilities.
+    Calibration,
 }
 
 /// Runs the replay.
@@ -57,6 +74,10 @@ pub fn run(args: Args) -> Result<()> {
         ttl_ns,
         model: ModelConfig {
             max_contexts: args.max_contexts,
+            use_window: !args.disable.contains(&Component::Window),
+            use_markov: !args.disable.contains(&Component::Markov),
+            use_timing: !args.disable.contains(&Component::Timing),
+            calibrate: !args.disable.contains(&Component::Calibration),
             ..ModelConfig::default()
         },
     };
