@@ -596,11 +596,25 @@ impl Model {
     }
 
     /// Writes the model as JSON.
+    /// The file is written beside `path` and renamed over it, so a crash
+    /// mid-save leaves the previous model intact for the next start.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let file =
-            File::create(path).with_context(|| format!("creating model {}", path.display()))?;
-        serde_json::to_writer(BufWriter::new(file), self)
-            .with_context(|| format!("writing model {}", path.display()))
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(".tmp");
+        let temporary = std::path::PathBuf::from(temporary);
+        let file = File::create(&temporary)
+            .with_context(|| format!("creating model {}", temporary.display()))?;
+        let mut writer = BufWriter::new(file);
+        serde_json::to_writer(&mut writer, self)
+            .with_context(|| format!("writing model {}", temporary.display()))?;
+        let file = writer
+            .into_inner()
+            .map_err(|error| error.into_error())
+            .with_context(|| format!("flushing model {}", temporary.display()))?;
+        file.sync_all()
+            .with_context(|| format!("syncing model {}", temporary.display()))?;
+        std::fs::rename(&temporary, path)
+            .with_context(|| format!("replacing model {}", path.display()))
     }
 
     /// Reads a model written by [`Model::save`].

@@ -2,8 +2,10 @@
 //! Lines. [`read_trace`] / [`parse_trace`] load a trace and return a
 //! [`Trace`] holding the good events plus one [`Malformed`] entry per bad line
 //! (so a damaged file never stops a replay), and [`write_trace`] writes
-//! events back in the same format, which is what `resonance record` and the
-//! scenario generators emit.
+//! events back in the same format, which is what the scenario generators
+//! emit. For live recording, [`StartDetector`] turns raw flow activity into
+//! interaction starts (first activity after an idle gap) and
+//! [`TraceWriter`] appends them one at a time.
 
 use std::{
     fmt,
@@ -116,6 +118,79 @@ pub fn write_trace_file(path: &Path, events: &[TraceEvent]) -> Result<()> {
     write_trace(file, events).with_context(|| format!("writing trace {}", path.display()))
 }
 
+/// Appends events to a trace as they come (for `resonance record`).
+pub struct TraceWriter<W: Write> {
+    writer: BufWriter<W>,
+    written: u64,
+}
+
+impl<W: Write> TraceWriter<W> {
+    /// Wraps a destination.
+    pub fn new(writer: W) -> Self {
+        Self {
+            writer: BufWriter::new(writer),
+            written: 0,
+        }
+    }
+
+    /// Appends one event as a line.
+    pub fn write(&mut self, event: &TraceEvent) -> Result<()> {
+        serde_json::to_writer(&mut self.writer, event).context("encoding a trace event")?;
+        self.writer
+            .write_all(b"\n")
+            .context("writing a trace event")?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Events written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Flushes buffered lines (e.g. periodically, or before exiting).
+    pub fn flush(&mut self) -> Result<()> {
+        self.writer.flush().context("flushing the trace")
+    }
+}
+
+/// Decides which flow activity is an interaction start: the first activity
+/// of a (src, dst, kind) flow, or the first after `idle_gap_ns` of silence.
+pub struct StartDetector {
+    idle_gap_ns: u64,
+    last_activity: std::collections::HashMap<(String, String, String), u64>,
+}
+
+impl StartDetector {
+    /// A detector with the given idle gap.
+    pub fn new(idle_gap_ns: u64) -> Self {
+        Self {
+            idle_gap_ns,
+            last_activity: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Records activity at `ts_ns`; true if it starts an interaction.
+    pub fn activity(&mut self, ts_ns: u64, src: &str, dst: &str, kind: &str) -> bool {
+        let key = (src.to_owned(), dst.to_owned(), kind.to_owned());
+        let previous = self.last_activity.insert(key, ts_ns);
+        previous.is_none_or(|last| ts_ns.saturating_sub(last) > self.idle_gap_ns)
+    }
+
+    /// Forgets flows idle for longer than the gap (bounds memory on long
+    /// recordings; a forgotten flow's next activity is a start anyway).
+    pub fn prune(&mut self, now_ns: u64) {
+        let gap = self.idle_gap_ns;
+        self.last_activity
+            .retain(|_, last| now_ns.saturating_sub(*last) <= gap);
+    }
+
+    /// Flows currently remembered.
+    pub fn tracked(&self) -> usize {
+        self.last_activity.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +231,42 @@ mod tests {
         assert_eq!(trace.events[0].kind, "unix_stream");
         assert!(trace.events[0].error);
         assert_eq!(trace.events[2].bytes, 0, "optional fields default");
+    }
+
+    #[test]
+    fn starts_are_first_activity_after_an_idle_gap() {
+        let mut detector = StartDetector::new(100);
+        assert!(detector.activity(0, "a", "b", "pipe"));
+        assert!(!detector.activity(50, "a", "b", "pipe"));
+        assert!(
+            !detector.activity(150, "a", "b", "pipe"),
+            "gap of 100 is not idle"
+        );
+        assert!(detector.activity(251, "a", "b", "pipe"), "gap of 101 is");
+        assert!(
+            detector.activity(260, "a", "b", "unix_stream"),
+            "other kind"
+        );
+        detector.prune(355);
+        assert_eq!(detector.tracked(), 1);
+        assert!(detector.activity(400, "a", "b", "pipe"));
+    }
+
+    #[test]
+    fn streaming_writer_matches_batch_writer() {
+        let events = vec![event(1, "a", "b"), event(2, "b", "c")];
+        let mut streamed = Vec::new();
+        {
+            let mut writer = TraceWriter::new(&mut streamed);
+            for event in &events {
+                writer.write(event).unwrap();
+            }
+            assert_eq!(writer.written(), 2);
+            writer.flush().unwrap();
+        }
+        let mut batch = Vec::new();
+        write_trace(&mut batch, &events).unwrap();
+        assert_eq!(streamed, batch);
     }
 
     #[test]
