@@ -189,6 +189,8 @@ fn cli_replay_is_deterministic_and_skips_bad_lines() {
     let damaged_report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(damaged_report["interactions"], report["interactions"]);
     assert_eq!(damaged_report["interactions"].as_u64(), Some(good_lines));
+    assert_eq!(damaged_report["malformed_lines"].as_u64(), Some(2));
+    assert_eq!(report["malformed_lines"].as_u64(), Some(0));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -23,6 +23,9 @@ pub enum Which {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Scenario whose trace is measured (default: a day of `web`).
+        #[arg(long)]
+        scenario: Option<String>,
     },
 }
 
@@ -53,7 +56,7 @@ pub fn run(root: &Path, env: &BuildEnv, which: Which) -> Result<()> {
                 &args,
             )
         }
-        Which::Predict { json } => {
+        Which::Predict { json, scenario } => {
             cmd::cargo(
                 root,
                 env,
@@ -66,8 +69,14 @@ pub fn run(root: &Path, env: &BuildEnv, which: Which) -> Result<()> {
                     "bench-predict",
                 ],
             )?;
-            let args: &[&str] = if json { &["--json"] } else { &[] };
-            cmd::run(root, env, &root.join("target/release/bench-predict"), args)
+            let mut args = Vec::new();
+            if json {
+                args.push("--json");
+            }
+            if let Some(scenario) = &scenario {
+                args.extend(["--scenario", scenario.as_str()]);
+            }
+            cmd::run(root, env, &root.join("target/release/bench-predict"), &args)
         }
     }
 }

@@ -83,7 +83,11 @@ pub fn run(args: Args) -> Result<()> {
     };
     let report = replay(&trace.events, &config);
     if args.json {
-        let text = serde_json::to_string(&report).context("encoding the report")?;
+        let mut value = serde_json::to_value(&report).context("encoding the report")?;
+        if let Some(object) = value.as_object_mut() {
+            object.insert("malformed_lines".to_owned(), trace.malformed.len().into());
+        }
+        let text = serde_json::to_string(&value).context("encoding the report")?;
         println!("{text}");
         return Ok(());
     }
