@@ -231,7 +231,7 @@ fn probabilities_are_calibrated() {
 #[test]
 fn bounded_memory_degrades_gracefully() {
     use resonance::predict::ModelConfig;
-    // cron has 13 pairs; with room for 8 the least recently seen are
+    // cron has 12 pairs; with room for 8 the least recently seen are
     // evicted and relearnt, so some periodic jobs are predicted less.
     let (generated, full) = run("cron", 1);
     let config = ReplayConfig {
