@@ -1,10 +1,14 @@
-//! resonance: which process talks to which, seen from the kernel.
+//! resonance: which process talks to which, seen from the kernel, and what
+//! it will say next.
 //!
 //! Data flows one way through the modules: `probe` loads the kernel
 //! programs that count traffic per flow; `decode` turns ring-buffer records
-//! into typed events; `aggregate` joins writers to readers and attributes
-//! them to processes; `observer` drives one observation session; `cli`
-//! prints the result.
+//! into typed events; `aggregate` joins writers to readers and names the
+//! services; `observer` drives one observation session; `score` rates each
+//! service pair; `trace` and `predict` learn which pair fires next and
+//! `replay` scores that on recorded traces (`scenario` makes synthetic
+//! ones); `agent` runs it all as a daemon, publishing through `metrics`
+//! (`http`) and `control`; `cli` is the front end.
 
 pub mod agent;
 pub mod aggregate;
@@ -15,6 +19,10 @@ pub mod decode;
 pub mod http;
 pub mod metrics;
 pub mod observer;
+pub mod predict;
 pub mod probe;
+pub mod replay;
 pub mod report;
+pub mod scenario;
 pub mod score;
+pub mod trace;

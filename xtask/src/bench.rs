@@ -17,6 +17,16 @@ pub enum Which {
         #[arg(long)]
         json: bool,
     },
+    /// Predictions per second of the predictive model, against reading the
+    /// same trace.
+    Predict {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Scenario whose trace is measured (default: a day of `web`).
+        #[arg(long)]
+        scenario: Option<String>,
+    },
 }
 
 /// Builds and runs one benchmark.
@@ -44,6 +54,28 @@ pub fn run(root: &Path, env: &BuildEnv, which: Which) -> Result<()> {
                 &root.join("target/release/bench-observer"),
                 &args,
             )
+        }
+        Which::Predict { json, scenario } => {
+            cmd::cargo(
+                root,
+                env,
+                &[
+                    "build",
+                    "--release",
+                    "--package",
+                    "resonance-user",
+                    "--bin",
+                    "bench-predict",
+                ],
+            )?;
+            let mut args = Vec::new();
+            if json {
+                args.push("--json");
+            }
+            if let Some(scenario) = &scenario {
+                args.extend(["--scenario", scenario.as_str()]);
+            }
+            cmd::run(root, env, &root.join("target/release/bench-predict"), &args)
         }
     }
 }

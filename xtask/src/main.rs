@@ -43,6 +43,13 @@ enum Command {
     Test,
     /// Formatting and clippy only.
     Lint,
+    /// Write a synthetic trace (`resonance gen-trace`, release build), e.g.
+    /// `--scenario web --seed 1 --output web.jsonl`.
+    GenTrace {
+        /// Arguments passed to `resonance gen-trace`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Benchmarks, each printing ratios against a baseline from the same run.
     Bench {
         #[command(subcommand)]
@@ -99,6 +106,19 @@ fn main() -> Result<()> {
                     "--no-fail-fast",
                 ],
             )
+        }
+        Command::GenTrace { args } => {
+            let env = bootstrap::ensure(&root)?;
+            cmd::cargo(
+                &root,
+                &env,
+                &["build", "--release", "--package", "resonance-user"],
+            )?;
+            // Runs in the caller's directory so a relative --output lands there.
+            let mut command = std::process::Command::new(root.join("target/release/resonance"));
+            command.arg("gen-trace").args(&args);
+            env.apply(&mut command);
+            cmd::status(&mut command)
         }
         Command::Bench { which } => {
             let env = bootstrap::ensure(&root)?;

@@ -1,15 +1,157 @@
 //! `resonance replay TRACE`: preallocation simulated over a trace.
 
-use anyhow::{Result, bail};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    predict::ModelConfig,
+    replay::{DEFAULT_THRESHOLD, DEFAULT_TTL_NS, Figures, ReplayConfig, replay},
+    trace::read_trace,
+};
 
 /// Arguments of `resonance replay`.
 #[derive(clap::Args)]
 pub struct Args {
     /// The trace (JSON Lines, one interaction start per line).
     pub trace: std::path::PathBuf,
+    /// Probability at which a channel is prepared.
+    #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
+    pub threshold: f64,
+    /// How long a prepared channel waits for its interaction (e.g. 5s).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub ttl: Duration,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also print the model's figures for each pair (table output).
+    #[arg(long)]
+    pub by_pair: bool,
+    /// Also print how well the model's probabilities are calibrated.
+    #[arg(long)]
+    pub calibration: bool,
+    /// Switch off model components, to measure what each brings
+    /// (repeatable): window, markov, timing, calibration.
+    #[arg(long, value_enum)]
+    pub disable: Vec<Component>,
+    /// Most pairs the model tracks at once (least recently seen evicted).
+    #[arg(long, default_value_t = ModelConfig::default().max_contexts)]
+    pub max_contexts: usize,
+}
+
+/// A part of the model that `--disable` switches off.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Component {
+    /// Sliding-window follower tables.
+    Window,
+    /// The Markov chain.
+    Markov,
+    /// Per-pair inter-arrival timing.
+    Timing,
+    /// Online calibration of probabilities.
+    Calibration,
 }
 
 /// Runs the replay.
-pub fn run(_args: Args) -> Result<()> {
-    bail!("replay is not implemented yet")
+pub fn run(args: Args) -> Result<()> {
+    if !(args.threshold > 0.0 && args.threshold <= 1.0) {
+        bail!("--threshold must be in (0, 1], got {}", args.threshold);
+    }
+    let ttl_ns = u64::try_from(args.ttl.as_nanos()).context("--ttl is too long")?;
+    if ttl_ns == 0 {
+        bail!("--ttl must be positive");
+    }
+    debug_assert_eq!(
+        DEFAULT_TTL_NS, 5_000_000_000,
+        "keep the --ttl default in step"
+    );
+    let trace = read_trace(&args.trace)?;
+    for bad in &trace.malformed {
+        eprintln!("resonance: {}: skipped {bad}", args.trace.display());
+    }
+    let config = ReplayConfig {
+        threshold: args.threshold,
+        ttl_ns,
+        model: ModelConfig {
+            max_contexts: args.max_contexts,
+            use_window: !args.disable.contains(&Component::Window),
+            use_markov: !args.disable.contains(&Component::Markov),
+            use_timing: !args.disable.contains(&Component::Timing),
+            calibrate: !args.disable.contains(&Component::Calibration),
+            ..ModelConfig::default()
+        },
+    };
+    let report = replay(&trace.events, &config);
+    if args.json {
+        let mut value = serde_json::to_value(&report).context("encoding the report")?;
+        if let Some(object) = value.as_object_mut() {
+            object.insert("malformed_lines".to_owned(), trace.malformed.len().into());
+        }
+        let text = serde_json::to_string(&value).context("encoding the report")?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!(
+        "{} interactions, threshold {}, ttl {} ms, {} malformed lines skipped",
+        report.model.interactions,
+        report.threshold,
+        report.ttl_ms,
+        trace.malformed.len()
+    );
+    println!(
+        "{:<18} {:>8} {:>8} {:>9} {:>8} {:>7} {:>10} {:>7}",
+        "strategy", "hits", "hit_rate", "created", "wasted", "waste", "lead_p50", "brier"
+    );
+    for (name, figures) in [
+        ("model", &report.model),
+        ("static_pool", &report.static_pool),
+        ("ratio_preconnect", &report.ratio_preconnect),
+    ] {
+        print_row(name, figures);
+    }
+    if args.calibration {
+        println!();
+        println!(
+            "{:<12} {:>10} {:>10} {:>10}",
+            "p (model)", "forecasts", "mean p", "observed"
+        );
+        for bin in &report.calibration {
+            println!(
+                "{:<12} {:>10} {:>10.3} {:>10.3}",
+                format!("{:.1}-{:.1}", bin.from, bin.to),
+                bin.forecasts,
+                bin.mean_probability,
+                bin.observed_rate
+            );
+        }
+    }
+    if args.by_pair {
+        println!();
+        println!(
+            "{:<40} {:>8} {:>8} {:>8} {:>8}",
+            "pair (model)", "starts", "hits", "created", "wasted"
+        );
+        for pair in &report.pairs {
+            let name = format!("{} -> {} ({})", pair.src, pair.dst, pair.kind);
+            println!(
+                "{name:<40} {:>8} {:>8} {:>8} {:>8}",
+                pair.interactions, pair.hits, pair.created, pair.wasted
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_row(name: &str, figures: &Figures) {
+    println!(
+        "{:<18} {:>8} {:>8.3} {:>9} {:>8} {:>7.3} {:>8.1}ms {:>7.4}",
+        name,
+        figures.hits,
+        figures.hit_rate,
+        figures.created,
+        figures.wasted,
+        figures.waste_ratio,
+        figures.lead_time_p50_ms,
+        figures.brier_score
+    );
 }

@@ -1,0 +1,640 @@
+//! The predictive engine. [`Model`] learns from [`TraceEvent`]s online
+//! ([`Model::observe`]) and answers "which (src, dst, kind) starts within
+//! the next horizon, with what probability, and how soon"
+//! ([`Model::predict`], [`Model::due`]).
+//!
+//! Three components each give a probability per pair; the model keeps the
+//! largest (each is calibrated on its own, and they mostly see the same
+//! causes, so adding them up would double count):
+//! - sliding-window patterns: every interaction is a context whose
+//!   [`table::Table`] counts which interactions follow it within
+//!   [`ModelConfig::window_ns`], with their delays ([`samples::Samples`]);
+//! - a [`markov::Markov`] chain (orders 1 and 2) over the interaction stream;
+//! - per-pair timing: the inter-arrival gaps of each pair, so periodic and
+//!   steady pairs are predicted with no trigger at all.
+//!
+//! Follower probabilities are Dirichlet-smoothed with a prior share scaled
+//! by the pair's resonance score ([`Model::set_prior`]). Memory is bounded by
+//! [`ModelConfig::max_contexts`] tracked pairs (least recently seen evicted).
+//! The model serialises to JSON ([`Model::save`], [`Model::load`]).
+
+pub mod calibrate;
+pub mod markov;
+pub mod samples;
+pub mod table;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    io::{BufReader, BufWriter},
+    path::Path,
+};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::trace::TraceEvent;
+use calibrate::Calibrator;
+use markov::{ChainParams, Markov};
+use samples::Samples;
+use table::{Table, conditional, smoothed};
+
+/// How many steps ahead [`Model::due`] looks for a better moment.
+pub const LOOKAHEAD_STEPS: u64 = 4;
+/// How much more likely a later moment must be for [`Model::due`] to wait.
+pub const PEAK_MARGIN: f64 = 0.02;
+
+/// Index of an interned pair inside a model.
+pub type PairId = u32;
+
+/// What identifies an interaction: who talks to whom over what.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PairKey {
+    /// Initiating service.
+    pub src: String,
+    /// Receiving service.
+    pub dst: String,
+    /// Channel kind.
+    pub kind: String,
+}
+
+impl PairKey {
+    /// The key of an event.
+    pub fn of(event: &TraceEvent) -> Self {
+        Self {
+            src: event.src.clone(),
+            dst: event.dst.clone(),
+            kind: event.kind.clone(),
+        }
+    }
+}
+
+/// Tuning of the model. The defaults are the ones the replay targets were
+/// measured with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Sliding window W: how long after an interaction a follower counts.
+    pub window_ns: u64,
+    /// Decay of counts per occurrence of their context (0..1).
+    pub decay: f64,
+    /// Dirichlet prior mass (pseudo-occurrences).
+    pub alpha: f64,
+    /// Prior share of any follower for a neutral resonance score.
+    pub base_prior: f64,
+    /// Order-2 evidence at which the chain trusts order 2 as much as order 1.
+    pub order2_support: f64,
+    /// Pseudo-samples shrinking timing predictions made from few gaps.
+    pub timing_shrink: f64,
+    /// Most pairs (and order-2 contexts) tracked at once.
+    pub max_contexts: usize,
+    /// Most followers kept per context.
+    pub max_followers: usize,
+    /// Whether the sliding-window follower tables are consulted.
+    pub use_window: bool,
+    /// Whether the Markov chain is consulted.
+    pub use_markov: bool,
+    /// Whether per-pair inter-arrival timing is consulted.
+    pub use_timing: bool,
+    /// Whether raw probabilities are mapped onto observed frequencies.
+    pub calibrate: bool,
+    /// Horizon the calibration learns (the channel TTL it serves).
+    pub calibration_horizon_ns: u64,
+    /// Event time between two samples of forecasts for calibration.
+    pub calibration_every_ns: u64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            window_ns: 30_000_000_000,
+            decay: 0.9,
+            alpha: 1.0,
+            base_prior: 0.05,
+            order2_support: 2.0,
+            timing_shrink: 1.0,
+            max_contexts: 1024,
+            max_followers: 32,
+            use_window: true,
+            use_markov: true,
+            use_timing: true,
+            calibrate: true,
+            calibration_horizon_ns: 5_000_000_000,
+            calibration_every_ns: 1_000_000_000,
+        }
+    }
+}
+
+/// One predicted interaction start.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Prediction {
+    /// Initiating service.
+    pub src: String,
+    /// Receiving service.
+    pub dst: String,
+    /// Channel kind.
+    pub kind: String,
+    /// Probability that the pair starts within the horizon.
+    pub probability: f64,
+    /// Expected time from now to the start, if it happens in the horizon.
+    pub expected_lead_ns: u64,
+}
+
+/// A pair worth preparing a channel for now.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Due {
+    /// The pair ([`Model::key`] names it).
+    pub pair: PairId,
+    /// Probability of a start within the horizon.
+    pub probability: f64,
+    /// Expected lead time.
+    pub expected_lead_ns: u64,
+}
+
+/// Probability and expected lead of one pair, as computed by
+/// [`Model::scores`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Score {
+    /// Probability of a start within the horizon.
+    pub probability: f64,
+    /// Expected lead time.
+    pub expected_lead_ns: u64,
+}
+
+impl Score {
+    fn raise(&mut self, probability: f64, expected_lead_ns: u64) {
+        if probability > self.probability {
+            self.probability = probability;
+            self.expected_lead_ns = expected_lead_ns;
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct PairState {
+    key: PairKey,
+    /// Multiplier of the Dirichlet prior share (1 = neutral).
+    prior: f64,
+    last_ts: Option<u64>,
+    seen: u64,
+    /// Inter-arrival gaps.
+    gaps: Samples,
+    /// What follows this pair within the window.
+    follow: Table,
+    /// Followers already credited since this pair's latest occurrence.
+    credited: Vec<PairId>,
+}
+
+/// The online predictor.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Model {
+    config: ModelConfig,
+    pairs: Vec<Option<PairState>>,
+    free: Vec<PairId>,
+    markov: Markov,
+    /// Resonance scores in [0, 1] by pair; 0.5 is neutral.
+    priors: BTreeMap<PairKey, f64>,
+    calibrator: Calibrator,
+    #[serde(skip)]
+    index: HashMap<PairKey, PairId>,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Self::new(ModelConfig::default())
+    }
+}
+
+/// How a resonance score in [0, 1] scales the prior share (0.5 -> 1).
+fn prior_multiplier(score: f64) -> f64 {
+    2.0 * score.clamp(0.0, 1.0)
+}
+
+impl Model {
+    /// An empty model.
+    pub fn new(config: ModelConfig) -> Self {
+        Self {
+            config,
+            pairs: Vec::new(),
+            free: Vec::new(),
+            markov: Markov::default(),
+            priors: BTreeMap::new(),
+            calibrator: Calibrator::default(),
+            index: HashMap::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Sets the resonance score of a pair (in [0, 1], 0.5 neutral): it
+    /// scales the Dirichlet prior share of that pair as a follower.
+    pub fn set_prior(&mut self, key: PairKey, score: f64) {
+        if let Some(&id) = self.index.get(&key)
+            && let Some(Some(state)) = self.pairs.get_mut(id as usize)
+        {
+            state.prior = prior_multiplier(score);
+        }
+        self.priors.insert(key, score);
+    }
+
+    /// Number of pairs currently tracked.
+    pub fn tracked(&self) -> usize {
+        self.index.len()
+    }
+
+    /// The id of a tracked pair.
+    pub fn pair_id(&self, key: &PairKey) -> Option<PairId> {
+        self.index.get(key).copied()
+    }
+
+    /// The key of a tracked pair.
+    pub fn key(&self, pair: PairId) -> Option<&PairKey> {
+        self.state(pair).map(|state| &state.key)
+    }
+
+    fn state(&self, pair: PairId) -> Option<&PairState> {
+        self.pairs.get(pair as usize).and_then(Option::as_ref)
+    }
+
+    fn chain_params(&self) -> ChainParams {
+        ChainParams {
+            decay: self.config.decay,
+            alpha: self.config.alpha,
+            order2_support: self.config.order2_support,
+            max_entries: self.config.max_followers,
+            max_contexts: self.config.max_contexts,
+        }
+    }
+
+    /// Online update with one interaction start. Events are expected in
+    /// time order; an event older than what was seen counts as simultaneous.
+    pub fn observe(&mut self, event: &TraceEvent) {
+        let id = self.intern(PairKey::of(event));
+        let ts = event.ts_ns;
+        let window = self.config.window_ns;
+        let decay = self.config.decay;
+        let max_followers = self.config.max_followers;
+        for state in self.pairs.iter_mut().flatten() {
+            let Some(last) = state.last_ts else { continue };
+            let delay = ts.saturating_sub(last);
+            if delay <= window && !state.credited.contains(&id) {
+                state.follow.credit(id, delay, decay, max_followers);
+                state.credited.push(id);
+            }
+        }
+        if let Some(Some(state)) = self.pairs.get_mut(id as usize) {
+            if let Some(last) = state.last_ts {
+                state.gaps.push(ts.saturating_sub(last));
+            }
+            state.last_ts = Some(ts.max(state.last_ts.unwrap_or(0)));
+            state.seen += 1;
+            state.follow.occur(decay);
+            state.credited.clear();
+        }
+        let params = self.chain_params();
+        self.markov.observe(id, ts, &params);
+        if self.config.calibrate {
+            self.calibrator.on_start(id, ts);
+        }
+        self.tick(ts);
+    }
+
+    /// Lets time pass with no event: samples the model's own forecasts for
+    /// calibration once per [`ModelConfig::calibration_every_ns`]. Calling
+    /// it on a clock (the replay does, every tick) keeps the calibration
+    /// true between events, not just right after them.
+    pub fn tick(&mut self, now: u64) {
+        if !self.config.calibrate || !self.calibrator.wants_sample(now) {
+            return;
+        }
+        let horizon = self.config.calibration_horizon_ns;
+        let mut raw = vec![Score::default(); self.pairs.len()];
+        self.accumulate(now, horizon, None, &mut raw);
+        let every = self.config.calibration_every_ns;
+        self.calibrator.sample(now, horizon, every, &raw);
+    }
+
+    /// Periodic retraining: forgets what was learnt (keeping configuration
+    /// and resonance priors) and relearns from a slice of history in order.
+    pub fn retrain<'a>(&mut self, events: impl IntoIterator<Item = &'a TraceEvent>) {
+        self.pairs.clear();
+        self.free.clear();
+        self.index.clear();
+        self.markov = Markov::default();
+        self.calibrator = Calibrator::default();
+        for event in events {
+            self.observe(event);
+        }
+    }
+
+    fn intern(&mut self, key: PairKey) -> PairId {
+        if let Some(&id) = self.index.get(&key) {
+            return id;
+        }
+        if self.index.len() >= self.config.max_contexts.max(1) {
+            self.evict_least_recent();
+        }
+        let prior = prior_multiplier(self.priors.get(&key).copied().unwrap_or(0.5));
+        let state = PairState {
+            key: key.clone(),
+            prior,
+            last_ts: None,
+            seen: 0,
+            gaps: Samples::default(),
+            follow: Table::default(),
+            credited: Vec::new(),
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.pairs[id as usize] = Some(state);
+                id
+            }
+            None => {
+                self.pairs.push(Some(state));
+                (self.pairs.len() - 1) as PairId
+            }
+        };
+        self.index.insert(key, id);
+        id
+    }
+
+    /// The least useful pair is the one seen least recently (fewest
+    /// occurrences breaking ties): its predictions are the stalest.
+    fn evict_least_recent(&mut self) {
+        let victim = self
+            .pairs
+            .iter()
+            .enumerate()
+            .filter_map(|(id, state)| state.as_ref().map(|state| (id, state)))
+            .min_by_key(|(id, state)| (state.last_ts, state.seen, *id))
+            .map(|(id, _)| id as PairId);
+        let Some(victim) = victim else { return };
+        if let Some(state) = self.pairs[victim as usize].take() {
+            self.index.remove(&state.key);
+        }
+        for state in self.pairs.iter_mut().flatten() {
+            state.follow.remove(victim);
+            state.credited.retain(|pair| *pair != victim);
+        }
+        self.markov.remove(victim);
+        self.calibrator.forget(victim);
+        self.free.push(victim);
+    }
+
+    /// Probability and expected lead for every pair slot (indexed by
+    /// [`PairId`]) of a start in `(now, now + horizon]`.
+    pub fn scores(&self, now: u64, horizon: u64) -> Vec<Score> {
+        let mut scores = vec![Score::default(); self.pairs.len()];
+        self.accumulate(now, horizon, None, &mut scores);
+        if self.config.calibrate {
+            for score in &mut scores {
+                score.probability = self.calibrator.map(score.probability);
+            }
+        }
+        scores
+    }
+
+    /// Probability and expected lead of one pair (cheaper than
+    /// [`Model::scores`] when only a few pairs matter).
+    pub fn score(&self, pair: PairId, now: u64, horizon: u64) -> Score {
+        let mut scores = [Score::default()];
+        self.accumulate(now, horizon, Some(pair), &mut scores);
+        if self.config.calibrate {
+            scores[0].probability = self.calibrator.map(scores[0].probability);
+        }
+        scores[0]
+    }
+
+    /// Raises `scores` with every component's opinion. With `only`, just
+    /// that pair is scored, into `scores[0]`.
+    fn accumulate(&self, now: u64, horizon: u64, only: Option<PairId>, scores: &mut [Score]) {
+        let config = &self.config;
+        let share =
+            |pair: PairId| config.base_prior * self.state(pair).map_or(1.0, |state| state.prior);
+        let slot = |pair: PairId| match only {
+            None => Some(pair as usize),
+            Some(target) if target == pair => Some(0),
+            Some(_) => None,
+        };
+        if let Some(target) = only
+            && config.use_timing
+            && let Some(state) = self.state(target)
+        {
+            let (p, lead) = self.timing(state, now, horizon);
+            scores[0].raise(p, lead);
+        }
+        for (id, state) in self.pairs.iter().enumerate() {
+            let Some(state) = state else { continue };
+            if only.is_none() && config.use_timing {
+                let (p, lead) = self.timing(state, now, horizon);
+                scores[id].raise(p, lead);
+            }
+            if !config.use_window {
+                continue;
+            }
+            // Window patterns: this pair as a context still open at `now`.
+            let Some(last) = state.last_ts else { continue };
+            let elapsed = now.saturating_sub(last);
+            if elapsed >= config.window_ns {
+                continue;
+            }
+            // The open occurrence has not had its chance yet: judge the
+            // followers on the closed ones only.
+            let closed = (state.follow.weight - 1.0).max(0.0);
+            for entry in &state.follow.entries {
+                let Some(index) = slot(entry.pair) else {
+                    continue;
+                };
+                if state.credited.contains(&entry.pair) {
+                    continue;
+                }
+                let count = state.follow.count(entry, config.decay);
+                let p_follow = smoothed(count, closed, config.alpha, share(entry.pair));
+                let (p, lead) = conditional(p_follow, &entry.delays, elapsed, horizon);
+                if let Some(score) = scores.get_mut(index) {
+                    score.raise(p, lead);
+                }
+            }
+        }
+        if let Some((_, last_ts)) = self.markov.last.filter(|_| config.use_markov) {
+            let elapsed = now.saturating_sub(last_ts);
+            let params = self.chain_params();
+            self.markov
+                .candidates(&params, share, |pair, p_next, table, index| {
+                    let Some(index_out) = slot(pair) else { return };
+                    let (p, lead) =
+                        conditional(p_next, &table.entries[index].delays, elapsed, horizon);
+                    if let Some(score) = scores.get_mut(index_out) {
+                        score.raise(p, lead);
+                    }
+                });
+        }
+    }
+
+    /// Timing component: the chance the pair's next gap ends inside the
+    /// horizon, given how long it has been quiet.
+    fn timing(&self, state: &PairState, now: u64, horizon: u64) -> (f64, u64) {
+        let Some(last) = state.last_ts else {
+            return (0.0, 0);
+        };
+        let n = state.gaps.len();
+        if n == 0 {
+            return (0.0, 0);
+        }
+        let elapsed = now.saturating_sub(last);
+        let mass = state.gaps.window(elapsed, horizon);
+        let shrink = self.config.timing_shrink;
+        if mass.above > 0 {
+            let above = mass.above as f64;
+            let p = mass.within as f64 / above * above / (above + shrink);
+            return (p, mass.mean_lead_ns);
+        }
+        // Quiet for longer than any gap seen: a steady pair may simply be
+        // late (censored exponential estimate); past twice the longest gap
+        // the pair is taken to have stopped, so no more channels are wasted
+        // on it.
+        if elapsed > state.gaps.max().saturating_mul(2) {
+            return (0.0, 0);
+        }
+        let rate = n as f64 / (state.gaps.sum() as f64 + elapsed as f64).max(1.0);
+        let p = (1.0 - (-rate * horizon as f64).exp()) * n as f64 / (n as f64 + shrink);
+        let lead = ((1.0 / rate) as u64).min(horizon / 2);
+        (p, lead)
+    }
+
+    /// Predictions with probability at least `floor`, most likely first
+    /// (ties by key, so the order is deterministic).
+    pub fn predict_above(&self, now: u64, horizon: u64, floor: f64) -> Vec<Prediction> {
+        let mut out: Vec<Prediction> = self
+            .scores(now, horizon)
+            .iter()
+            .enumerate()
+            .filter(|(_, score)| score.probability >= floor && score.probability > 0.0)
+            .filter_map(|(id, score)| {
+                self.key(id as PairId).map(|key| Prediction {
+                    src: key.src.clone(),
+                    dst: key.dst.clone(),
+                    kind: key.kind.clone(),
+                    probability: score.probability,
+                    expected_lead_ns: score.expected_lead_ns,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.probability
+                .total_cmp(&a.probability)
+                .then_with(|| (&a.src, &a.dst, &a.kind).cmp(&(&b.src, &b.dst, &b.kind)))
+        });
+        out
+    }
+
+    /// Every pair with a non-negligible (>= 1%) chance of starting within
+    /// `horizon` of `now`.
+    pub fn predict(&self, now: u64, horizon: u64) -> Vec<Prediction> {
+        self.predict_above(now, horizon, 0.01)
+    }
+
+    /// Pairs to prepare a channel for at `now`: probability at least
+    /// `threshold`, unless a channel made within the next
+    /// [`LOOKAHEAD_STEPS`] steps of `step` would clearly be worth more (a
+    /// sharp periodic start is better covered by a channel made closer to
+    /// it than by one expiring just before it). `wanted` filters pairs, e.g.
+    /// those with no channel yet.
+    pub fn due(
+        &self,
+        now: u64,
+        horizon: u64,
+        threshold: f64,
+        step: u64,
+        wanted: impl Fn(PairId) -> bool,
+    ) -> Vec<Due> {
+        let waste_cost = threshold / (1.0 - threshold).max(1e-3);
+        let worth = |p: f64| p - waste_cost * (1.0 - p);
+        let current = self.scores(now, horizon);
+        let mut candidates: Vec<(Due, bool)> = current
+            .iter()
+            .enumerate()
+            .filter(|(id, score)| score.probability >= threshold && wanted(*id as PairId))
+            .map(|(id, score)| {
+                let due = Due {
+                    pair: id as PairId,
+                    probability: score.probability,
+                    expected_lead_ns: score.expected_lead_ns,
+                };
+                (due, false)
+            })
+            .collect();
+        for k in 1..=LOOKAHEAD_STEPS {
+            if candidates.iter().all(|(_, settled)| *settled) {
+                break;
+            }
+            // Waiting pays if a channel made later is worth more, counting
+            // the starts missed while waiting. A channel is worth its chance
+            // of a hit minus its chance of waste, the latter weighed so that
+            // a channel at exactly `threshold` is worth nothing.
+            let later_ts = now.saturating_add(k * step);
+            candidates.retain_mut(|(candidate, settled)| {
+                if *settled {
+                    return true;
+                }
+                let meanwhile = self.score(candidate.pair, now, k * step).probability;
+                let best_now = worth(candidate.probability) + PEAK_MARGIN;
+                // Even a certain start later could not make up for waiting,
+                // and waiting longer only misses more.
+                if 1.0 - meanwhile <= best_now {
+                    *settled = true;
+                    return true;
+                }
+                let later = self.score(candidate.pair, later_ts, horizon).probability;
+                (1.0 - meanwhile) * worth(later) <= best_now
+            });
+        }
+        let due: Vec<Due> = candidates.into_iter().map(|(due, _)| due).collect();
+        due
+    }
+
+    /// Writes the model as JSON.
+    /// The file is written beside `path` and renamed over it, so a crash
+    /// mid-save leaves the previous model intact for the next start.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(".tmp");
+        let temporary = std::path::PathBuf::from(temporary);
+        let file = File::create(&temporary)
+            .with_context(|| format!("creating model {}", temporary.display()))?;
+        let mut writer = BufWriter::new(file);
+        serde_json::to_writer(&mut writer, self)
+            .with_context(|| format!("writing model {}", temporary.display()))?;
+        let file = writer
+            .into_inner()
+            .map_err(|error| error.into_error())
+            .with_context(|| format!("flushing model {}", temporary.display()))?;
+        file.sync_all()
+            .with_context(|| format!("syncing model {}", temporary.display()))?;
+        std::fs::rename(&temporary, path)
+            .with_context(|| format!("replacing model {}", path.display()))
+    }
+
+    /// Reads a model written by [`Model::save`].
+    pub fn load(path: &Path) -> Result<Self> {
+        let file = File::open(path).with_context(|| format!("opening model {}", path.display()))?;
+        let mut model: Self = serde_json::from_reader(BufReader::new(file))
+            .with_context(|| format!("decoding model {}", path.display()))?;
+        model.index = model
+            .pairs
+            .iter()
+            .enumerate()
+            .filter_map(|(id, state)| {
+                state
+                    .as_ref()
+                    .map(|state| (state.key.clone(), id as PairId))
+            })
+            .collect();
+        Ok(model)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,102 @@
+//! [`Samples`]: the most recent observed durations (inter-arrival gaps or
+//! trigger-to-follower delays), kept as raw values so the empirical
+//! distribution stays exact for sharp periodic jobs and old behaviour is
+//! forgotten after [`CAPACITY`] new samples.
+
+use serde::{Deserialize, Serialize};
+
+/// How many recent durations a distribution keeps.
+pub const CAPACITY: usize = 16;
+
+/// A ring of the latest durations, in nanoseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Samples {
+    values: Vec<u64>,
+    next: usize,
+}
+
+/// What the samples say about a window `(elapsed, elapsed + horizon]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct WindowMass {
+    /// Samples longer than `elapsed` (the event has not happened yet).
+    pub above: usize,
+    /// Samples inside the window.
+    pub within: usize,
+    /// Mean of `sample - elapsed` over the samples inside the window.
+    pub mean_lead_ns: u64,
+}
+
+impl Samples {
+    /// Records one duration, replacing the oldest when full.
+    pub fn push(&mut self, value: u64) {
+        if self.values.len() < CAPACITY {
+            self.values.push(value);
+        } else {
+            self.values[self.next] = value;
+            self.next = (self.next + 1) % CAPACITY;
+        }
+    }
+
+    /// Number of stored samples.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether nothing was observed yet.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Largest stored sample.
+    pub fn max(&self) -> u64 {
+        self.values.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Sum of the stored samples.
+    pub fn sum(&self) -> u64 {
+        self.values.iter().sum()
+    }
+
+    /// Counts the samples beyond `elapsed` and those in
+    /// `(elapsed, elapsed + horizon]`.
+    pub fn window(&self, elapsed: u64, horizon: u64) -> WindowMass {
+        let end = elapsed.saturating_add(horizon);
+        let mut mass = WindowMass::default();
+        let mut lead_sum = 0u64;
+        for &value in &self.values {
+            if value > elapsed {
+                mass.above += 1;
+                if value <= end {
+                    mass.within += 1;
+                    lead_sum += value - elapsed;
+                }
+            }
+        }
+        if mass.within > 0 {
+            mass.mean_lead_ns = lead_sum / mass.within as u64;
+        }
+        mass
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_counts_and_forgets_oldest() {
+        let mut samples = Samples::default();
+        for value in [10, 20, 30, 40] {
+            samples.push(value);
+        }
+        let mass = samples.window(15, 20);
+        assert_eq!((mass.above, mass.within), (3, 2));
+        assert_eq!(mass.mean_lead_ns, 10, "leads 5 and 15");
+        for _ in 0..CAPACITY {
+            samples.push(1000);
+        }
+        assert_eq!(samples.len(), CAPACITY);
+        assert_eq!(samples.window(15, 20).above, CAPACITY);
+        assert_eq!(samples.max(), 1000);
+    }
+}

@@ -1,0 +1,225 @@
+//! Unit tests of the combined model.
+
+use super::*;
+
+const S: u64 = 1_000_000_000;
+const MS: u64 = 1_000_000;
+
+fn event(ts_ns: u64, src: &str, dst: &str) -> TraceEvent {
+    TraceEvent {
+        ts_ns,
+        src: src.to_owned(),
+        dst: dst.to_owned(),
+        kind: "pipe".to_owned(),
+        bytes: 0,
+        latency_ns: 0,
+        error: false,
+    }
+}
+
+fn probability(model: &Model, now: u64, horizon: u64, src: &str, dst: &str) -> f64 {
+    model
+        .predict(now, horizon)
+        .iter()
+        .find(|p| p.src == src && p.dst == dst)
+        .map_or(0.0, |p| p.probability)
+}
+
+/// A trigger `a -> b` followed 20 ms later by `b -> c`, every 7 s.
+fn triggered(model: &mut Model, rounds: u64) -> u64 {
+    let mut ts = 0;
+    for round in 0..rounds {
+        ts = round * 7 * S;
+        model.observe(&event(ts, "a", "b"));
+        model.observe(&event(ts + 20 * MS, "b", "c"));
+    }
+    ts
+}
+
+#[test]
+fn follower_is_predicted_with_its_delay() {
+    let mut model = Model::default();
+    let ts = triggered(&mut model, 20);
+    model.observe(&event(ts + 7 * S, "a", "b"));
+    let predictions = model.predict(ts + 7 * S, S);
+    let follower = predictions
+        .iter()
+        .find(|p| p.src == "b" && p.dst == "c")
+        .cloned();
+    let follower = follower.unwrap_or_else(|| panic!("no b->c in {predictions:?}"));
+    assert!(follower.probability > 0.85, "{follower:?}");
+    assert_eq!(follower.expected_lead_ns, 20 * MS);
+}
+
+#[test]
+fn rare_evidence_is_not_over_trusted() {
+    let mut model = Model::default();
+    model.observe(&event(0, "a", "b"));
+    model.observe(&event(10 * MS, "b", "c"));
+    model.observe(&event(7 * S, "a", "b"));
+    let once = probability(&model, 7 * S, S, "b", "c");
+    let mut model = Model::default();
+    let ts = triggered(&mut model, 20);
+    model.observe(&event(ts + 7 * S, "a", "b"));
+    let often = probability(&model, ts + 7 * S, S, "b", "c");
+    assert!(once < often, "{once} vs {often}");
+    assert!(once < 0.6, "one observation: {once}");
+    assert!(often > 0.85, "twenty observations: {often}");
+}
+
+#[test]
+fn periodic_pair_is_due_only_near_its_time() {
+    let mut model = Model::default();
+    for run in 0..10 {
+        model.observe(&event(run * 60 * S + (run % 3) * 10 * MS, "cron", "job"));
+    }
+    let last = 9 * 60 * S + 10 * MS;
+    let horizon = 5 * S;
+    assert!(probability(&model, last + 10 * S, horizon, "cron", "job") < 0.01);
+    let near = probability(&model, last + 57 * S, horizon, "cron", "job");
+    assert!(near > 0.85, "{near}");
+    let due_early = model.due(last + 20 * S, horizon, 0.5, horizon / 8, |_| true);
+    assert!(due_early.is_empty(), "{due_early:?}");
+    let due_near = model.due(last + 57 * S, horizon, 0.5, horizon / 8, |_| true);
+    assert_eq!(due_near.len(), 1, "{due_near:?}");
+    // Long overdue: the job stopped, no more channels for it.
+    assert_eq!(
+        probability(&model, last + 400 * S, horizon, "cron", "job"),
+        0.0
+    );
+}
+
+#[test]
+fn changed_behaviour_is_relearned() {
+    let mut model = Model::default();
+    let mut ts = 0;
+    for _ in 0..50 {
+        ts += 3 * S;
+        model.observe(&event(ts, "a", "b"));
+        model.observe(&event(ts + 5 * MS, "b", "old"));
+    }
+    for _ in 0..25 {
+        ts += 3 * S;
+        model.observe(&event(ts, "a", "b"));
+        model.observe(&event(ts + 5 * MS, "b", "new"));
+    }
+    ts += 3 * S;
+    model.observe(&event(ts, "a", "b"));
+    let new = probability(&model, ts, S, "b", "new");
+    let old = probability(&model, ts, S, "b", "old");
+    assert!(new > 0.8, "{new}");
+    assert!(old < 0.2, "{old}");
+}
+
+#[test]
+fn resonance_prior_raises_an_unproven_follower() {
+    let train = |model: &mut Model| {
+        model.observe(&event(0, "a", "b"));
+        model.observe(&event(5 * MS, "b", "c"));
+        model.observe(&event(7 * S, "a", "b"));
+    };
+    let mut neutral = Model::default();
+    train(&mut neutral);
+    let mut resonant = Model::default();
+    resonant.set_prior(
+        PairKey {
+            src: "b".into(),
+            dst: "c".into(),
+            kind: "pipe".into(),
+        },
+        1.0,
+    );
+    train(&mut resonant);
+    let now = 7 * S;
+    let p_neutral = probability(&neutral, now, S, "b", "c");
+    let p_resonant = probability(&resonant, now, S, "b", "c");
+    assert!(p_resonant > p_neutral, "{p_resonant} vs {p_neutral}");
+}
+
+#[test]
+fn memory_is_bounded_and_recent_pairs_survive() {
+    let config = ModelConfig {
+        max_contexts: 8,
+        ..ModelConfig::default()
+    };
+    let mut model = Model::new(config);
+    for i in 0..100u64 {
+        model.observe(&event(i * S, &format!("svc{i}"), "sink"));
+        model.observe(&event(i * S + MS, "hot", "sink"));
+    }
+    assert_eq!(model.tracked(), 8);
+    let hot = PairKey {
+        src: "hot".into(),
+        dst: "sink".into(),
+        kind: "pipe".into(),
+    };
+    assert!(model.pair_id(&hot).is_some());
+    assert!(probability(&model, 100 * S, 2 * S, "hot", "sink") > 0.5);
+}
+
+#[test]
+fn saved_model_predicts_the_same_after_reload() {
+    let mut model = Model::default();
+    let ts = triggered(&mut model, 12);
+    for run in 0..6 {
+        model.observe(&event(ts + run * 30 * S, "cron", "job"));
+    }
+    let now = ts + 6 * 30 * S;
+    let dir = std::env::temp_dir().join(format!("resonance-model-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.json");
+    model.save(&path).unwrap();
+    let mut loaded = Model::load(&path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    for offset in [0, S, 25 * S, 29 * S] {
+        assert_eq!(
+            model.predict(now + offset, 5 * S),
+            loaded.predict(now + offset, 5 * S)
+        );
+    }
+    // Keeps learning identically after the restart.
+    let next = event(now + 30 * S, "a", "b");
+    model.observe(&next);
+    loaded.observe(&next);
+    assert_eq!(
+        model.predict(now + 30 * S, S),
+        loaded.predict(now + 30 * S, S)
+    );
+    assert!(!model.predict(now + 30 * S, S).is_empty());
+}
+
+#[test]
+fn retrain_equals_learning_the_history_afresh() {
+    let history: Vec<TraceEvent> = (0..40)
+        .flat_map(|i| [event(i * 5 * S, "x", "y"), event(i * 5 * S + MS, "y", "z")])
+        .collect();
+    let mut fresh = Model::default();
+    for e in &history {
+        fresh.observe(e);
+    }
+    let mut retrained = Model::default();
+    retrained.observe(&event(0, "old", "stuff"));
+    retrained.retrain(&history);
+    let now = 200 * S;
+    assert_eq!(fresh.predict(now, 5 * S), retrained.predict(now, 5 * S));
+    assert_eq!(retrained.tracked(), 2);
+}
+
+#[test]
+fn one_pair_score_matches_the_full_scores() {
+    let mut model = Model::default();
+    let ts = triggered(&mut model, 15);
+    for run in 0..5 {
+        model.observe(&event(ts + run * 9 * S, "cron", "job"));
+    }
+    let last = ts + 4 * 9 * S;
+    let mut confident = 0;
+    for now in [last, last + 10 * MS, last + 8 * S] {
+        let all = model.scores(now, 2 * S);
+        confident += all.iter().filter(|score| score.probability > 0.3).count();
+        for (id, score) in all.iter().enumerate() {
+            assert_eq!(model.score(id as PairId, now, 2 * S), *score, "pair {id}");
+        }
+    }
+    assert!(confident > 0, "the comparison covered a real prediction");
+}

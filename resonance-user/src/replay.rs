@@ -1,0 +1,446 @@
+//! Preallocation simulated over a trace, in event time. [`replay`] drives
+//! three strategies over the same events and clock ticks and returns a
+//! [`Report`] of [`Figures`] for each:
+//! - the predictive [`Model`]: when [`Model::due`] names a pair with no
+//!   channel ready, one is created; a start of that pair within the TTL
+//!   consumes it (a hit), otherwise it expires as waste;
+//! - [`baseline::StaticPool`]: one idle channel per pair seen in the last
+//!   five minutes, replaced on use and on expiry;
+//! - [`baseline::RatioPreconnect`]: Envoy-style, channels per pair in
+//!   proportion to its recent rate, topped up on traffic.
+//!
+//! Everything is ordered by event time and pair order of first appearance,
+//! so the same trace and settings give the same report.
+
+pub mod baseline;
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::{
+    predict::{Model, ModelConfig, PairKey},
+    trace::TraceEvent,
+};
+use baseline::{RatioPreconnect, StaticPool};
+
+/// Settings of a replay.
+#[derive(Clone, Debug)]
+pub struct ReplayConfig {
+    /// Probability at which a channel is created.
+    pub threshold: f64,
+    /// Lifetime of an unused channel; also the prediction horizon.
+    pub ttl_ns: u64,
+    /// Model tuning.
+    pub model: ModelConfig,
+}
+
+/// Default creation threshold.
+pub const DEFAULT_THRESHOLD: f64 = 0.6;
+/// Default channel TTL.
+pub const DEFAULT_TTL_NS: u64 = 5_000_000_000;
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        Self {
+            threshold: DEFAULT_THRESHOLD,
+            ttl_ns: DEFAULT_TTL_NS,
+            model: ModelConfig::default(),
+        }
+    }
+}
+
+/// Outcome of one strategy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Figures {
+    /// Interaction starts in the trace.
+    pub interactions: u64,
+    /// Starts that found a prepared channel.
+    pub hits: u64,
+    /// hits / interactions.
+    pub hit_rate: f64,
+    /// Channels prepared.
+    pub created: u64,
+    /// Channels that expired unused.
+    pub wasted: u64,
+    /// wasted / created.
+    pub waste_ratio: f64,
+    /// Channels still alive when the trace ends (neither hit nor waste).
+    pub pending: u64,
+    /// Median time between preparing a channel and its use.
+    pub lead_time_p50_ms: f64,
+    /// Mean squared error of the start-within-TTL probability, sampled
+    /// every second for every pair seen so far.
+    pub brier_score: f64,
+}
+
+/// Hits of the model in one 30-second slice of the trace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Bucket {
+    /// Offset of the slice from the first event, in seconds.
+    pub start_s: u64,
+    /// Starts in the slice.
+    pub interactions: u64,
+    /// Of which hits.
+    pub hits: u64,
+}
+
+/// Width of a timeline slice.
+pub const BUCKET_NS: u64 = 30_000_000_000;
+
+/// The replay's result.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Report {
+    /// Threshold used.
+    pub threshold: f64,
+    /// TTL used, in milliseconds.
+    pub ttl_ms: f64,
+    /// The model's figures.
+    #[serde(flatten)]
+    pub model: Figures,
+    /// Baseline: one idle channel per pair seen in the last 5 minutes.
+    pub static_pool: Figures,
+    /// Baseline: channels in proportion to each pair's recent rate.
+    pub ratio_preconnect: Figures,
+    /// The model's hits per 30-second slice.
+    pub timeline: Vec<Bucket>,
+    /// The model's figures per pair, in order of first appearance.
+    pub pairs: Vec<PairFigures>,
+    /// Reliability of the model's probabilities (the Brier samples, binned).
+    pub calibration: Vec<CalibrationBin>,
+}
+
+/// The model's outcome for one pair.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PairFigures {
+    /// Initiating service.
+    pub src: String,
+    /// Receiving service.
+    pub dst: String,
+    /// Channel kind.
+    pub kind: String,
+    /// Starts of this pair.
+    pub interactions: u64,
+    /// Of which served by a channel.
+    pub hits: u64,
+    /// Channels prepared for it.
+    pub created: u64,
+    /// Of which expired unused.
+    pub wasted: u64,
+}
+
+/// Running counts of one strategy.
+#[derive(Clone, Debug, Default)]
+pub struct Tally {
+    /// Starts seen.
+    pub interactions: u64,
+    /// Starts served by a channel.
+    pub hits: u64,
+    /// Channels prepared.
+    pub created: u64,
+    /// Channels expired unused.
+    pub wasted: u64,
+    /// Lead time of every hit.
+    pub leads: Vec<u64>,
+    brier_sum: f64,
+    brier_count: u64,
+    /// Per tenth of probability: forecasts, their summed probability, and
+    /// how many came true.
+    bins: [(u64, f64, u64); CALIBRATION_BINS],
+}
+
+/// Number of probability bins in [`Report::calibration`].
+pub const CALIBRATION_BINS: usize = 10;
+
+/// Forecasts of the model whose probability fell in `[from, to)`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CalibrationBin {
+    /// Lower bound of the bin.
+    pub from: f64,
+    /// Upper bound (1.0 is included in the last bin).
+    pub to: f64,
+    /// Forecasts in the bin.
+    pub forecasts: u64,
+    /// Their mean probability.
+    pub mean_probability: f64,
+    /// How often the pair did start within the TTL.
+    pub observed_rate: f64,
+}
+
+impl Tally {
+    /// Scores one probabilistic forecast against what happened.
+    pub fn brier(&mut self, probability: f64, happened: bool) {
+        let outcome = if happened { 1.0 } else { 0.0 };
+        self.brier_sum += (probability - outcome).powi(2);
+        self.brier_count += 1;
+        let bin = ((probability * CALIBRATION_BINS as f64) as usize).min(CALIBRATION_BINS - 1);
+        self.bins[bin].0 += 1;
+        self.bins[bin].1 += probability;
+        self.bins[bin].2 += u64::from(happened);
+    }
+
+    /// Records a start, served by a channel made `lead` earlier or not.
+    pub fn start(&mut self, lead: Option<u64>) {
+        self.interactions += 1;
+        if let Some(lead) = lead {
+            self.hits += 1;
+            self.leads.push(lead);
+        }
+    }
+
+    fn calibration(&self) -> Vec<CalibrationBin> {
+        self.bins
+            .iter()
+            .enumerate()
+            .filter(|(_, (forecasts, _, _))| *forecasts > 0)
+            .map(|(index, &(forecasts, sum, came_true))| CalibrationBin {
+                from: index as f64 / CALIBRATION_BINS as f64,
+                to: (index + 1) as f64 / CALIBRATION_BINS as f64,
+                forecasts,
+                mean_probability: sum / forecasts as f64,
+                observed_rate: came_true as f64 / forecasts as f64,
+            })
+            .collect()
+    }
+
+    fn figures(mut self, pending: u64) -> Figures {
+        self.leads.sort_unstable();
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let p50 = if self.leads.is_empty() {
+            0.0
+        } else {
+            self.leads[(self.leads.len() - 1) / 2] as f64 / 1e6
+        };
+        Figures {
+            interactions: self.interactions,
+            hits: self.hits,
+            hit_rate: ratio(self.hits, self.interactions),
+            created: self.created,
+            wasted: self.wasted,
+            waste_ratio: ratio(self.wasted, self.created),
+            pending,
+            lead_time_p50_ms: p50,
+            brier_score: if self.brier_count == 0 {
+                0.0
+            } else {
+                self.brier_sum / self.brier_count as f64
+            },
+        }
+    }
+}
+
+/// The pairs of the trace, numbered by first appearance, with the times
+/// each one starts (to score forecasts against the future).
+struct Pairs {
+    keys: Vec<PairKey>,
+    index: HashMap<PairKey, usize>,
+    starts: Vec<Vec<u64>>,
+    /// Per pair: index of the first start after the current time.
+    cursor: Vec<usize>,
+}
+
+impl Pairs {
+    fn new(events: &[TraceEvent]) -> (Self, Vec<usize>) {
+        let mut pairs = Self {
+            keys: Vec::new(),
+            index: HashMap::new(),
+            starts: Vec::new(),
+            cursor: Vec::new(),
+        };
+        let ids = events
+            .iter()
+            .map(|event| {
+                let key = PairKey::of(event);
+                let id = match pairs.index.get(&key) {
+                    Some(&id) => id,
+                    None => {
+                        let id = pairs.keys.len();
+                        pairs.index.insert(key.clone(), id);
+                        pairs.keys.push(key);
+                        pairs.starts.push(Vec::new());
+                        pairs.cursor.push(0);
+                        id
+                    }
+                };
+                pairs.starts[id].push(event.ts_ns);
+                id
+            })
+            .collect();
+        (pairs, ids)
+    }
+
+    /// Whether the pair starts in `(now, now + horizon]`.
+    fn starts_within(&mut self, pair: usize, now: u64, horizon: u64) -> bool {
+        let starts = &self.starts[pair];
+        let cursor = &mut self.cursor[pair];
+        while *cursor < starts.len() && starts[*cursor] <= now {
+            *cursor += 1;
+        }
+        starts
+            .get(*cursor)
+            .is_some_and(|&next| next <= now.saturating_add(horizon))
+    }
+}
+
+/// Model strategy state: at most one channel per pair.
+struct Predictive {
+    model: Model,
+    channels: Vec<Option<u64>>,
+    tally: Tally,
+    per_pair: Vec<PairFigures>,
+}
+
+impl Predictive {
+    fn expire(&mut self, now: u64, ttl: u64) {
+        for (channel, figures) in self.channels.iter_mut().zip(&mut self.per_pair) {
+            if channel.is_some_and(|created| created.saturating_add(ttl) < now) {
+                *channel = None;
+                self.tally.wasted += 1;
+                figures.wasted += 1;
+            }
+        }
+    }
+
+    fn create_due(&mut self, pairs: &Pairs, now: u64, config: &ReplayConfig) {
+        let step = (config.ttl_ns / 8).max(1);
+        let ready = |id| {
+            self.model
+                .key(id)
+                .and_then(|key| pairs.index.get(key))
+                .is_some_and(|&pair| self.channels[pair].is_none())
+        };
+        for due in self
+            .model
+            .due(now, config.ttl_ns, config.threshold, step, ready)
+        {
+            let Some(key) = self.model.key(due.pair) else {
+                continue;
+            };
+            let Some(&pair) = pairs.index.get(key) else {
+                continue;
+            };
+            if self.channels[pair].is_none() {
+                self.channels[pair] = Some(now);
+                self.tally.created += 1;
+                self.per_pair[pair].created += 1;
+            }
+        }
+    }
+}
+
+/// Runs the model and both baselines over `events` (sorted by time).
+pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
+    let ttl = config.ttl_ns.max(1);
+    let (mut pairs, ids) = Pairs::new(events);
+    let count = pairs.keys.len();
+    let mut predictive = Predictive {
+        model: Model::new(ModelConfig {
+            calibration_horizon_ns: ttl,
+            ..config.model.clone()
+        }),
+        channels: vec![None; count],
+        tally: Tally::default(),
+        per_pair: pairs
+            .keys
+            .iter()
+            .map(|key| PairFigures {
+                src: key.src.clone(),
+                dst: key.dst.clone(),
+                kind: key.kind.clone(),
+                ..PairFigures::default()
+            })
+            .collect(),
+    };
+    let mut static_pool = StaticPool::new(count, ttl);
+    let mut ratio = RatioPreconnect::new(count, ttl);
+    let mut timeline: Vec<Bucket> = Vec::new();
+
+    let first = events.first().map_or(0, |event| event.ts_ns);
+    let last = events.last().map_or(0, |event| event.ts_ns);
+    let tick = (ttl / 20).max(1_000_000);
+    let brier_every = 1_000_000_000u64.max(tick);
+    let mut next_tick = first;
+    let mut next_brier = first;
+    let mut seen = 0usize;
+
+    let clock = |now: u64,
+                 seen: usize,
+                 pairs: &mut Pairs,
+                 predictive: &mut Predictive,
+                 static_pool: &mut StaticPool,
+                 ratio: &mut RatioPreconnect,
+                 next_brier: &mut u64| {
+        predictive.expire(now, ttl);
+        predictive.model.tick(now);
+        predictive.create_due(pairs, now, config);
+        if now >= *next_brier {
+            *next_brier = now + brier_every;
+            let scores = predictive.model.scores(now, ttl);
+            for pair in 0..seen {
+                let happened = pairs.starts_within(pair, now, ttl);
+                let probability = predictive
+                    .model
+                    .pair_id(&pairs.keys[pair])
+                    .and_then(|id| scores.get(id as usize))
+                    .map_or(0.0, |score| score.probability);
+                predictive.tally.brier(probability, happened);
+                static_pool.brier(pair, now, happened);
+                ratio.brier(pair, now, happened);
+            }
+        }
+    };
+
+    for (event, &pair) in events.iter().zip(&ids) {
+        let now = event.ts_ns;
+        while next_tick < now {
+            clock(
+                next_tick,
+                seen,
+                &mut pairs,
+                &mut predictive,
+                &mut static_pool,
+                &mut ratio,
+                &mut next_brier,
+            );
+            next_tick += tick;
+        }
+        seen = seen.max(pair + 1);
+        predictive.expire(now, ttl);
+        let lead = match predictive.channels[pair] {
+            Some(created) if created < now => {
+                predictive.channels[pair] = None;
+                Some(now - created)
+            }
+            _ => None,
+        };
+        predictive.tally.start(lead);
+        predictive.per_pair[pair].interactions += 1;
+        predictive.per_pair[pair].hits += u64::from(lead.is_some());
+        let slot = ((now - first) / BUCKET_NS) as usize;
+        if timeline.len() <= slot {
+            timeline.resize_with(slot + 1, Bucket::default);
+            for (index, bucket) in timeline.iter_mut().enumerate() {
+                bucket.start_s = index as u64 * BUCKET_NS / 1_000_000_000;
+            }
+        }
+        timeline[slot].interactions += 1;
+        timeline[slot].hits += u64::from(lead.is_some());
+        predictive.model.observe(event);
+        predictive.create_due(&pairs, now, config);
+        static_pool.interaction(pair, now);
+        ratio.interaction(pair, now);
+    }
+    predictive.expire(last, ttl);
+    let pending = predictive.channels.iter().flatten().count() as u64;
+    let calibration = predictive.tally.calibration();
+    Report {
+        threshold: config.threshold,
+        ttl_ms: ttl as f64 / 1e6,
+        model: predictive.tally.figures(pending),
+        static_pool: static_pool.finish(last),
+        ratio_preconnect: ratio.finish(last),
+        timeline,
+        pairs: predictive.per_pair,
+        calibration,
+    }
+}

@@ -1,0 +1,253 @@
+//! The done-means targets of the predictive engine, replayed on every
+//! generated scenario at the default threshold and TTL, plus determinism
+//! and the CLI's handling of damaged traces.
+
+use std::process::Command;
+
+use resonance::{
+    replay::{BUCKET_NS, ReplayConfig, Report, replay},
+    scenario::{self, Scenario},
+};
+
+fn run(name: &str, seed: u64) -> (Scenario, Report) {
+    let generated = scenario::generate(name, seed, None).unwrap();
+    let report = replay(&generated.events, &ReplayConfig::default());
+    (generated, report)
+}
+
+/// Targets every scenario meets: most starts served, little waste, and
+/// several times less waste than the static pool.
+fn assert_targets(name: &str, report: &Report) {
+    let model = &report.model;
+    let pool = &report.static_pool;
+    let summary = format!("{name}: model {model:?}\nstatic {pool:?}");
+    assert!(model.interactions > 500, "{summary}");
+    assert!(model.hit_rate >= 0.9, "{summary}");
+    assert!(model.waste_ratio <= 0.15, "{summary}");
+    assert!(model.waste_ratio < pool.waste_ratio, "{summary}");
+    assert_eq!(
+        model.created,
+        model.hits + model.wasted + model.pending,
+        "every channel is used, wasted or pending: {summary}"
+    );
+}
+
+#[test]
+fn cron_beats_static_pool_on_both_counts() {
+    let (_, report) = run("cron", 1);
+    assert_targets("cron", &report);
+    // Jobs every ten minutes drop out of a five-minute pool; the model
+    // predicts them from their period.
+    assert!(
+        report.model.hit_rate >= report.static_pool.hit_rate,
+        "{report:?}"
+    );
+}
+
+// On web, pipelines and drift every pair recurs within five minutes, so the
+// static pool (a channel always ready, replaced on expiry) serves nearly
+// every start, paying with a waste ratio of 0.13 to 0.33. The model spends
+// a channel only when a start within the TTL is likely, so it misses starts
+// that nothing announces (requests in the quiet shoulders of the day, the
+// first pipeline of a round after a think time wider than the TTL). What is
+// achieved: waste at least two times lower (2.5x on pipelines, 4x or more
+// on web and drift), hit rate within two points of the pool's.
+fn assert_close_to_static_hits(name: &str, report: &Report) {
+    let model = &report.model;
+    let pool = &report.static_pool;
+    assert!(
+        model.hit_rate >= pool.hit_rate - 0.02,
+        "{name}: {model:?} vs {pool:?}"
+    );
+    assert!(
+        model.waste_ratio * 2.0 < pool.waste_ratio,
+        "{name}: {model:?} vs {pool:?}"
+    );
+}
+
+#[test]
+fn web_stack_targets() {
+    let (_, report) = run("web", 1);
+    assert_targets("web", &report);
+    assert_close_to_static_hits("web", &report);
+}
+
+#[test]
+fn pipelines_targets() {
+    let (_, report) = run("pipelines", 1);
+    assert_targets("pipelines", &report);
+    assert_close_to_static_hits("pipelines", &report);
+}
+
+#[test]
+fn drift_targets_and_recovery_within_two_minutes() {
+    let (generated, report) = run("drift", 1);
+    assert_targets("drift", &report);
+    assert_close_to_static_hits("drift", &report);
+    let first = generated.events.first().map_or(0, |event| event.ts_ns);
+    let change = generated.change_ns.unwrap() - first;
+    // The first 30 s slice from which every later slice stays above 0.8.
+    let recovered = report
+        .timeline
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, bucket)| {
+            bucket.interactions >= 10 && (bucket.hits as f64) <= 0.8 * bucket.interactions as f64
+        })
+        .map_or(0, |(index, _)| (index as u64 + 1) * BUCKET_NS);
+    assert!(
+        recovered <= change + 120_000_000_000,
+        "hit rate back above 0.8 only {} s after the change: {:?}",
+        recovered.saturating_sub(change) / 1_000_000_000,
+        report.timeline
+    );
+    let after: Vec<_> = report
+        .timeline
+        .iter()
+        .filter(|bucket| bucket.start_s * 1_000_000_000 >= change)
+        .collect();
+    let hits: u64 = after.iter().map(|bucket| bucket.hits).sum();
+    let starts: u64 = after.iter().map(|bucket| bucket.interactions).sum();
+    assert!(
+        starts > 500 && hits as f64 >= 0.9 * starts as f64,
+        "{hits}/{starts}"
+    );
+}
+
+#[test]
+fn same_trace_same_report() {
+    let report = || {
+        let generated = scenario::generate("pipelines", 3, Some(900_000_000_000)).unwrap();
+        serde_json::to_string(&replay(&generated.events, &ReplayConfig::default())).unwrap()
+    };
+    assert_eq!(report(), report());
+}
+
+fn resonance(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_resonance"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_replay_is_deterministic_and_skips_bad_lines() {
+    let dir = std::env::temp_dir().join(format!("resonance-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("cron.jsonl");
+    let trace_arg = trace.to_str().unwrap();
+    let generated = resonance(&[
+        "gen-trace",
+        "--scenario",
+        "cron",
+        "--seed",
+        "5",
+        "--duration",
+        "20m",
+        "--output",
+        trace_arg,
+    ]);
+    assert!(generated.status.success(), "{generated:?}");
+
+    let one = resonance(&["replay", trace_arg, "--json"]);
+    let two = resonance(&["replay", trace_arg, "--json"]);
+    assert!(one.status.success(), "{one:?}");
+    assert_eq!(one.stdout, two.stdout);
+    let report: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    for key in [
+        "interactions",
+        "hits",
+        "hit_rate",
+        "created",
+        "wasted",
+        "waste_ratio",
+        "lead_time_p50_ms",
+        "brier_score",
+    ] {
+        assert!(report[key].is_number(), "{key} missing: {report}");
+        assert!(report["static_pool"][key].is_number(), "static_pool {key}");
+        assert!(report["ratio_preconnect"][key].is_number(), "ratio {key}");
+    }
+    let good_lines = std::fs::read_to_string(&trace).unwrap().lines().count() as u64;
+
+    // Damage the trace: two bad lines among the good ones.
+    let mut text = std::fs::read_to_string(&trace).unwrap();
+    let second_line = text.find('\n').unwrap() + 1;
+    text.insert_str(second_line, "{\"ts_ns\": \"yesterday\"}\n");
+    text.push_str("not json at all\n");
+    let damaged = dir.join("damaged.jsonl");
+    std::fs::write(&damaged, text).unwrap();
+    let out = resonance(&["replay", damaged.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 2:"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("line {}:", good_lines + 2)),
+        "{stderr}"
+    );
+    let damaged_report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(damaged_report["interactions"], report["interactions"]);
+    assert_eq!(damaged_report["interactions"].as_u64(), Some(good_lines));
+    assert_eq!(damaged_report["malformed_lines"].as_u64(), Some(2));
+    assert_eq!(report["malformed_lines"].as_u64(), Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn probabilities_are_calibrated() {
+    use resonance::predict::ModelConfig;
+    for name in ["web", "pipelines"] {
+        let generated = scenario::generate(name, 2, Some(1_800_000_000_000)).unwrap();
+        let calibrated = replay(&generated.events, &ReplayConfig::default());
+        let raw_config = ReplayConfig {
+            model: ModelConfig {
+                calibrate: false,
+                ..ModelConfig::default()
+            },
+            ..ReplayConfig::default()
+        };
+        let raw = replay(&generated.events, &raw_config);
+        assert!(
+            calibrated.model.brier_score < raw.model.brier_score,
+            "{name}: calibrated {} vs raw {}",
+            calibrated.model.brier_score,
+            raw.model.brier_score
+        );
+        let mut checked = 0;
+        for bin in &calibrated.calibration {
+            if bin.forecasts >= 500 {
+                checked += 1;
+                assert!(
+                    (bin.observed_rate - bin.mean_probability).abs() <= 0.1,
+                    "{name}: {bin:?}"
+                );
+            }
+        }
+        assert!(checked >= 4, "{name}: {:?}", calibrated.calibration);
+    }
+}
+
+#[test]
+fn bounded_memory_degrades_gracefully() {
+    use resonance::predict::ModelConfig;
+    // cron has 12 pairs; with room for 8 the least recently seen are
+    // evicted and relearnt, so some periodic jobs are predicted less.
+    let (generated, full) = run("cron", 1);
+    let config = ReplayConfig {
+        model: ModelConfig {
+            max_contexts: 8,
+            ..ModelConfig::default()
+        },
+        ..ReplayConfig::default()
+    };
+    let bounded = replay(&generated.events, &config);
+    let figures = &bounded.model;
+    assert_eq!(figures.interactions, full.model.interactions);
+    assert_eq!(
+        figures.created,
+        figures.hits + figures.wasted + figures.pending
+    );
+    assert!(figures.hits > figures.interactions / 2, "{figures:?}");
+    assert!(figures.hit_rate < full.model.hit_rate, "{figures:?}");
+}
