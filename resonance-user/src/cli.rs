@@ -4,6 +4,7 @@
 mod gen_trace;
 mod observe;
 mod pairs;
+mod record;
 mod replay;
 mod run;
 
@@ -27,6 +28,8 @@ enum Command {
     Run(run::Args),
     /// Show the running agent's current pair scores.
     Pairs(pairs::Args),
+    /// Write live interaction starts as a trace (JSON Lines).
+    Record(record::Args),
     /// Simulate preallocation over a recorded trace and score it.
     Replay(replay::Args),
     /// Write a synthetic interaction trace for a named scenario.
@@ -42,6 +45,7 @@ pub fn main() -> ExitCode {
         Command::Observe(args) => observe::run(args),
         Command::Run(args) => run::run(args),
         Command::Pairs(args) => pairs::run(args),
+        Command::Record(args) => record::run(args),
         Command::Replay(args) => replay::run(args),
         Command::GenTrace(args) => gen_trace::run(args),
     };

@@ -51,6 +51,19 @@ pub struct ObserverStats {
     pub flows: u64,
 }
 
+/// A process starting to send after an idle gap, and who reads it.
+#[derive(Clone, Debug)]
+pub struct InteractionStart {
+    /// Unix epoch ns.
+    pub ts_ns: u64,
+    /// The sender.
+    pub src: crate::aggregate::ProcessInfo,
+    /// The readers of the end it writes to (empty if none seen yet).
+    pub dst: Vec<crate::aggregate::ProcessInfo>,
+    /// Channel kind.
+    pub kind: ChannelKind,
+}
+
 /// A running observation.
 pub struct Observer {
     probes: Probes,
@@ -157,9 +170,46 @@ impl Observer {
         }
     }
 
-    /// Flow starts seen since the last call (for recording traces).
+    /// Flow starts seen since the last call (raw events).
     pub fn take_flow_starts(&mut self) -> Vec<KernelEvent> {
         std::mem::take(&mut self.started)
+    }
+
+    /// Send-side flow starts since the last call, each joined to the
+    /// processes reading the end it writes to, as of the last
+    /// [`Observer::interval`] (call that first). Times are Unix epoch ns.
+    pub fn interaction_starts(&mut self) -> Vec<InteractionStart> {
+        let mut readers: HashMap<(ChannelKind, u64), Vec<u32>> = HashMap::new();
+        for flow in self.previous.flows.values() {
+            if flow.dir == Direction::Recv {
+                readers.entry((flow.kind, flow.end)).or_default().push(flow.pid);
+            }
+        }
+        let mut out = Vec::new();
+        for event in std::mem::take(&mut self.started) {
+            let Happening::FlowStarted { end, dir: Direction::Send } = event.what else {
+                continue;
+            };
+            let writer = self
+                .previous
+                .flows
+                .get(&(event.task.pid, end.kind, Direction::Send, end.id));
+            let peer = writer.map_or(end.peer, |w| w.peer);
+            let Some(src) = self.processes.get(event.task.pid).cloned() else { continue };
+            let dst: Vec<_> = readers
+                .get(&(end.kind, peer))
+                .into_iter()
+                .flatten()
+                .filter_map(|pid| self.processes.get(*pid).cloned())
+                .collect();
+            out.push(InteractionStart {
+                ts_ns: self.clock.to_epoch_ns(event.ts_ns),
+                src,
+                dst,
+                kind: end.kind,
+            });
+        }
+        out
     }
 
     /// A tokio handle that becomes readable when the kernel has written to

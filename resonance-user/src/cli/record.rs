@@ -1,0 +1,94 @@
+//! `resonance record`: live interaction starts written as a trace that
+//! `resonance replay` and the predictor read.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    agent::pair_figures,
+    aggregate::ServiceNamer,
+    config::{Config, DEFAULT_CONFIG_PATH},
+    observer::{Observer, ObserverOptions},
+    trace::{StartDetector, TraceEvent, TraceWriter},
+};
+
+/// How often flows and starts are read.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Arguments of `resonance record`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// How long to record (e.g. `30s`, `10m`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// The trace file to write (JSON Lines).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Config file with service rules.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// Records until the duration is over.
+pub fn run(args: Args) -> Result<()> {
+    let explicit = args.config.is_some();
+    let config_path = args.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let config = Config::load(&config_path, explicit)?;
+    let namer = ServiceNamer::new(config.services.clone());
+    let mut observer = Observer::start(&ObserverOptions {
+        idle_gap: config.idle_gap,
+        ..ObserverOptions::default()
+    })?;
+    let file = File::create(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
+    let mut writer = TraceWriter::new(file);
+    let idle_gap_ns = u64::try_from(config.idle_gap.as_nanos()).unwrap_or(u64::MAX);
+    let mut detector = StartDetector::new(idle_gap_ns);
+    let deadline = Instant::now() + args.duration;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        runtime.block_on(observer.watch(left.min(POLL)))?;
+        let interactions = observer.interval();
+        let figures = pair_figures(&interactions, &namer);
+        let mut events: BTreeMap<(u64, String, String, String), TraceEvent> = BTreeMap::new();
+        for start in observer.interaction_starts() {
+            let src = namer.name(&start.src);
+            let kind = start.kind.as_str().to_owned();
+            for dst in &start.dst {
+                let dst = namer.name(dst);
+                if !detector.activity(start.ts_ns, &src, &dst, &kind) {
+                    continue;
+                }
+                let figures = figures.iter().find(|(k, _)| k.src == src && k.dst == dst && k.kind == start.kind);
+                let event = TraceEvent {
+                    ts_ns: start.ts_ns,
+                    src: src.clone(),
+                    dst: dst.clone(),
+                    kind: kind.clone(),
+                    bytes: figures.map_or(0, |(_, f)| f.bytes),
+                    latency_ns: figures.and_then(|(_, f)| f.latency.quantile(0.5)).unwrap_or(0),
+                    error: figures.is_some_and(|(_, f)| f.errors > 0),
+                };
+                events.insert((start.ts_ns, src.clone(), dst, kind.clone()), event);
+            }
+        }
+        for event in events.values() {
+            writer.write(event)?;
+        }
+        if left.is_zero() {
+            break;
+        }
+    }
+    writer.flush()?;
+    log::info!("wrote {} interaction starts to {}", writer.written(), args.output.display());
+    Ok(())
+}
