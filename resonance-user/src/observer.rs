@@ -182,20 +182,29 @@ impl Observer {
         let mut readers: HashMap<(ChannelKind, u64), Vec<u32>> = HashMap::new();
         for flow in self.previous.flows.values() {
             if flow.dir == Direction::Recv {
-                readers.entry((flow.kind, flow.end)).or_default().push(flow.pid);
+                readers
+                    .entry((flow.kind, flow.end))
+                    .or_default()
+                    .push(flow.pid);
             }
         }
         let mut out = Vec::new();
         for event in std::mem::take(&mut self.started) {
-            let Happening::FlowStarted { end, dir: Direction::Send } = event.what else {
+            let Happening::FlowStarted {
+                end,
+                dir: Direction::Send,
+            } = event.what
+            else {
                 continue;
             };
-            let writer = self
-                .previous
-                .flows
-                .get(&(event.task.pid, end.kind, Direction::Send, end.id));
+            let writer =
+                self.previous
+                    .flows
+                    .get(&(event.task.pid, end.kind, Direction::Send, end.id));
             let peer = writer.map_or(end.peer, |w| w.peer);
-            let Some(src) = self.processes.get(event.task.pid).cloned() else { continue };
+            let Some(src) = self.processes.get(event.task.pid).cloned() else {
+                continue;
+            };
             let dst: Vec<_> = readers
                 .get(&(end.kind, peer))
                 .into_iter()

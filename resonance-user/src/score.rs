@@ -92,6 +92,19 @@ pub struct Normalized {
     pub errors: f64,
 }
 
+/// Everything a pair did since the agent first saw it (not decayed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// Interactions started.
+    pub interactions: u64,
+    /// Send syscalls.
+    pub messages: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Errors.
+    pub errors: u64,
+}
+
 /// A pair's score with what it is made of.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PairScore {
@@ -104,13 +117,15 @@ pub struct PairScore {
     pub components: Components,
     /// Normalised components.
     pub normalized: Normalized,
+    /// Totals since first seen.
+    pub totals: Totals,
 }
 
 /// Decayed state of all pairs.
 #[derive(Clone, Debug)]
 pub struct Scorer {
     half_life: Duration,
-    pairs: BTreeMap<PairKey, Components>,
+    pairs: BTreeMap<PairKey, (Components, Totals)>,
 }
 
 impl Scorer {
@@ -136,8 +151,12 @@ impl Scorer {
             self.pairs.entry(key.clone()).or_default();
         }
         let quiet = IntervalFigures::default();
-        for (key, state) in &mut self.pairs {
+        for (key, (state, totals)) in &mut self.pairs {
             let f = figures.get(key).unwrap_or(&quiet);
+            totals.interactions += f.interactions;
+            totals.messages += f.messages;
+            totals.bytes += f.bytes;
+            totals.errors += f.errors;
             state.interactions_per_s +=
                 alpha * (f.interactions as f64 / seconds - state.interactions_per_s);
             state.bytes_per_s += alpha * (f.bytes as f64 / seconds - state.bytes_per_s);
@@ -156,7 +175,7 @@ impl Scorer {
                 });
             }
         }
-        self.pairs.retain(|_, s| {
+        self.pairs.retain(|_, (s, _)| {
             s.interactions_per_s > FORGET_BELOW
                 || s.bytes_per_s > FORGET_BELOW
                 || s.error_ratio > FORGET_BELOW
@@ -165,16 +184,20 @@ impl Scorer {
 
     /// Current scores, in pair order.
     pub fn scores(&self) -> Vec<PairScore> {
-        let frequencies: Vec<f64> = self.pairs.values().map(|c| c.interactions_per_s).collect();
-        let rates: Vec<f64> = self.pairs.values().map(|c| c.bytes_per_s).collect();
+        let frequencies: Vec<f64> = self
+            .pairs
+            .values()
+            .map(|(c, _)| c.interactions_per_s)
+            .collect();
+        let rates: Vec<f64> = self.pairs.values().map(|(c, _)| c.bytes_per_s).collect();
         let latencies: Vec<f64> = self
             .pairs
             .values()
-            .filter_map(|c| c.latency_p50_ns)
+            .filter_map(|(c, _)| c.latency_p50_ns)
             .collect();
         self.pairs
             .iter()
-            .map(|(key, c)| {
+            .map(|(key, (c, totals))| {
                 let normalized = Normalized {
                     frequency: mid_rank(&frequencies, c.interactions_per_s),
                     rate: mid_rank(&rates, c.bytes_per_s),
@@ -186,6 +209,7 @@ impl Scorer {
                     score: combine(&normalized),
                     components: *c,
                     normalized,
+                    totals: *totals,
                 }
             })
             .collect()

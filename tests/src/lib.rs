@@ -69,19 +69,88 @@ pub fn observe(traffic: impl FnOnce() -> Result<()> + Send) -> Vec<InteractionRe
 
 /// The `traffic` helper binary: `RESONANCE_TRAFFIC_BIN` when set (inside a
 /// VM guest the build tree does not exist), else the one cargo built next to
-/// the running executable (`target/*/traffic` for both benchmarks in
-/// `target/*/` and test binaries in `target/*/deps/`).
+/// the running executable.
 pub fn traffic_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("RESONANCE_TRAFFIC_BIN") {
+    built_binary("traffic", "RESONANCE_TRAFFIC_BIN")
+}
+
+/// The `resonance` binary: `RESONANCE_BIN` when set, else the one cargo
+/// built next to the running executable.
+pub fn resonance_bin() -> PathBuf {
+    built_binary("resonance", "RESONANCE_BIN")
+}
+
+/// `target/*/NAME` for both benchmarks in `target/*/` and test binaries in
+/// `target/*/deps/`; panics with a clear message when it is not built.
+fn built_binary(name: &str, variable: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(variable) {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().unwrap_or_default();
     exe.ancestors()
         .skip(1)
         .take(2)
-        .map(|dir| dir.join("traffic"))
+        .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| PathBuf::from("traffic"))
+        .unwrap_or_else(|| {
+            panic!(
+                "the {name} binary is not built next to {}; set {variable}",
+                exe.display()
+            )
+        })
+}
+
+/// A plain HTTP GET on loopback; returns (status code, body).
+pub fn http_get(address: std::net::SocketAddr, path_and_query: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path_and_query} HTTP/1.0\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_owned()))
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+}
+
+/// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, so a failing
+/// test leaves nothing running.
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Forks: the child runs `child` and exits (0 on success), the parent runs

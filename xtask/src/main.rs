@@ -94,6 +94,9 @@ fn main() -> Result<()> {
         }
         Command::Test => {
             let env = bootstrap::ensure(&root)?;
+            // The agent tests check a live scrape with promtool and have a
+            // real Prometheus server scrape the agent.
+            debian::ensure(TEST_PACKAGES)?;
             lint(&root, &env)?;
             cmd::cargo(
                 &root,
@@ -126,6 +129,9 @@ fn main() -> Result<()> {
         }
     }
 }
+
+/// Debian packages the test suite runs besides the build's own.
+const TEST_PACKAGES: &[&str] = &["prometheus"];
 
 /// fmt and clippy for the host crates, and clippy for the eBPF crate with
 /// its own nightly and target.

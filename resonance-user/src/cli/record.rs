@@ -38,14 +38,17 @@ pub struct Args {
 /// Records until the duration is over.
 pub fn run(args: Args) -> Result<()> {
     let explicit = args.config.is_some();
-    let config_path = args.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let config_path = args
+        .config
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
     let config = Config::load(&config_path, explicit)?;
     let namer = ServiceNamer::new(config.services.clone());
     let mut observer = Observer::start(&ObserverOptions {
         idle_gap: config.idle_gap,
         ..ObserverOptions::default()
     })?;
-    let file = File::create(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
+    let file = File::create(&args.output)
+        .with_context(|| format!("creating {}", args.output.display()))?;
     let mut writer = TraceWriter::new(file);
     let idle_gap_ns = u64::try_from(config.idle_gap.as_nanos()).unwrap_or(u64::MAX);
     let mut detector = StartDetector::new(idle_gap_ns);
@@ -68,14 +71,18 @@ pub fn run(args: Args) -> Result<()> {
                 if !detector.activity(start.ts_ns, &src, &dst, &kind) {
                     continue;
                 }
-                let figures = figures.iter().find(|(k, _)| k.src == src && k.dst == dst && k.kind == start.kind);
+                let figures = figures
+                    .iter()
+                    .find(|(k, _)| k.src == src && k.dst == dst && k.kind == start.kind);
                 let event = TraceEvent {
                     ts_ns: start.ts_ns,
                     src: src.clone(),
                     dst: dst.clone(),
                     kind: kind.clone(),
                     bytes: figures.map_or(0, |(_, f)| f.bytes),
-                    latency_ns: figures.and_then(|(_, f)| f.latency.quantile(0.5)).unwrap_or(0),
+                    latency_ns: figures
+                        .and_then(|(_, f)| f.latency.quantile(0.5))
+                        .unwrap_or(0),
                     error: figures.is_some_and(|(_, f)| f.errors > 0),
                 };
                 events.insert((start.ts_ns, src.clone(), dst, kind.clone()), event);
@@ -89,6 +96,10 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     writer.flush()?;
-    log::info!("wrote {} interaction starts to {}", writer.written(), args.output.display());
+    log::info!(
+        "wrote {} interaction starts to {}",
+        writer.written(),
+        args.output.display()
+    );
     Ok(())
 }

@@ -1,0 +1,271 @@
+//! `resonance run` as a sysadmin runs it: a real agent process, real
+//! traffic, then its control socket, its /metrics (checked by promtool) and
+//! a real Prometheus server scraping it must all agree on the exact bytes.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use resonance::control::{Request, ask};
+use resonance_tests::{Reaped, free_port, http_get, resonance_bin, serial, traffic_bin, wait_for};
+use serde_json::Value;
+
+struct Agent {
+    process: Reaped,
+    control: PathBuf,
+    metrics: SocketAddr,
+    log: PathBuf,
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("resonance-agent-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating a scratch folder");
+    dir
+}
+
+fn start_agent(dir: &Path) -> Agent {
+    let control = dir.join("control.sock");
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let log = dir.join("agent.log");
+    let log_file = std::fs::File::create(&log).expect("creating the agent log");
+    let process = Command::new(resonance_bin())
+        .arg("run")
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--control-socket")
+        .arg(&control)
+        .arg("--metrics-listen")
+        .arg(metrics.to_string())
+        .args(["--tick", "200ms", "--flush-interval", "500ms"])
+        .stderr(log_file)
+        .spawn()
+        .expect("starting resonance run");
+    let agent = Agent {
+        process: Reaped(process),
+        control,
+        metrics,
+        log,
+    };
+    let ready = wait_for(Duration::from_secs(30), || {
+        ask(&agent.control, &Request::Pairs).ok()
+    });
+    assert!(
+        ready.is_some(),
+        "the agent did not answer within 30 s:\n{}",
+        agent.log_text()
+    );
+    agent
+}
+
+impl Agent {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pairs(&self) -> Vec<Value> {
+        ask(&self.control, &Request::Pairs)
+            .ok()
+            .and_then(|r| r.pairs)
+            .unwrap_or_default()
+    }
+
+    fn pair_bytes(&self, src: &str, dst: &str, kind: &str) -> Option<u64> {
+        self.pairs()
+            .iter()
+            .find(|p| p["src"] == src && p["dst"] == dst && p["kind"] == kind)
+            .and_then(|p| p["totals"]["bytes"].as_u64())
+    }
+}
+
+/// A copy of the traffic binary under another name, so that client and
+/// server are different services.
+fn traffic_as(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::copy(traffic_bin(), &path).expect("copying the traffic binary");
+    path
+}
+
+fn run_traffic(dir: &Path) {
+    let status = Command::new("sh")
+        .args(["-c", "head -c 3000000 /dev/zero | cat >/dev/null"])
+        .status()
+        .expect("running the pipeline");
+    assert!(status.success());
+    let socket = dir.join("app.sock");
+    let socket = socket.to_str().expect("utf-8 temp path");
+    let mut server = Command::new(traffic_as(dir, "rt-server"))
+        .args(["unix-server", socket, "20", "100", "5000", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the server");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().expect("server stdout")),
+        &mut ready,
+    )
+    .expect("reading the server's ready line");
+    let client = Command::new(traffic_as(dir, "rt-client"))
+        .args(["unix-client", socket, "20", "100", "5000"])
+        .status()
+        .expect("running the client");
+    assert!(client.success());
+    assert!(server.wait().expect("waiting for the server").success());
+}
+
+#[test]
+fn agent_reports_exact_bytes_through_pairs_metrics_and_a_real_prometheus() {
+    let _serial = serial();
+    let dir = scratch("exact");
+    let mut agent = start_agent(&dir);
+    run_traffic(&dir);
+
+    // The control socket.
+    let settled = wait_for(Duration::from_secs(15), || {
+        let figures = (
+            agent.pair_bytes("head", "cat", "pipe")?,
+            agent.pair_bytes("rt-client", "rt-server", "unix_stream")?,
+            agent.pair_bytes("rt-server", "rt-client", "unix_stream")?,
+        );
+        (figures == (3_000_000, 2_000, 100_000)).then_some(figures)
+    });
+    assert!(
+        settled.is_some(),
+        "pairs never showed the exact bytes: {:#?}\n{}",
+        agent.pairs(),
+        agent.log_text()
+    );
+    let pairs = agent.pairs();
+    let head_cat = pairs
+        .iter()
+        .find(|p| p["src"] == "head" && p["dst"] == "cat")
+        .expect("head->cat");
+    let score = head_cat["score"].as_f64().expect("a score");
+    assert!((0.0..=1.0).contains(&score), "score {score}");
+    assert!(
+        head_cat["components"]["bytes_per_s"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0)
+    );
+
+    // The /metrics endpoint, and promtool's verdict on it.
+    let (status, scrape) = http_get(agent.metrics, "/metrics").expect("scraping /metrics");
+    assert_eq!(status, 200);
+    for line in [
+        r#"resonance_pair_bytes_total{dst="cat",kind="pipe",src="head"} 3000000"#,
+        r#"resonance_pair_bytes_total{dst="rt-server",kind="unix_stream",src="rt-client"} 2000"#,
+        r#"resonance_pair_bytes_total{dst="rt-client",kind="unix_stream",src="rt-server"} 100000"#,
+        r#"resonance_event_drops_total 0"#,
+    ] {
+        assert!(
+            scrape.lines().any(|l| l == line),
+            "no `{line}` in the scrape:\n{scrape}"
+        );
+    }
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "promtool (Debian package prometheus) must be installed: cargo xtask test installs it",
+        );
+    std::io::Write::write_all(
+        &mut promtool.stdin.take().expect("promtool stdin"),
+        scrape.as_bytes(),
+    )
+    .expect("feeding promtool");
+    let verdict = promtool.wait_with_output().expect("running promtool");
+    assert!(
+        verdict.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&verdict.stdout),
+        String::from_utf8_lossy(&verdict.stderr)
+    );
+
+    // A real Prometheus server scraping the agent.
+    let prometheus_port = free_port();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: resonance\n    static_configs:\n      - targets: ['{}']\n",
+            agent.metrics
+        ),
+    )
+    .expect("writing prometheus.yml");
+    let _prometheus = Reaped(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting prometheus (Debian package prometheus)"),
+    );
+    let server = SocketAddr::from(([127, 0, 0, 1], prometheus_port));
+    let query = "/api/v1/query?query=resonance_pair_bytes_total%7Bsrc%3D%22head%22%2Cdst%3D%22cat%22%2Ckind%3D%22pipe%22%7D";
+    let seen = wait_for(Duration::from_secs(60), || {
+        let (status, body) = http_get(server, query).ok()?;
+        let value: Value = serde_json::from_str(&body).ok()?;
+        let sample = value["data"]["result"].get(0)?["value"]
+            .get(1)?
+            .as_str()?
+            .to_owned();
+        (status == 200 && sample == "3000000").then_some(sample)
+    });
+    assert_eq!(
+        seen.as_deref(),
+        Some("3000000"),
+        "Prometheus never returned the pair's bytes"
+    );
+
+    // SIGTERM stops it cleanly and removes the control socket.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.process.0.id() as i32, libc::SIGTERM) };
+    let status = agent.process.0.wait().expect("waiting for the agent");
+    assert!(
+        status.success(),
+        "agent exit {status}:\n{}",
+        agent.log_text()
+    );
+    assert!(!agent.control.exists(), "control socket left behind");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_malformed_control_request_gets_an_error_and_the_agent_keeps_serving() {
+    let _serial = serial();
+    let dir = scratch("malformed");
+    let agent = start_agent(&dir);
+    let mut stream = std::os::unix::net::UnixStream::connect(&agent.control).expect("connecting");
+    std::io::Write::write_all(&mut stream, b"{\"request\":\"launch_missiles\"}\n")
+        .expect("writing");
+    let mut answer = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut answer)
+        .expect("reading");
+    let answer: Value = serde_json::from_str(&answer).expect("a JSON answer");
+    assert_eq!(answer["ok"], false);
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("malformed request")),
+        "{answer}"
+    );
+    // A client that connects and says nothing does not block others.
+    let _silent = std::os::unix::net::UnixStream::connect(&agent.control).expect("connecting");
+    assert!(
+        ask(&agent.control, &Request::Pairs).is_ok(),
+        "{}",
+        agent.log_text()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
