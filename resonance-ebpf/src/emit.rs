@@ -6,7 +6,7 @@ use resonance_common::{Event, EventKind};
 
 use crate::{
     fdwalk::{Object, current_ppid},
-    maps::{EVENT_DROPS, EVENTS},
+    maps::{EVENT_DROPS, EVENTS, IN_FLIGHT_FULL},
 };
 
 /// The fields an event carries besides who and when.
@@ -71,6 +71,39 @@ pub fn reserve(
 fn count_drop() {
     if let Some(counter) = EVENT_DROPS.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, only this CPU writes it.
-        unsafe { *counter += 1 };
+        let dropped = unsafe {
+            *counter += 1;
+            *counter
+        };
+        // Say so in the agent's log, but only at 1, 2, 4, 8, ... drops so a
+        // full ring buffer does not also flood the log buffer.
+        if dropped.is_power_of_two() {
+            // aya-log-ebpf 0.2 ignores its context argument.
+            aya_log_ebpf::warn!(
+                &(),
+                "ring buffer full: {} events dropped on this CPU so far",
+                dropped
+            );
+        }
+    }
+}
+
+/// Counts a syscall the programs could not follow because the in-flight
+/// table was full, logging at powers of two like [`count_drop`].
+#[inline(always)]
+pub fn count_in_flight_full() {
+    if let Some(counter) = IN_FLIGHT_FULL.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        let missed = unsafe {
+            *counter += 1;
+            *counter
+        };
+        if missed.is_power_of_two() {
+            aya_log_ebpf::error!(
+                &(),
+                "in-flight table full: {} syscalls not followed on this CPU so far",
+                missed
+            );
+        }
     }
 }

@@ -23,6 +23,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map(name = "EVENT_DROPS")]
 pub static EVENT_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Syscalls not followed because `IN_FLIGHT` was full, per CPU.
+#[map(name = "IN_FLIGHT_FULL")]
+pub static IN_FLIGHT_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Syscalls between enter and exit, keyed by pid_tgid. A plain hash, not an
 /// LRU: this map is touched twice per observed syscall and LRU updates cost
 /// several times more. A thread that dies inside a syscall has its slot

@@ -100,6 +100,7 @@ impl Agent {
             signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let ring = self.observer.ring_readiness()?;
+        let kernel_log = self.observer.log_readiness()?;
         let mut tick = tokio::time::interval(self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -107,6 +108,11 @@ impl Agent {
                 guard = ring.readable() => {
                     let mut guard = guard.context("waiting for the ring buffer")?;
                     self.observer.drain_events();
+                    guard.clear_ready();
+                }
+                guard = readable(kernel_log.as_ref()) => {
+                    let mut guard = guard.context("waiting for the kernel log buffer")?;
+                    self.observer.flush_kernel_logs();
                     guard.clear_ready();
                 }
                 _ = tick.tick() => self.tick(),
@@ -186,6 +192,16 @@ impl Agent {
             }
             Err(error) => log::error!("SIGHUP: keeping the old config: {error}"),
         }
+    }
+}
+
+/// Waits until `fd` is readable; forever when there is none.
+async fn readable(
+    fd: Option<&tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, std::os::fd::OwnedFd>> {
+    match fd {
+        Some(fd) => fd.readable().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -135,6 +135,16 @@ impl Observer {
         drained
     }
 
+    /// Reads and discards everything the ring buffer holds, counting the
+    /// records: the raw read rate the benchmark compares the pipeline with.
+    pub fn drain_raw(&mut self) -> usize {
+        let mut drained = 0;
+        while let Some(record) = self.probes.events.next() {
+            drained += usize::from(!record.is_empty());
+        }
+        drained
+    }
+
     fn apply(&mut self, event: KernelEvent) {
         let task = &event.task;
         match &event.what {
@@ -235,6 +245,29 @@ impl Observer {
         unsafe { AsyncFd::register(fd) }.context("registering the ring buffer with tokio")
     }
 
+    /// Passes the programs' aya-log records on to the `log` crate.
+    pub fn flush_kernel_logs(&mut self) {
+        if let Some(logger) = self.probes.logger.as_mut() {
+            logger.flush();
+        }
+    }
+
+    /// A tokio handle that becomes readable when the programs have logged
+    /// something; `None` when they cannot log.
+    pub fn log_readiness(&self) -> Result<Option<AsyncFd<std::os::fd::OwnedFd>>> {
+        let Some(logger) = self.probes.logger.as_ref() else {
+            return Ok(None);
+        };
+        let fd = logger
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the log fd")?;
+        // SAFETY: our own duplicate, owned by the AsyncFd.
+        let readiness =
+            unsafe { AsyncFd::register(fd) }.context("registering the log buffer with tokio")?;
+        Ok(Some(readiness))
+    }
+
     /// Drains events as they come until `duration` has passed.
     pub async fn watch(&mut self, duration: Duration) -> Result<()> {
         let fd = self
@@ -259,6 +292,7 @@ impl Observer {
             }
         }
         self.drain_events();
+        self.flush_kernel_logs();
         Ok(())
     }
 

@@ -260,3 +260,66 @@ fn connect_to_a_missing_unix_path_is_an_error() {
     assert_eq!(failed[0].dst_addr.as_deref(), Some(path.as_str()));
     assert_eq!(failed[0].kind, "unix_stream");
 }
+
+#[test]
+fn a_full_ring_buffer_loses_events_but_not_bytes() {
+    let _serial = serial();
+    // An idle gap of zero makes every syscall a flow start: far more events
+    // than the ring buffer holds while nobody drains it.
+    let mut observer =
+        resonance::observer::Observer::start(&resonance::observer::ObserverOptions {
+            idle_gap: std::time::Duration::ZERO,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("the eBPF observer could not start: {e}"));
+    let child = traffic(&["pipe-pingpong", "20000"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting pipe-pingpong");
+    let parent_pid = child.id();
+    wait(child, "pipe-pingpong").expect("pipe-pingpong");
+    let stats = observer.stats();
+    assert!(stats.dropped > 0, "expected drops, got {stats:?}");
+    let records: Vec<InteractionRecord> = observer
+        .interactions()
+        .iter()
+        .map(InteractionRecord::from)
+        .collect();
+    let stats = observer.stats();
+    assert!(
+        stats.events > 1000,
+        "draining after the overflow works: {stats:?}"
+    );
+    let down: Vec<_> = records
+        .iter()
+        .filter(|r| r.src_pid == parent_pid && r.dst_ppid == Some(parent_pid) && r.kind == "pipe")
+        .collect();
+    let up: Vec<_> = records
+        .iter()
+        .filter(|r| r.src_ppid == parent_pid && r.dst_pid == Some(parent_pid) && r.kind == "pipe")
+        .collect();
+    assert_eq!((down.len(), up.len()), (1, 1), "{records:#?}");
+    assert_eq!((down[0].bytes, up[0].bytes), (20_000, 20_000));
+}
+
+#[test]
+fn without_privileges_observe_says_what_is_missing_and_fails() {
+    use std::os::unix::process::CommandExt;
+    let output = Command::new(resonance_tests::resonance_bin())
+        .args(["observe", "--duration", "1s"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("running resonance as nobody");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("needs root"), "{stderr}");
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("resonance:"))
+            .count(),
+        1,
+        "{stderr}"
+    );
+}

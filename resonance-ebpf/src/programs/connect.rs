@@ -9,6 +9,7 @@ use resonance_common::EventKind;
 
 use super::{arg, observed_task, ret};
 use crate::{
+    emit::count_in_flight_full,
     emit::{Happening, emit, reserve},
     fdwalk::resolve,
     maps::{IN_FLIGHT, InFlight, Op},
@@ -36,7 +37,9 @@ pub fn connect_enter(ctx: TracePointContext) -> u32 {
         peer: 0,
         arg: address,
     };
-    let _ = IN_FLIGHT.insert(&pid_tgid, &in_flight, 0);
+    if IN_FLIGHT.insert(&pid_tgid, &in_flight, 0).is_err() {
+        count_in_flight_full();
+    }
     0
 }
 

@@ -9,6 +9,7 @@ use resonance_common::EventKind;
 
 use super::{arg, observed_task, ret};
 use crate::{
+    emit::count_in_flight_full,
     emit::{Happening, emit},
     fdwalk::resolve,
     maps::{IN_FLIGHT, InFlight, Op},
@@ -83,7 +84,9 @@ fn remember(ctx: &TracePointContext, op: Op, pointer_arg: usize) {
         peer: 0,
         arg: pointer,
     };
-    let _ = IN_FLIGHT.insert(&pid_tgid, &in_flight, 0);
+    if IN_FLIGHT.insert(&pid_tgid, &in_flight, 0).is_err() {
+        count_in_flight_full();
+    }
 }
 
 #[inline(always)]

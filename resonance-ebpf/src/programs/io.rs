@@ -7,6 +7,7 @@ use resonance_common::{ChannelKind, Direction};
 
 use super::{arg, observed_task, ret};
 use crate::{
+    emit::count_in_flight_full,
     fdwalk::{Object, resolve},
     flows::account,
     maps::{IN_FLIGHT, InFlight, Op},
@@ -53,7 +54,9 @@ fn enter(ctx: &TracePointContext, op: Op) {
         peer: object.peer,
         arg: 0,
     };
-    let _ = IN_FLIGHT.insert(&pid_tgid, &in_flight, 0);
+    if IN_FLIGHT.insert(&pid_tgid, &in_flight, 0).is_err() {
+        count_in_flight_full();
+    }
 }
 
 #[inline(always)]

@@ -94,6 +94,9 @@ pub struct Probes {
     pub event_drops: PerCpuArray<MapData, u64>,
     /// What got attached where.
     pub attached: Vec<AttachStatus>,
+    /// Log records the programs write with aya-log (rare: ring buffer full,
+    /// in-flight table full); `None` if the object has no log map.
+    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 /// Which programs go on the tracepoints.
@@ -172,6 +175,13 @@ impl Probes {
                 });
             }
         }
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(error) => {
+                log::warn!("kernel-side log messages will not be shown: {error}");
+                None
+            }
+        };
         let flows = take_map(&mut ebpf, names::FLOWS)?;
         let ends = take_map(&mut ebpf, names::ENDS)?;
         let events = take_map(&mut ebpf, names::EVENTS)?;
@@ -183,6 +193,7 @@ impl Probes {
             events,
             event_drops,
             attached,
+            logger,
         })
     }
 }
