@@ -17,6 +17,13 @@ pub enum Which {
         #[arg(long)]
         json: bool,
     },
+    /// Kernel events per second the agent's pipeline handles on one core,
+    /// against just reading the ring buffer.
+    Agent {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Predictions per second of the predictive model, against reading the
     /// same trace.
     Predict {
@@ -32,29 +39,8 @@ pub enum Which {
 /// Builds and runs one benchmark.
 pub fn run(root: &Path, env: &BuildEnv, which: Which) -> Result<()> {
     match which {
-        Which::Observer { json } => {
-            cmd::cargo(
-                root,
-                env,
-                &[
-                    "build",
-                    "--release",
-                    "--package",
-                    "resonance-tests",
-                    "--bins",
-                ],
-            )?;
-            let mut args = Vec::new();
-            if json {
-                args.push("--json");
-            }
-            cmd::run(
-                root,
-                env,
-                &root.join("target/release/bench-observer"),
-                &args,
-            )
-        }
+        Which::Observer { json } => run_tests_bench(root, env, "bench-observer", json),
+        Which::Agent { json } => run_tests_bench(root, env, "bench-agent", json),
         Which::Predict { json, scenario } => {
             cmd::cargo(
                 root,
@@ -78,4 +64,22 @@ pub fn run(root: &Path, env: &BuildEnv, which: Which) -> Result<()> {
             cmd::run(root, env, &root.join("target/release/bench-predict"), &args)
         }
     }
+}
+
+/// Builds the tests crate's binaries (the benchmark needs `traffic` too) and
+/// runs one of them.
+fn run_tests_bench(root: &Path, env: &BuildEnv, binary: &str, json: bool) -> Result<()> {
+    cmd::cargo(
+        root,
+        env,
+        &[
+            "build",
+            "--release",
+            "--package",
+            "resonance-tests",
+            "--bins",
+        ],
+    )?;
+    let args: &[&str] = if json { &["--json"] } else { &[] };
+    cmd::run(root, env, &root.join("target/release").join(binary), args)
 }
