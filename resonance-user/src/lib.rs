@@ -12,3 +12,4 @@ pub mod decode;
 pub mod observer;
 pub mod probe;
 pub mod report;
+pub mod store;
