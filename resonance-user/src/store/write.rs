@@ -28,14 +28,18 @@ pub fn pair_id(tx: &Transaction<'_>, path: &Path, key: &PairKey) -> Result<i64, 
 
 /// Row id of service `name`, inserting it if new.
 fn service_id(tx: &Transaction<'_>, path: &Path, name: &str) -> Result<i64, StoreError> {
-    // The no-op update makes RETURNING yield the existing row's id too.
-    tx.prepare_cached(
-        "INSERT INTO services (name) VALUES (?1)
-         ON CONFLICT (name) DO UPDATE SET name = excluded.name
-         RETURNING id",
-    )
-    .and_then(|mut statement| statement.query_row([name], |row| row.get(0)))
-    .map_err(sql_error(path, "recording a service"))
+    // Look up first: most services are shared by many pairs, and an upsert
+    // would rewrite the row every time.
+    let existing = tx
+        .prepare_cached("SELECT id FROM services WHERE name = ?1")
+        .and_then(|mut statement| statement.query_row([name], |row| row.get(0)).optional())
+        .map_err(sql_error(path, "looking up a service"))?;
+    if let Some(id) = existing {
+        return Ok(id);
+    }
+    tx.prepare_cached("INSERT INTO services (name) VALUES (?1) RETURNING id")
+        .and_then(|mut statement| statement.query_row([name], |row| row.get(0)))
+        .map_err(sql_error(path, "recording a service"))
 }
 
 /// Adds `sums` to the bucket (`pair`, `start_s`) of `resolution`, creating
