@@ -342,12 +342,13 @@ const CRASH_BATCHES: u64 = 8;
 const CRASH_CHILD_ENV: &str = "RESONANCE_STORE_CRASH_CHILD";
 /// What the child prints after each announced flush.
 const FLUSHED_MARK: &str = "crash-child-flushed";
-/// Samples per flush after the announced batches, all one byte each.
+/// Samples per flush of the "late" pair after the batches, one byte each.
 const LATE_FLUSH_EVERY: u64 = 200;
 
 /// The child's side: flush and announce `CRASH_BATCHES` batches, then keep
-/// writing until killed (bounded, so a lost parent does not leave it
-/// running forever).
+/// adding to a "late" pair, flushing (and announcing) every
+/// `LATE_FLUSH_EVERY` samples, until killed (bounded, so a lost parent
+/// does not leave it running forever).
 fn crash_child(dir: &Path) {
     let mut store = Store::open(&dir.join(DB_FILE_NAME), StoreConfig::default()).unwrap();
     let mut out = std::io::stdout();
@@ -373,6 +374,10 @@ fn crash_child(dir: &Path) {
         added += 1;
         if added.is_multiple_of(LATE_FLUSH_EVERY) {
             store.flush().unwrap();
+            // The parent may stop reading; a full pipe then blocks here
+            // until the kill, which is fine.
+            writeln!(out, "{FLUSHED_MARK} late").unwrap();
+            out.flush().unwrap();
         }
     }
 }
@@ -411,12 +416,14 @@ fn killed_writer_keeps_every_flushed_batch() {
         // Not at the line start: libtest prints "test NAME ... " first.
         if line.unwrap().contains(FLUSHED_MARK) {
             announced += 1;
-            if announced == CRASH_BATCHES {
+            // Kill while the child is writing the late pair, after at
+            // least one of its flushes.
+            if announced == CRASH_BATCHES + 1 {
                 break;
             }
         }
     }
-    assert_eq!(announced, CRASH_BATCHES, "the child stopped early");
+    assert_eq!(announced, CRASH_BATCHES + 1, "the child stopped early");
     child.0.kill().unwrap();
     let status = child.0.wait().unwrap();
     assert!(!status.success(), "killed, not exited: {status:?}");
@@ -438,8 +445,13 @@ fn killed_writer_keeps_every_flushed_batch() {
     for ((src, dst), rows) in &expected {
         check_history(&store, src, dst, rows, 10);
     }
-    // Flushes after the last announced one are all or nothing.
+    // The announced late flush is there; later ones are all or nothing,
+    // and unflushed samples are simply lost.
     let late = store.totals("late", "sink", 0, u64::MAX).unwrap();
+    assert!(
+        late.bytes >= LATE_FLUSH_EVERY,
+        "announced flush lost: {late:?}"
+    );
     assert_eq!(late.bytes % LATE_FLUSH_EVERY, 0, "a torn flush: {late:?}");
 }
 
