@@ -13,6 +13,11 @@
 //! numbered migrations (module `schema`). Only this module and its children
 //! write SQL. [`StoreConfig`] sets bucket widths and retentions.
 //!
+//! The agent owns one [`Store::open`] handle and calls `flush` and
+//! `maintain` on its own schedule (nothing here runs a timer). Readers in
+//! other processes use [`Store::open_read_only`]; WAL lets them read while
+//! the agent writes. A `Store` is `Send` but not `Sync`.
+//!
 //! Durability: every flush is one transaction; with WAL and
 //! `synchronous=NORMAL` a killed process loses at most what was added since
 //! its last flush, and a power cut at most the last few flushes, never the

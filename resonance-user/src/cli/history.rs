@@ -214,4 +214,61 @@ mod tests {
         );
         assert!(parse_time("yesterday-ish").is_err());
     }
+
+    fn row(start_s: u64, bytes: u64) -> BucketRow {
+        let mut latency = crate::aggregate::Histogram::default();
+        latency.record(1_000_000);
+        BucketRow {
+            start_ns: start_s * 1_000_000_000,
+            width_ns: 10_000_000_000,
+            resolution: crate::store::Resolution::Fine,
+            src: "api".into(),
+            dst: "db".into(),
+            kind: "unix_stream".into(),
+            interactions: 1,
+            messages: 2,
+            bytes,
+            errors: 0,
+            latency,
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_the_documented_fields() {
+        let line = serde_json::to_value(HistoryRecord::from(&row(100, 7))).unwrap();
+        let keys: Vec<&str> = line
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for key in [
+            "start_ns",
+            "width_ns",
+            "src",
+            "dst",
+            "kind",
+            "interactions",
+            "messages",
+            "bytes",
+            "errors",
+            "latency_p50_ns",
+            "latency_p99_ns",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {line}");
+        }
+        assert_eq!(line["start_ns"], 100_000_000_000u64);
+        assert!(line["latency_p50_ns"].as_u64().is_some());
+    }
+
+    #[test]
+    fn the_table_ends_with_the_totals() {
+        let mut out = Vec::new();
+        write_table(&mut out, &[row(100, 7), row(110, 5)]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("1970-01-01T00:01:40Z"), "{text}");
+        let last = text.lines().last().unwrap();
+        assert!(last.starts_with("total: 2 buckets"), "{last}");
+        assert!(last.contains(" 12 bytes"), "{last}");
+    }
 }

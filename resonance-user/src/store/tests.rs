@@ -612,3 +612,9 @@ fn flush_of_a_thousand_pairs_writes_a_thousand_rows() {
     let totals = store.totals("svc7", "db", 0, u64::MAX).unwrap();
     assert_eq!(totals.bytes, 2 * samples[7].bytes);
 }
+
+#[test]
+fn a_store_can_move_to_another_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Store>();
+}
