@@ -2,6 +2,7 @@
 //! and a `run` that returns an error with context instead of exiting.
 
 mod gen_trace;
+mod history;
 mod observe;
 mod pairs;
 mod record;
@@ -34,6 +35,8 @@ enum Command {
     Replay(replay::Args),
     /// Write a synthetic interaction trace for a named scenario.
     GenTrace(gen_trace::Args),
+    /// Print the stored history of one pair from the agent's store.
+    History(history::Args),
 }
 
 /// Parses the command line, runs it, and turns errors into one clear
@@ -48,6 +51,7 @@ pub fn main() -> ExitCode {
         Command::Record(args) => record::run(args),
         Command::Replay(args) => replay::run(args),
         Command::GenTrace(args) => gen_trace::run(args),
+        Command::History(args) => history::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

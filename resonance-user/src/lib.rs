@@ -5,7 +5,7 @@
 //! programs that count traffic per flow; `decode` turns ring-buffer records
 //! into typed events; `aggregate` joins writers to readers and names the
 //! services; `observer` drives one observation session; `score` rates each
-//! service pair; `trace` and `predict` learn which pair fires next and
+//! service pair and `store` keeps its history; `trace` and `predict` learn which pair fires next and
 //! `replay` scores that on recorded traces (`scenario` makes synthetic
 //! ones); `agent` runs it all as a daemon, publishing through `metrics`
 //! (`http`) and `control`; `cli` is the front end.
@@ -25,4 +25,5 @@ pub mod replay;
 pub mod report;
 pub mod scenario;
 pub mod score;
+pub mod store;
 pub mod trace;

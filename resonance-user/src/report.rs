@@ -124,7 +124,8 @@ pub fn write_table(out: &mut impl Write, records: &[InteractionRecord]) -> io::R
     Ok(())
 }
 
-fn human_ns(ns: Option<u64>) -> String {
+/// A latency in the largest unit that keeps three or four digits; `-` for none.
+pub fn human_ns(ns: Option<u64>) -> String {
     match ns {
         None => "-".to_owned(),
         Some(ns) if ns < 10_000 => format!("{ns}ns"),
