@@ -3,6 +3,11 @@
 //! Syscall tracepoints lay out their arguments as 8-byte slots from offset
 //! 16 (`struct syscall_trace_enter`), and `sys_exit_*` has `ret` at 16. That
 //! layout is ABI, the same on every kernel we run on.
+//!
+//! Every program function is `#[inline(always)]`: the `tracepoint` macro
+//! wraps it in an outer function, and if the body stays a separate BPF
+//! subprogram taking `TracePointContext` by value, the 6.1 verifier rejects
+//! it ("reg type unsupported for arg#0").
 
 mod connect;
 mod create;
@@ -42,6 +47,7 @@ fn observed_task() -> Option<(u64, u32)> {
 /// Does nothing: attached in place of the real programs, it measures what
 /// the tracepoint hooks alone cost (the benchmark's floor).
 #[aya_ebpf::macros::tracepoint]
+#[inline(always)]
 pub fn hook_floor(_ctx: TracePointContext) -> u32 {
     0
 }

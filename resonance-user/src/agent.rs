@@ -25,7 +25,11 @@ use crate::{
     metrics::Metrics,
     observer::{Observer, ObserverOptions, ObserverStats},
     score::{IntervalFigures, PairKey, Scorer},
+    store::{PairSample, Store, StoreConfig},
 };
+
+/// How often retention (roll-up and deletion of old buckets) runs.
+const MAINTAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Service name for the far end of a send nobody was seen reading.
 pub const UNKNOWN_PEER: &str = "(unknown)";
@@ -48,6 +52,7 @@ pub struct Agent {
     scorer: Scorer,
     metrics: Arc<Metrics>,
     shared: Arc<Mutex<Shared>>,
+    store: Store,
     last_tick: Instant,
     last_stats: ObserverStats,
 }
@@ -55,6 +60,16 @@ pub struct Agent {
 impl Agent {
     /// Loads the probes and prepares everything; nothing listens yet.
     pub fn new(config: Config, source: ConfigSource) -> Result<Self> {
+        let store = Store::open(
+            &config.database_path(),
+            StoreConfig {
+                fine_bucket: config.store.fine_bucket,
+                fine_retention: config.store.fine_retention,
+                coarse_bucket: config.store.coarse_bucket,
+                coarse_retention: config.store.coarse_retention,
+            },
+        )
+        .context("opening the history store")?;
         let observer = Observer::start(&ObserverOptions {
             idle_gap: config.idle_gap,
             ..ObserverOptions::default()
@@ -71,6 +86,7 @@ impl Agent {
             scorer: Scorer::new(config.score.half_life),
             metrics: Arc::new(metrics),
             shared: Arc::new(Mutex::new(Shared::default())),
+            store,
             last_tick: Instant::now(),
             last_stats: ObserverStats::default(),
             config,
@@ -103,6 +119,10 @@ impl Agent {
         let kernel_log = self.observer.log_readiness()?;
         let mut tick = tokio::time::interval(self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flush = tokio::time::interval(self.config.flush_interval);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut maintain = tokio::time::interval(MAINTAIN_EVERY);
+        maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 guard = ring.readable() => {
@@ -116,12 +136,15 @@ impl Agent {
                     guard.clear_ready();
                 }
                 _ = tick.tick() => self.tick(),
+                _ = flush.tick() => self.flush(),
+                _ = maintain.tick() => self.maintain(),
                 _ = terminate.recv() => { log::info!("SIGTERM: stopping"); break; }
                 _ = interrupt.recv() => { log::info!("SIGINT: stopping"); break; }
                 _ = hangup.recv() => self.reload(),
             }
         }
         self.tick();
+        self.flush();
         control_task.abort();
         metrics_task.abort();
         let _ = std::fs::remove_file(&self.config.control_socket);
@@ -135,12 +158,49 @@ impl Agent {
         self.last_tick = Instant::now();
         let interactions = self.observer.interval();
         let figures = pair_figures(&interactions, &self.namer);
+        let now_ns = epoch_ns();
+        for (key, f) in &figures {
+            self.store.add(&PairSample {
+                at_ns: now_ns,
+                src: key.src.clone(),
+                dst: key.dst.clone(),
+                kind: key.kind.as_str().to_owned(),
+                interactions: f.interactions,
+                messages: f.messages,
+                bytes: f.bytes,
+                errors: f.errors,
+                latency: f.latency.buckets().to_vec(),
+            });
+        }
         self.scorer.update(interval, &figures);
         let scores = self.scorer.scores();
         self.metrics.record_traffic(&figures);
         self.metrics.record_scores(&scores);
         self.publish_health();
         self.shared.lock().unwrap_or_else(|p| p.into_inner()).scores = scores;
+    }
+
+    /// Writes the ticks since the last flush; a failure keeps them in
+    /// memory for the next try.
+    fn flush(&mut self) {
+        match self.store.flush() {
+            Ok(stats) => self
+                .metrics
+                .flush_duration
+                .observe(stats.duration.as_secs_f64()),
+            Err(error) => {
+                self.metrics.flush_failures.inc();
+                log::error!("writing history failed (kept for the next flush): {error}");
+            }
+        }
+    }
+
+    /// Rolls up and deletes old history.
+    fn maintain(&mut self) {
+        match self.store.maintain(epoch_ns()) {
+            Ok(stats) => log::debug!("retention: {stats:?}"),
+            Err(error) => log::error!("history retention failed: {error}"),
+        }
     }
 
     fn publish_health(&mut self) {
@@ -248,4 +308,10 @@ fn bind_control(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
     }
     tokio::net::UnixListener::bind(path)
         .with_context(|| format!("binding the control socket {}", path.display()))
+}
+
+fn epoch_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }

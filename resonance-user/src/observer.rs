@@ -79,6 +79,10 @@ pub struct Observer {
     clock: Clock,
 }
 
+/// How long [`Observer::interval`] waits for the reader of a new writer to
+/// show up before counting its bytes as sent to nobody seen.
+const READER_GRACE_NS: u64 = 2_000_000_000;
+
 /// Identifies a flow the way the kernel map key does.
 type FlowId = (u32, ChannelKind, Direction, u64);
 
@@ -365,6 +369,12 @@ impl Observer {
         // Writers contribute what they sent since the last tick; readers are
         // all those the kernel knows (cumulative, for pairing and shares),
         // with only this tick's errors and times.
+        let readable: std::collections::HashSet<(ChannelKind, u64)> = flows
+            .iter()
+            .filter(|f| f.dir == Direction::Recv)
+            .map(|f| (f.kind, f.end))
+            .collect();
+        let now = monotonic_ns();
         let mut pairing = Vec::with_capacity(flows.len());
         let mut seen = HashMap::with_capacity(flows.len());
         for flow in flows {
@@ -383,7 +393,20 @@ impl Observer {
                 None => flow.clone(),
             };
             match flow.dir {
-                Direction::Send if delta.ops > 0 => pairing.push(delta),
+                Direction::Send if delta.ops > 0 => {
+                    // A writer whose reader has not read yet (the tick fell
+                    // between the first write and the first read) is held
+                    // back, its baseline kept, for up to READER_GRACE_NS;
+                    // after that it counts as sent to nobody seen.
+                    let unread = flow.peer == 0 || !readable.contains(&(flow.kind, flow.peer));
+                    if unread && now.saturating_sub(flow.first_ns) < READER_GRACE_NS {
+                        if let Some(before) = before {
+                            seen.insert(id, before.clone());
+                        }
+                        continue;
+                    }
+                    pairing.push(delta);
+                }
                 Direction::Send => {}
                 Direction::Recv => {
                     let active = delta.ops > 0;

@@ -151,6 +151,14 @@ fn agent_reports_exact_bytes_through_pairs_metrics_and_a_real_prometheus() {
             .is_some_and(|r| r > 0.0)
     );
 
+    // The history store, through `resonance history` as a sysadmin reads it.
+    let state = dir.join("state");
+    let stored = wait_for(Duration::from_secs(15), || {
+        let bytes = history_bytes(&state, "head", "cat");
+        (bytes == 3_000_000).then_some(bytes)
+    });
+    assert_eq!(stored, Some(3_000_000), "history: {}", agent.log_text());
+
     // The /metrics endpoint, and promtool's verdict on it.
     let (status, scrape) = http_get(agent.metrics, "/metrics").expect("scraping /metrics");
     assert_eq!(status, 200);
@@ -238,6 +246,94 @@ fn agent_reports_exact_bytes_through_pairs_metrics_and_a_real_prometheus() {
         agent.log_text()
     );
     assert!(!agent.control.exists(), "control socket left behind");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sum of `bytes` over `resonance history --json` for the pair.
+fn history_bytes(state: &Path, src: &str, dst: &str) -> u64 {
+    let output = Command::new(resonance_bin())
+        .args([
+            "history",
+            "--src",
+            src,
+            "--dst",
+            dst,
+            "--since",
+            "1h",
+            "--json",
+            "--state-dir",
+        ])
+        .arg(state)
+        .output()
+        .expect("running resonance history");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|row| row["bytes"].as_u64())
+        .sum()
+}
+
+fn pipelines(count: u32, bytes: u32) -> std::process::Child {
+    Command::new("sh")
+        .args([
+            "-c",
+            &format!("for i in $(seq {count}); do head -c {bytes} /dev/zero | cat >/dev/null; sleep 0.05; done"),
+        ])
+        .spawn()
+        .expect("starting pipelines")
+}
+
+#[test]
+fn sigkill_mid_traffic_leaves_a_store_that_opens_with_history_up_to_the_last_flush() {
+    let _serial = serial();
+    let dir = scratch("sigkill");
+    let mut agent = start_agent(&dir);
+    // A first batch, seen by the agent and then given two flush intervals.
+    let status = pipelines(10, 100_000).wait().expect("first batch");
+    assert!(status.success());
+    let seen = wait_for(Duration::from_secs(15), || {
+        (agent.pair_bytes("head", "cat", "pipe") == Some(1_000_000)).then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "the agent never saw the first batch: {:#?}\n{}",
+        agent.pairs(),
+        agent.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    // Then SIGKILL while more traffic flows.
+    let mut more = Reaped(pipelines(40, 100_000));
+    std::thread::sleep(Duration::from_millis(800));
+    agent.process.0.kill().expect("SIGKILL");
+    let _ = agent.process.0.wait();
+    let _ = more.0.wait();
+    // The store opens (read-write, as the next agent would) and holds at
+    // least the flushed batch, and no more than was sent.
+    let state = dir.join("state");
+    let store = resonance::store::Store::open(
+        &state.join(resonance::store::DB_FILE_NAME),
+        Default::default(),
+    );
+    assert!(
+        store.is_ok(),
+        "the store does not open after SIGKILL: {:?}",
+        store.err()
+    );
+    drop(store);
+    let bytes = history_bytes(&state, "head", "cat");
+    assert!(
+        (1_000_000..=5_000_000).contains(&bytes),
+        "history after SIGKILL holds {bytes} bytes of head->cat"
+    );
+    // A new agent starts on the same state.
+    let mut again = start_agent(&dir);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(again.process.0.id() as i32, libc::SIGTERM) };
+    assert!(
+        again.process.0.wait().expect("waiting").success(),
+        "{}",
+        again.log_text()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

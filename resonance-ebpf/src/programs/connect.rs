@@ -19,6 +19,7 @@ const AF_UNIX: u16 = 1;
 
 /// `sys_enter_connect`: remember the fd and the address.
 #[tracepoint]
+#[inline(always)]
 pub fn connect_enter(ctx: TracePointContext) -> u32 {
     let Some((pid_tgid, _)) = observed_task() else {
         return 0;
@@ -45,6 +46,7 @@ pub fn connect_enter(ctx: TracePointContext) -> u32 {
 
 /// `sys_exit_connect`: report the outcome with the Unix path, if any.
 #[tracepoint]
+#[inline(always)]
 pub fn connect_exit(ctx: TracePointContext) -> u32 {
     let Some((pid_tgid, tgid)) = observed_task() else {
         return 0;
@@ -86,6 +88,7 @@ pub fn connect_exit(ctx: TracePointContext) -> u32 {
 
 /// `sys_exit_accept` and `sys_exit_accept4`: the new fd is the return value.
 #[tracepoint]
+#[inline(always)]
 pub fn accept_exit(ctx: TracePointContext) -> u32 {
     let Some((_, tgid)) = observed_task() else {
         return 0;

@@ -17,6 +17,7 @@ use crate::{
 
 /// `sys_enter_pipe` and `sys_enter_pipe2`: remember where the fds go.
 #[tracepoint]
+#[inline(always)]
 pub fn pipe_enter(ctx: TracePointContext) -> u32 {
     remember(&ctx, Op::Pipe, 0);
     0
@@ -24,6 +25,7 @@ pub fn pipe_enter(ctx: TracePointContext) -> u32 {
 
 /// `sys_exit_pipe` and `sys_exit_pipe2`.
 #[tracepoint]
+#[inline(always)]
 pub fn pipe_exit(ctx: TracePointContext) -> u32 {
     created(&ctx, Op::Pipe);
     0
@@ -31,6 +33,7 @@ pub fn pipe_exit(ctx: TracePointContext) -> u32 {
 
 /// `sys_enter_socketpair`: the fd vector is argument 3.
 #[tracepoint]
+#[inline(always)]
 pub fn socketpair_enter(ctx: TracePointContext) -> u32 {
     remember(&ctx, Op::Socketpair, 3);
     0
@@ -38,6 +41,7 @@ pub fn socketpair_enter(ctx: TracePointContext) -> u32 {
 
 /// `sys_exit_socketpair`.
 #[tracepoint]
+#[inline(always)]
 pub fn socketpair_exit(ctx: TracePointContext) -> u32 {
     created(&ctx, Op::Socketpair);
     0
@@ -45,6 +49,7 @@ pub fn socketpair_exit(ctx: TracePointContext) -> u32 {
 
 /// `sys_exit_socket`: the new fd is the return value.
 #[tracepoint]
+#[inline(always)]
 pub fn socket_exit(ctx: TracePointContext) -> u32 {
     let Some((_, tgid)) = observed_task() else {
         return 0;

@@ -15,6 +15,7 @@ use crate::{
 
 /// `sys_enter_{write,writev,sendto,sendmsg}`.
 #[tracepoint]
+#[inline(always)]
 pub fn io_send_enter(ctx: TracePointContext) -> u32 {
     enter(&ctx, Op::Send);
     0
@@ -22,6 +23,7 @@ pub fn io_send_enter(ctx: TracePointContext) -> u32 {
 
 /// `sys_enter_{read,readv,recvfrom,recvmsg}`.
 #[tracepoint]
+#[inline(always)]
 pub fn io_recv_enter(ctx: TracePointContext) -> u32 {
     enter(&ctx, Op::Recv);
     0
@@ -29,6 +31,7 @@ pub fn io_recv_enter(ctx: TracePointContext) -> u32 {
 
 /// `sys_exit_*` of all of the above.
 #[tracepoint]
+#[inline(always)]
 pub fn io_exit(ctx: TracePointContext) -> u32 {
     exit(&ctx);
     0

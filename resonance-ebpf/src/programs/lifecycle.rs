@@ -12,6 +12,7 @@ use crate::{
 
 /// `sys_enter_close`: resolved before the fd goes away.
 #[tracepoint]
+#[inline(always)]
 pub fn close_enter(ctx: TracePointContext) -> u32 {
     let Some((_, tgid)) = observed_task() else {
         return 0;
@@ -36,6 +37,7 @@ pub fn close_enter(ctx: TracePointContext) -> u32 {
 /// in-flight slot (it may have died inside a read), and reports the process
 /// once, from its leader thread.
 #[tracepoint]
+#[inline(always)]
 pub fn process_exit(_ctx: TracePointContext) -> u32 {
     let Some((pid_tgid, tgid)) = observed_task() else {
         return 0;
