@@ -11,6 +11,7 @@ mod cache;
 mod cmd;
 mod debian;
 mod toolchain;
+mod vm;
 
 use std::path::PathBuf;
 
@@ -43,6 +44,17 @@ enum Command {
     Test,
     /// Formatting and clippy only.
     Lint,
+    /// Integration tests inside QEMU on real Debian kernels (default: 6.1 and
+    /// 6.12). `RESONANCE_*` variables of this command reach the tests.
+    VmTest {
+        /// Kernel to boot: 6.1, 6.12, 6.12-trixie or a linux-image-* package
+        /// name; repeat for several.
+        #[arg(long)]
+        kernel: Vec<String>,
+        /// Seconds one kernel may take (boot, tests, power-off).
+        #[arg(long, default_value_t = 1200)]
+        timeout: u64,
+    },
     /// Benchmarks, each printing ratios against a baseline from the same run.
     Bench {
         #[command(subcommand)]
@@ -89,6 +101,15 @@ fn main() -> Result<()> {
             let env = bootstrap::ensure(&root)?;
             lint(&root, &env)?;
             cmd::cargo(&root, &env, &["test", "--workspace", "--no-fail-fast"])
+        }
+        Command::VmTest { kernel, timeout } => {
+            let env = bootstrap::ensure(&root)?;
+            vm::run(
+                &root,
+                &env,
+                &kernel,
+                std::time::Duration::from_secs(timeout),
+            )
         }
         Command::Bench { which } => {
             let env = bootstrap::ensure(&root)?;

@@ -1,0 +1,149 @@
+//! `cargo xtask vm-test`: the integration tests on real Debian kernels in
+//! QEMU. [`run`] ties the parts together:
+//!
+//! - [`kernels`] resolves `--kernel` names to Debian packages through a
+//!   private apt configuration ([`apt`]) and caches each vmlinuz;
+//! - [`guest`] builds the test executables for musl and packs them, busybox
+//!   and an init script into a newc image ([`initramfs`]);
+//! - [`qemu`] boots each kernel with that image and reads the verdict the
+//!   guest prints on its serial console.
+//!
+//! Kernels run one after another (the machines have two cores); a summary
+//! table ends the run and any failure makes the command fail.
+
+mod apt;
+mod guest;
+mod initramfs;
+mod kernels;
+mod qemu;
+
+use std::{
+    fs,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+pub use kernels::DEFAULT as DEFAULT_KERNELS;
+
+use crate::{bootstrap::BuildEnv, cache};
+use qemu::{Accel, Outcome, Verdict};
+
+/// Boots each kernel named in `kernels` (default [`DEFAULT_KERNELS`]) and runs
+/// every integration test of `resonance-tests` inside; fails if any failed.
+pub fn run(root: &Path, env: &BuildEnv, kernels: &[String], timeout: Duration) -> Result<()> {
+    let specs = if kernels.is_empty() {
+        DEFAULT_KERNELS
+            .iter()
+            .map(|k| kernels::KernelSpec::parse(k))
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        kernels
+            .iter()
+            .map(|k| kernels::KernelSpec::parse(k))
+            .collect::<Result<Vec<_>>>()?
+    };
+    let cache = cache::dir()?.join("vm");
+    fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+
+    guest::ensure_tools()?;
+    qemu::ensure_installed(&cache)?;
+    let kernels = kernels::ensure(&cache, &specs)?;
+
+    let payload = guest::build(root, env)?;
+    if payload.tests.is_empty() {
+        bail!("resonance-tests has no integration tests to run in the guest");
+    }
+    let image = guest::image(&payload)?;
+    let image_path = cache.join("initramfs.cpio");
+    let partial = cache.join(format!("initramfs.cpio.{}", std::process::id()));
+    fs::write(&partial, &image).with_context(|| format!("writing {}", partial.display()))?;
+    fs::rename(&partial, &image_path)
+        .with_context(|| format!("moving {} into place", image_path.display()))?;
+    eprintln!(
+        "xtask: guest image {} ({} MiB, {} test executables)",
+        image_path.display(),
+        image.len() >> 20,
+        payload.tests.len()
+    );
+
+    let detected = Accel::detect();
+    let mut rows = Vec::new();
+    for kernel in &kernels {
+        eprintln!(
+            "xtask: booting {} ({}) under {}",
+            kernel.label,
+            kernel.package,
+            detected.name()
+        );
+        // The smoke test checks the guest really runs the kernel we meant.
+        let cmdline = format!("RESONANCE_EXPECT_KERNEL_RELEASE={}", kernel.release);
+        let start = Instant::now();
+        let mut accel = detected;
+        let mut outcome = qemu::boot(&kernel.vmlinuz, &image_path, accel, &cmdline, timeout)?;
+        if accel == Accel::Kvm && matches!(outcome, Outcome::NoBoot) {
+            eprintln!("xtask: the guest never reached init under KVM; retrying with TCG");
+            accel = Accel::Tcg;
+            outcome = qemu::boot(&kernel.vmlinuz, &image_path, accel, &cmdline, timeout)?;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let result = describe(&outcome, payload.tests.len(), timeout);
+        eprintln!("xtask: {}: {} in {seconds:.1} s", kernel.label, result.1);
+        rows.push((kernel, accel, result, seconds));
+    }
+
+    eprintln!();
+    eprintln!(
+        "{:<14} {:<34} {:<5} {:>8}  result",
+        "kernel", "package", "accel", "wall s"
+    );
+    for (kernel, accel, (_, text), seconds) in &rows {
+        eprintln!(
+            "{:<14} {:<34} {:<5} {:>8.1}  {}",
+            kernel.label,
+            kernel.package,
+            accel.name(),
+            seconds,
+            text
+        );
+    }
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|(_, _, (ok, _), _)| !ok)
+        .map(|(k, ..)| k.label.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("VM tests failed on: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Whether a boot passed, and a one-line description of how it ended.
+fn describe(outcome: &Outcome, expected: usize, timeout: Duration) -> (bool, String) {
+    match outcome {
+        Outcome::Reported(Verdict::Passed { total }) if *total as usize == expected => {
+            (true, format!("ok ({total} test executables)"))
+        }
+        Outcome::Reported(Verdict::Passed { total }) => (
+            false,
+            format!("FAILED: the guest ran {total} of {expected} test executables"),
+        ),
+        Outcome::Reported(Verdict::Failed { failed, total }) => (
+            false,
+            format!("FAILED: {failed} of {total} test executables failed"),
+        ),
+        Outcome::NoResult => (
+            false,
+            "FAILED: the guest stopped without reporting a result".to_owned(),
+        ),
+        Outcome::NoBoot => (false, "FAILED: the guest never reached init".to_owned()),
+        Outcome::TimedOut => (
+            false,
+            format!(
+                "FAILED: timed out after {} s, QEMU killed",
+                timeout.as_secs()
+            ),
+        ),
+    }
+}
