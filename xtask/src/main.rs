@@ -52,8 +52,12 @@ enum Command {
         #[arg(long)]
         kernel: Vec<String>,
         /// Seconds one kernel may take (boot, tests, power-off).
-        #[arg(long, default_value_t = 1200)]
+        #[arg(long, default_value_t = vm::DEFAULT_TIMEOUT.as_secs())]
         timeout: u64,
+        /// Succeed only if the tests run and fail on every kernel, e.g. with
+        /// RESONANCE_TEST_CORRUPT_OFFSET set.
+        #[arg(long)]
+        expect_failure: bool,
     },
     /// Benchmarks, each printing ratios against a baseline from the same run.
     Bench {
@@ -102,14 +106,18 @@ fn main() -> Result<()> {
             lint(&root, &env)?;
             cmd::cargo(&root, &env, &["test", "--workspace", "--no-fail-fast"])
         }
-        Command::VmTest { kernel, timeout } => {
+        Command::VmTest {
+            kernel,
+            timeout,
+            expect_failure,
+        } => {
             let env = bootstrap::ensure(&root)?;
-            vm::run(
-                &root,
-                &env,
-                &kernel,
-                std::time::Duration::from_secs(timeout),
-            )
+            let options = vm::Options {
+                kernels: kernel,
+                timeout: std::time::Duration::from_secs(timeout),
+                expect_failure,
+            };
+            vm::run(&root, &env, &options)
         }
         Command::Bench { which } => {
             let env = bootstrap::ensure(&root)?;

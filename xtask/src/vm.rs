@@ -10,6 +10,12 @@
 //!
 //! Kernels run one after another (the machines have two cores); a summary
 //! table ends the run and any failure makes the command fail.
+//!
+//! The host's `RESONANCE_*` variables (except `RESONANCE_CACHE_DIR` and the
+//! `RESONANCE_VM_*` knobs of xtask) are exported to the tests in the guest.
+//! So a deliberately broken run is
+//! `RESONANCE_TEST_CORRUPT_OFFSET=<field> cargo xtask vm-test --expect-failure`,
+//! which succeeds only if the tests ran and failed on every kernel.
 
 mod apt;
 mod guest;
@@ -30,20 +36,38 @@ pub use kernels::DEFAULT as DEFAULT_KERNELS;
 use crate::{bootstrap::BuildEnv, cache};
 use qemu::{Accel, Outcome, Verdict};
 
-/// Boots each kernel named in `kernels` (default [`DEFAULT_KERNELS`]) and runs
-/// every integration test of `resonance-tests` inside; fails if any failed.
-pub fn run(root: &Path, env: &BuildEnv, kernels: &[String], timeout: Duration) -> Result<()> {
-    let specs = if kernels.is_empty() {
-        DEFAULT_KERNELS
-            .iter()
-            .map(|k| kernels::KernelSpec::parse(k))
-            .collect::<Result<Vec<_>>>()?
+/// How long one kernel may take by default: boot, tests and power-off.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1200);
+
+/// What `cargo xtask vm-test` was asked to do.
+pub struct Options {
+    /// `--kernel` values; empty means [`DEFAULT_KERNELS`].
+    pub kernels: Vec<String>,
+    /// Limit for one kernel.
+    pub timeout: Duration,
+    /// Pass only if the tests run and fail on every kernel (to prove that
+    /// the suite catches a fault injected through a `RESONANCE_*` variable).
+    pub expect_failure: bool,
+}
+
+/// Boots each kernel and runs every integration test of `resonance-tests`
+/// inside; fails if any kernel's result is not the expected one.
+pub fn run(root: &Path, env: &BuildEnv, options: &Options) -> Result<()> {
+    let Options {
+        kernels,
+        timeout,
+        expect_failure,
+    } = options;
+    let (timeout, expect_failure) = (*timeout, *expect_failure);
+    let names: Vec<&str> = if kernels.is_empty() {
+        DEFAULT_KERNELS.to_vec()
     } else {
-        kernels
-            .iter()
-            .map(|k| kernels::KernelSpec::parse(k))
-            .collect::<Result<Vec<_>>>()?
+        kernels.iter().map(String::as_str).collect()
     };
+    let specs = names
+        .into_iter()
+        .map(kernels::KernelSpec::parse)
+        .collect::<Result<Vec<_>>>()?;
     let cache = cache::dir()?.join("vm");
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
 
@@ -55,7 +79,7 @@ pub fn run(root: &Path, env: &BuildEnv, kernels: &[String], timeout: Duration) -
     if payload.tests.is_empty() {
         bail!("resonance-tests has no integration tests to run in the guest");
     }
-    let image = guest::image(&payload)?;
+    let image = guest::image(&payload, &cache)?;
     let image_path = cache.join("initramfs.cpio");
     let partial = cache.join(format!("initramfs.cpio.{}", std::process::id()));
     fs::write(&partial, &image).with_context(|| format!("writing {}", partial.display()))?;
@@ -68,7 +92,7 @@ pub fn run(root: &Path, env: &BuildEnv, kernels: &[String], timeout: Duration) -
         payload.tests.len()
     );
 
-    let detected = Accel::detect();
+    let mut detected = Accel::detect();
     let mut rows = Vec::new();
     for kernel in &kernels {
         eprintln!(
@@ -83,12 +107,24 @@ pub fn run(root: &Path, env: &BuildEnv, kernels: &[String], timeout: Duration) -
         let mut accel = detected;
         let mut outcome = qemu::boot(&kernel.vmlinuz, &image_path, accel, &cmdline, timeout)?;
         if accel == Accel::Kvm && matches!(outcome, Outcome::NoBoot) {
-            eprintln!("xtask: the guest never reached init under KVM; retrying with TCG");
+            eprintln!(
+                "xtask: the guest never reached init under KVM; retrying with TCG, \
+                 and using TCG for the remaining kernels"
+            );
             accel = Accel::Tcg;
+            detected = Accel::Tcg;
             outcome = qemu::boot(&kernel.vmlinuz, &image_path, accel, &cmdline, timeout)?;
         }
         let seconds = start.elapsed().as_secs_f64();
-        let result = describe(&outcome, payload.tests.len(), timeout);
+        let mut result = describe(&outcome, payload.tests.len(), timeout);
+        if expect_failure {
+            result = match outcome {
+                Outcome::Reported(Verdict::Failed { .. }) => {
+                    (true, format!("failed as expected: {}", result.1))
+                }
+                _ => (false, format!("UNEXPECTED: {}", result.1)),
+            };
+        }
         eprintln!("xtask: {}: {} in {seconds:.1} s", kernel.label, result.1);
         rows.push((kernel, accel, result, seconds));
     }
@@ -114,6 +150,12 @@ pub fn run(root: &Path, env: &BuildEnv, kernels: &[String], timeout: Duration) -
         .map(|(k, ..)| k.label.as_str())
         .collect();
     if !failed.is_empty() {
+        if expect_failure {
+            bail!(
+                "the suite did not fail as expected on: {}",
+                failed.join(", ")
+            );
+        }
         bail!("VM tests failed on: {}", failed.join(", "));
     }
     Ok(())

@@ -71,8 +71,11 @@ sync
 poweroff -f
 "#;
 
-/// Host-side variables that must not reach the guest (paths of this machine).
-const HOST_ONLY: &[&str] = &["RESONANCE_CACHE_DIR"];
+/// Host-side variables that must not reach the guest: paths of this machine
+/// and the `RESONANCE_VM_*` knobs of xtask itself.
+fn host_only(name: &str) -> bool {
+    name == "RESONANCE_CACHE_DIR" || name.starts_with("RESONANCE_VM_")
+}
 
 /// The executables to run in the guest.
 pub struct Payload {
@@ -203,7 +206,7 @@ fn parse_artifacts(json_lines: &str) -> Result<Vec<Artifact>> {
 
 /// Packs the payload, busybox, [`INIT`] and the passed-through environment
 /// into a newc initramfs.
-pub fn image(payload: &Payload) -> Result<Vec<u8>> {
+pub fn image(payload: &Payload, scratch: &Path) -> Result<Vec<u8>> {
     let mut archive = Archive::new();
     for dir in ["proc", "sys", "dev", "tmp", "run", "etc", "tests", "bin"] {
         archive.dir(dir);
@@ -227,7 +230,7 @@ pub fn image(payload: &Payload) -> Result<Vec<u8>> {
         }
     }
     for (name, path) in &payload.bins {
-        let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let data = without_debug_info(path, scratch)?;
         archive.file(&format!("bin/{name}"), 0o755, &data);
         // Tests that use `env!("CARGO_BIN_EXE_<name>")` look at the host path.
         if let Some(host_path) = path.to_str()
@@ -237,20 +240,44 @@ pub fn image(payload: &Payload) -> Result<Vec<u8>> {
         }
     }
     for (name, path) in &payload.tests {
-        let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let data = without_debug_info(path, scratch)?;
         archive.file(&format!("tests/{name}"), 0o755, &data);
     }
     Ok(archive.finish())
 }
 
-/// Shell `export` lines for the `RESONANCE_*` variables (plus `RUST_LOG`)
+/// The executable at `path` without its DWARF sections: a sixth of the size,
+/// which keeps the image (unpacked in guest RAM, slowly under TCG) small.
+/// Symbols stay, so backtraces still name functions.
+fn without_debug_info(path: &Path, scratch: &Path) -> Result<Vec<u8>> {
+    fs::create_dir_all(scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let stripped = scratch.join(format!("stripped.{}", std::process::id()));
+    cmd::output(
+        Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(path)
+            .arg(&stripped),
+    )
+    .with_context(|| {
+        format!(
+            "stripping debug info from {} (objcopy is in binutils)",
+            path.display()
+        )
+    })?;
+    let data = fs::read(&stripped).with_context(|| format!("reading {}", stripped.display()));
+    let _ = fs::remove_file(&stripped);
+    data
+}
+
+/// Shell `export` lines for the `RESONANCE_*` variables (plus `RUST_LOG`
+/// and `RUST_BACKTRACE`)
 /// of the host, so e.g. `RESONANCE_TEST_CORRUPT_OFFSET` reaches the tests.
 fn env_file(vars: impl Iterator<Item = (String, String)>) -> String {
     let mut text = String::new();
     let mut vars: Vec<(String, String)> = vars
         .filter(|(name, _)| {
-            (name.starts_with("RESONANCE_") || name == "RUST_LOG")
-                && !HOST_ONLY.contains(&name.as_str())
+            (name.starts_with("RESONANCE_") || name == "RUST_LOG" || name == "RUST_BACKTRACE")
+                && !host_only(name)
                 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         })
         .collect();
@@ -273,6 +300,7 @@ mod tests {
         let vars = [
             ("HOME", "/somewhere"),
             ("RESONANCE_CACHE_DIR", "/cache"),
+            ("RESONANCE_VM_ACCEL", "tcg"),
             ("RESONANCE_TEST_CORRUPT_OFFSET", "sk_family"),
             ("RESONANCE_X", "it's"),
             ("RUST_LOG", "debug"),

@@ -81,7 +81,13 @@ impl Accel {
     /// KVM when /dev/kvm can be opened and is backed by kvm_intel or
     /// kvm_amd. Other back ends (e.g. kvm_pvm, which only runs PVM-aware
     /// guests) hang or abort stock kernels, so they count as no KVM.
+    /// `RESONANCE_VM_ACCEL=kvm|tcg` overrides the guess, for diagnosing it.
     pub fn detect() -> Self {
+        match std::env::var("RESONANCE_VM_ACCEL").as_deref() {
+            Ok("kvm") => return Self::Kvm,
+            Ok("tcg") => return Self::Tcg,
+            _ => {}
+        }
         let openable = fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -175,7 +181,9 @@ pub fn boot(
 ) -> Result<Outcome> {
     let mut command = Command::new("qemu-system-x86_64");
     command
-        .args(["-nographic", "-no-reboot", "-m", "1024", "-smp", "2"])
+        .args(["-nographic", "-no-reboot", "-smp", "2"])
+        .arg("-m")
+        .arg(memory_mib(initramfs).to_string())
         // No network card: the tests use loopback only, and without one
         // the firmware skips its network boot ROM.
         .args(["-nic", "none"])
@@ -243,6 +251,13 @@ pub fn boot(
         (None, None) if booted => Outcome::NoResult,
         (None, None) => Outcome::NoBoot,
     })
+}
+
+/// Guest RAM: room for the image twice (the archive and its unpacked
+/// files) on top of what the kernel and the tests need.
+fn memory_mib(initramfs: &Path) -> u64 {
+    let image_mib = fs::metadata(initramfs).map(|m| m.len() >> 20).unwrap_or(0);
+    (768 + 2 * image_mib).max(1024)
 }
 
 #[cfg(test)]
