@@ -29,3 +29,24 @@ fn kernel_release_is_the_expected_one() {
         assert_eq!(release, expected, "running kernel is not the expected one");
     }
 }
+
+/// Tracepoints are listed through tracefs (mounted by the guest init); the
+/// syscall tracepoints exist on every kernel we support, while e.g.
+/// `sock:sock_send_length` is only on newer ones, so it is just reported.
+#[test]
+fn tracefs_lists_syscall_tracepoints() {
+    let events = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|dir| fs::read_to_string(format!("{dir}/available_events")).ok())
+        .expect("no available_events: tracefs is not mounted");
+    let has = |event: &str| events.lines().any(|line| line.trim() == event);
+    assert!(
+        has("syscalls:sys_enter_write"),
+        "tracefs lists {} events but not syscalls:sys_enter_write",
+        events.lines().count()
+    );
+    println!(
+        "sock:sock_send_length present: {}",
+        has("sock:sock_send_length")
+    );
+}

@@ -36,8 +36,9 @@ pub use kernels::DEFAULT as DEFAULT_KERNELS;
 use crate::{bootstrap::BuildEnv, cache};
 use qemu::{Accel, Outcome, Verdict};
 
-/// How long one kernel may take by default: boot, tests and power-off.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1200);
+/// How long one kernel may take by default: boot, tests and power-off. Two
+/// kernels at this limit still fit `cargo xtask test` in 30 minutes.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// What `cargo xtask vm-test` was asked to do.
 pub struct Options {
@@ -187,5 +188,28 @@ fn describe(outcome: &Outcome, expected: usize, timeout: Duration) -> (bool, Str
                 timeout.as_secs()
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_full_passing_run_passes() {
+        let limit = Duration::from_secs(9);
+        let passed = |total| Outcome::Reported(Verdict::Passed { total });
+        assert!(describe(&passed(2), 2, limit).0);
+        let (ok, text) = describe(&passed(1), 2, limit);
+        assert!(!ok && text.contains("1 of 2"), "{text}");
+        let failed = Outcome::Reported(Verdict::Failed {
+            failed: 1,
+            total: 2,
+        });
+        assert!(!describe(&failed, 2, limit).0);
+        assert!(!describe(&Outcome::NoResult, 2, limit).0);
+        assert!(!describe(&Outcome::NoBoot, 2, limit).0);
+        let (ok, text) = describe(&Outcome::TimedOut, 2, limit);
+        assert!(!ok && text.contains("9 s"), "{text}");
     }
 }

@@ -207,9 +207,7 @@ pub fn boot(
     let reader = thread::spawn(move || {
         for line in BufReader::new(stdout).split(b'\n') {
             let Ok(line) = line else { break };
-            let line = String::from_utf8_lossy(&line)
-                .trim_end_matches('\r')
-                .to_owned();
+            let line = without_escapes(&String::from_utf8_lossy(&line));
             println!("    | {line}");
             if lines_tx.send(line).is_err() {
                 break;
@@ -253,6 +251,28 @@ pub fn boot(
     })
 }
 
+/// A console line without carriage returns and terminal escape sequences
+/// (the firmware clears the screen), so the echo stays readable.
+fn without_escapes(line: &str) -> String {
+    let mut clean = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                // CSI `ESC [ params letter`, else a two-character escape.
+                if chars.next_if_eq(&'[').is_some() {
+                    while chars.next().is_some_and(|c| !c.is_ascii_alphabetic()) {}
+                } else {
+                    chars.next();
+                }
+            }
+            '\r' => {}
+            c => clean.push(c),
+        }
+    }
+    clean
+}
+
 /// Guest RAM: room for the image twice (the archive and its unpacked
 /// files) on top of what the kernel and the tests need.
 fn memory_mib(initramfs: &Path) -> u64 {
@@ -281,5 +301,14 @@ mod tests {
         assert_eq!(parse_result("RESONANCE-VM-RESULT: fail 1"), None);
         assert_eq!(parse_result("RESONANCE-VM-RESULT: ok"), None);
         assert_eq!(parse_result("test result: ok. 3 passed"), None);
+    }
+
+    #[test]
+    fn console_escapes_are_dropped() {
+        assert_eq!(
+            without_escapes("\x1bc\x1b[?7l\x1b[2JRESONANCE-VM-BOOTED 6.1\r"),
+            "RESONANCE-VM-BOOTED 6.1"
+        );
+        assert_eq!(without_escapes("plain"), "plain");
     }
 }
