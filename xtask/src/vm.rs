@@ -81,8 +81,10 @@ pub fn run(root: &Path, env: &BuildEnv, options: &Options) -> Result<()> {
         bail!("resonance-tests has no integration tests to run in the guest");
     }
     let image = guest::image(&payload, &cache)?;
-    let image_path = cache.join("initramfs.cpio");
-    let partial = cache.join(format!("initramfs.cpio.{}", std::process::id()));
+    // One image per clone: runs from two clones at once must not boot each
+    // other's tests.
+    let image_path = cache.join(format!("initramfs-{:016x}.cpio", fnv1a(root)));
+    let partial = image_path.with_extension(format!("cpio.{}", std::process::id()));
     fs::write(&partial, &image).with_context(|| format!("writing {}", partial.display()))?;
     fs::rename(&partial, &image_path)
         .with_context(|| format!("moving {} into place", image_path.display()))?;
@@ -162,6 +164,16 @@ pub fn run(root: &Path, env: &BuildEnv, options: &Options) -> Result<()> {
     Ok(())
 }
 
+/// A stable short name for a path (FNV-1a over its bytes).
+fn fnv1a(path: &Path) -> u64 {
+    path.as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+}
+
 /// Whether a boot passed, and a one-line description of how it ended.
 fn describe(outcome: &Outcome, expected: usize, timeout: Duration) -> (bool, String) {
     match outcome {
@@ -194,6 +206,13 @@ fn describe(outcome: &Outcome, expected: usize, timeout: Duration) -> (bool, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_names_differ_per_clone_and_stay_put() {
+        assert_eq!(fnv1a(Path::new("")), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(Path::new("a")), 0xaf63_dc4c_8601_ec8c);
+        assert_ne!(fnv1a(Path::new("/x/one")), fnv1a(Path::new("/x/two")));
+    }
 
     #[test]
     fn only_a_full_passing_run_passes() {
