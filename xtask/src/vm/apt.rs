@@ -144,19 +144,40 @@ impl Stanza {
     }
 }
 
+/// What a private apt configuration is for.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Purpose {
+    /// Looking up and downloading packages only: the dpkg status and the
+    /// pins are private too, so nothing of the machine's apt state matters.
+    Download,
+    /// Installing on this machine: the system's dpkg status is used (dpkg
+    /// does the install), only sources and lists are private.
+    Install,
+}
+
 /// One private apt state: sources list, lists and cache under `dir`.
 pub struct PrivateApt {
     dir: PathBuf,
+    purpose: Purpose,
 }
 
 impl PrivateApt {
     /// Writes the sources list for `suites` (archive suites and, for names
     /// ending in `-security`, security suites) under `dir`, and makes sure
     /// the package lists are at most a day old.
-    pub fn ensure(dir: &Path, mirrors: &Mirrors, suites: &[&str]) -> Result<Self> {
-        for sub in ["lists/partial", "cache/archives/partial"] {
+    pub fn ensure(
+        dir: &Path,
+        mirrors: &Mirrors,
+        suites: &[&str],
+        purpose: Purpose,
+    ) -> Result<Self> {
+        for sub in ["lists/partial", "cache/archives/partial", "state"] {
             let path = dir.join(sub);
             fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        }
+        let status = dir.join("state/status");
+        if purpose == Purpose::Download && !status.exists() {
+            fs::write(&status, b"").with_context(|| format!("writing {}", status.display()))?;
         }
         let mut sources = String::new();
         for suite in suites {
@@ -169,6 +190,7 @@ impl PrivateApt {
         }
         let apt = Self {
             dir: dir.to_owned(),
+            purpose,
         };
         let list = apt.sources_list();
         let changed = fs::read_to_string(&list).ok().as_deref() != Some(sources.as_str());
@@ -219,11 +241,11 @@ impl PrivateApt {
             .arg(option("Dir::State::Lists", &self.dir.join("lists")))
             .arg("-o")
             .arg(option("Dir::Cache", &self.dir.join("cache")))
-            // Only the package indexes are needed: skip translations and
-            // AppStream metadata, which would triple the download.
             // apt drops to the `_apt` user, who cannot write in a cache
             // folder owned by whoever runs xtask.
             .args(["-o", "APT::Sandbox::User=root"])
+            // Only the package indexes are needed: skip translations and
+            // AppStream metadata, which would triple the download.
             .args(["-o", "Acquire::Languages=none"])
             .args([
                 "-o",
@@ -242,6 +264,15 @@ impl PrivateApt {
                 "Acquire::IndexTargets::deb::DEP-11-icons-hidpi::DefaultEnabled=false",
             ])
             .env("DEBIAN_FRONTEND", "noninteractive");
+        if self.purpose == Purpose::Download {
+            command
+                .arg("-o")
+                .arg(option("Dir::State", &self.dir.join("state")))
+                .arg("-o")
+                .arg(option("Dir::State::status", &self.dir.join("state/status")))
+                .args(["-o", "Dir::Etc::Preferences=/dev/null"])
+                .args(["-o", "Dir::Etc::PreferencesParts=/dev/null"]);
+        }
         command
     }
 }

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::apt::{Mirrors, PrivateApt};
+use super::apt::{Mirrors, PrivateApt, Purpose};
 use crate::cmd;
 
 /// The kernels `cargo xtask vm-test` boots when none are named.
@@ -153,8 +153,13 @@ pub struct Kernel {
 /// Resolves each spec to the newest matching package and makes sure its
 /// vmlinuz is in the cache.
 pub fn ensure(cache: &Path, specs: &[KernelSpec]) -> Result<Vec<Kernel>> {
-    let apt = PrivateApt::ensure(&cache.join("apt-kernels"), &Mirrors::from_system(), SUITES)
-        .context("preparing the private apt configuration for Debian kernels")?;
+    let apt = PrivateApt::ensure(
+        &cache.join("apt-kernels"),
+        &Mirrors::from_system(),
+        SUITES,
+        Purpose::Download,
+    )
+    .context("preparing the private apt configuration for Debian kernels")?;
     let output = cmd::output(apt.command("apt-cache").args([
         "search",
         "--names-only",

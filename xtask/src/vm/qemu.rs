@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::apt::{Mirrors, PrivateApt, host_codename};
+use super::apt::{Mirrors, PrivateApt, Purpose, host_codename};
 use crate::{cmd, debian};
 
 /// Printed by the guest init once it runs, before any test.
@@ -56,6 +56,7 @@ fn install_from_backports(cache: &Path) -> Result<()> {
             "bookworm-security",
             "bookworm-backports",
         ],
+        Purpose::Install,
     )?;
     cmd::status(apt.command("apt-get").args([
         "install",
