@@ -54,6 +54,9 @@ enum Command {
         /// Seconds one kernel may take (boot, tests, power-off).
         #[arg(long, default_value_t = vm::DEFAULT_TIMEOUT.as_secs())]
         timeout: u64,
+        /// Cargo profile for the test executables run in the guest.
+        #[arg(long, default_value = vm::DEFAULT_PROFILE)]
+        profile: String,
         /// Succeed only if the tests run and fail on every kernel, e.g. with
         /// RESONANCE_TEST_CORRUPT_OFFSET set.
         #[arg(long)]
@@ -109,12 +112,14 @@ fn main() -> Result<()> {
         Command::VmTest {
             kernel,
             timeout,
+            profile,
             expect_failure,
         } => {
             let env = bootstrap::ensure(&root)?;
             let options = vm::Options {
                 kernels: kernel,
                 timeout: std::time::Duration::from_secs(timeout),
+                profile,
                 expect_failure,
             };
             vm::run(&root, &env, &options)

@@ -124,22 +124,42 @@ fn host_toolchain() -> Result<String> {
         .with_context(|| format!("no `channel = \"...\"` line in {}", path.display()))
 }
 
-/// Builds the integration tests and bins of `resonance-tests` for [`TARGET`].
-pub fn build(root: &Path, env: &BuildEnv) -> Result<Payload> {
+/// Builds the integration tests and bins of `resonance-tests` for [`TARGET`]
+/// with the cargo profile `profile`.
+pub fn build(root: &Path, env: &BuildEnv, profile: &str) -> Result<Payload> {
     let tests = cargo_artifacts(
         root,
         env,
-        &["test", "--package", PACKAGE, "--tests", "--no-run"],
+        &[
+            "test",
+            "--profile",
+            profile,
+            "--package",
+            PACKAGE,
+            "--tests",
+            "--no-run",
+        ],
     )?
     .into_iter()
     .filter(|a| a.test && a.kind == "test")
     .map(|a| (a.name, a.executable))
     .collect();
-    let bins = cargo_artifacts(root, env, &["build", "--package", PACKAGE, "--bins"])?
-        .into_iter()
-        .filter(|a| !a.test && a.kind == "bin")
-        .map(|a| (a.name, a.executable))
-        .collect();
+    let bins = cargo_artifacts(
+        root,
+        env,
+        &[
+            "build",
+            "--profile",
+            profile,
+            "--package",
+            PACKAGE,
+            "--bins",
+        ],
+    )?
+    .into_iter()
+    .filter(|a| !a.test && a.kind == "bin")
+    .map(|a| (a.name, a.executable))
+    .collect();
     Ok(Payload { tests, bins })
 }
 
