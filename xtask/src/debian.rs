@@ -30,7 +30,8 @@ pub fn ensure(packages: &[&str]) -> Result<()> {
     )
 }
 
-fn installed(package: &str) -> bool {
+/// Whether dpkg reports `package` as installed.
+pub fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
         .output()

@@ -11,6 +11,7 @@ mod cache;
 mod cmd;
 mod debian;
 mod toolchain;
+mod vm;
 
 use std::path::PathBuf;
 
@@ -49,6 +50,24 @@ enum Command {
         /// Arguments passed to `resonance gen-trace`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Integration tests inside QEMU on real Debian kernels (default: 6.1 and
+    /// 6.12). `RESONANCE_*` variables of this command reach the tests.
+    VmTest {
+        /// Kernel to boot: 6.1, 6.12, 6.12-trixie or a linux-image-* package
+        /// name; repeat for several.
+        #[arg(long)]
+        kernel: Vec<String>,
+        /// Seconds one kernel may take (boot, tests, power-off).
+        #[arg(long, default_value_t = vm::DEFAULT_TIMEOUT.as_secs())]
+        timeout: u64,
+        /// Cargo profile for the test executables run in the guest.
+        #[arg(long, default_value = vm::DEFAULT_PROFILE)]
+        profile: String,
+        /// Succeed only if the tests run and fail on every kernel, e.g. with
+        /// RESONANCE_TEST_CORRUPT_OFFSET set.
+        #[arg(long)]
+        expect_failure: bool,
     },
     /// Benchmarks, each printing ratios against a baseline from the same run.
     Bench {
@@ -108,7 +127,21 @@ fn main() -> Result<()> {
                     "resonance-ebpf",
                     "--no-fail-fast",
                 ],
-            )
+            )?;
+            corrupted_offset_is_caught_on_host(&root, &env)?;
+            // The same kernel tests on Debian 6.1 and 6.12 in QEMU, then
+            // once more with the corrupted offset, which must fail there too.
+            let mut options = vm::Options {
+                kernels: Vec::new(),
+                timeout: vm::DEFAULT_TIMEOUT,
+                profile: vm::DEFAULT_PROFILE.to_owned(),
+                expect_failure: false,
+                guest_env: Vec::new(),
+            };
+            vm::run(&root, &env, &options)?;
+            options.expect_failure = true;
+            options.guest_env = vec![(CORRUPT_OFFSET_ENV.to_owned(), CORRUPTED_FIELD.to_owned())];
+            vm::run(&root, &env, &options)
         }
         Command::GenTrace { args } => {
             let env = bootstrap::ensure(&root)?;
@@ -123,9 +156,54 @@ fn main() -> Result<()> {
             env.apply(&mut command);
             cmd::status(&mut command)
         }
+        Command::VmTest {
+            kernel,
+            timeout,
+            profile,
+            expect_failure,
+        } => {
+            let env = bootstrap::ensure(&root)?;
+            let options = vm::Options {
+                kernels: kernel,
+                timeout: std::time::Duration::from_secs(timeout),
+                profile,
+                expect_failure,
+                guest_env: Vec::new(),
+            };
+            vm::run(&root, &env, &options)
+        }
         Command::Bench { which } => {
             let env = bootstrap::ensure(&root)?;
             bench::run(&root, &env, which)
+        }
+    }
+}
+
+/// The agent's test hook that shifts one kernel struct offset.
+const CORRUPT_OFFSET_ENV: &str = "RESONANCE_TEST_CORRUPT_OFFSET";
+/// The offset `cargo xtask test` corrupts to prove the suite notices: the
+/// Unix socket peer, a subtle one (pipes still work, socket joins do not).
+const CORRUPTED_FIELD: &str = "unix_peer";
+
+/// Runs the kernel tests with one offset deliberately wrong: they must fail.
+fn corrupted_offset_is_caught_on_host(
+    root: &std::path::Path,
+    env: &bootstrap::BuildEnv,
+) -> Result<()> {
+    let mut command = std::process::Command::new("cargo");
+    command
+        .args(["test", "--package", "resonance-tests", "--test", "observer"])
+        .env(CORRUPT_OFFSET_ENV, CORRUPTED_FIELD)
+        .current_dir(root);
+    env.apply(&mut command);
+    eprintln!("xtask: the kernel tests must fail with {CORRUPT_OFFSET_ENV}={CORRUPTED_FIELD}");
+    match cmd::status(&mut command) {
+        Ok(()) => anyhow::bail!(
+            "the kernel tests passed with {CORRUPT_OFFSET_ENV}={CORRUPTED_FIELD}: they would not notice a wrong offset"
+        ),
+        Err(_) => {
+            eprintln!("xtask: good, the corrupted offset was caught");
+            Ok(())
         }
     }
 }

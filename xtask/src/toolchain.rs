@@ -16,8 +16,17 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// The eBPF toolchain named in `resonance-ebpf/rust-toolchain.toml`.
 pub fn ebpf_toolchain(root: &Path) -> Result<String> {
-    let path = root.join("resonance-ebpf/rust-toolchain.toml");
-    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    pinned_channel(&root.join("resonance-ebpf/rust-toolchain.toml"))
+}
+
+/// The host toolchain named in the workspace's `rust-toolchain.toml`.
+pub fn host_toolchain(root: &Path) -> Result<String> {
+    pinned_channel(&root.join("rust-toolchain.toml"))
+}
+
+/// The `channel = "..."` of a rust-toolchain.toml file.
+fn pinned_channel(path: &Path) -> Result<String> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
         .filter_map(|line| line.trim().strip_prefix("channel"))
         .filter_map(|rest| rest.trim().strip_prefix('='))
