@@ -8,14 +8,18 @@
 //! service pair; `trace` and `predict` learn which pair fires next and
 //! `replay` scores that on recorded traces (`scenario` makes synthetic
 //! ones); `agent` runs it all as a daemon, publishing through `metrics`
-//! (`http`) and `control`; `cli` is the front end.
+//! (`http`) and `control`; `alloc` makes and sizes the kernel channels
+//! the broker in `handout` pushes to processes (raw calls in `sys`); `cli` is
+//! the front end.
 
 pub mod agent;
 pub mod aggregate;
+pub mod alloc;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod decode;
+pub mod handout;
 pub mod http;
 pub mod metrics;
 pub mod observer;
@@ -25,4 +29,5 @@ pub mod replay;
 pub mod report;
 pub mod scenario;
 pub mod score;
+pub mod sys;
 pub mod trace;
