@@ -17,6 +17,13 @@ pub enum Which {
         #[arg(long)]
         json: bool,
     },
+    /// Getting a channel to another process: connect+accept, broker on
+    /// demand, broker pre-created.
+    Channel {
+        /// Print one JSON object per variant instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Predictions per second of the predictive model, against reading the
     /// same trace.
     Predict {
@@ -54,6 +61,21 @@ pub fn run(root: &Path, env: &BuildEnv, which: Which) -> Result<()> {
                 &root.join("target/release/bench-observer"),
                 &args,
             )
+        }
+        Which::Channel { json } => {
+            cmd::cargo(
+                root,
+                env,
+                &[
+                    "build",
+                    "--release",
+                    "--package",
+                    "resonance-tests",
+                    "--bins",
+                ],
+            )?;
+            let args: &[&str] = if json { &["--json"] } else { &[] };
+            cmd::run(root, env, &root.join("target/release/bench-channel"), args)
         }
         Which::Predict { json, scenario } => {
             cmd::cargo(
