@@ -344,3 +344,48 @@ fn bad_input_closes_only_that_connection_and_leaks_no_descriptor() {
         open_fds()
     );
 }
+
+#[test]
+fn recurring_opens_hit_prepared_channels_and_the_observer_names_both_services() {
+    let _serial = serial();
+    let broker = start_broker("e2e", |_| {});
+    let mut out = Value::Null;
+    let records = resonance_tests::observe(|| {
+        let _responder = broker.responder("responder");
+        out = summary(&broker.requester(
+            &["--count", "300", "--interval-ms", "25", "--warmup", "30"],
+            None,
+        ));
+        Ok(())
+    });
+    assert_eq!(out["verified"], 300, "{out}");
+    let hits = out["hits_after_warmup"].as_f64().unwrap_or(0.0);
+    let opens = out["opens_after_warmup"].as_f64().unwrap_or(1.0);
+    assert!(
+        hits / opens >= 0.9,
+        "hit ratio {} after warm-up: {out}",
+        hits / opens
+    );
+    let sent = out["bytes_sent"].as_u64().unwrap_or(0);
+    let received = out["bytes_received"].as_u64().unwrap_or(0);
+    let bytes = |src: &str, dst: &str| -> u64 {
+        records
+            .iter()
+            .filter(|r| {
+                r.src_comm == src && r.dst_comm.as_deref() == Some(dst) && r.kind == "unix_stream"
+            })
+            .map(|r| r.bytes)
+            .sum()
+    };
+    assert!(
+        bytes("requester", "responder") >= sent,
+        "requester -> responder: {} of {sent}",
+        bytes("requester", "responder")
+    );
+    assert!(
+        bytes("responder", "requester") >= received,
+        "responder -> requester: {} of {received}",
+        bytes("responder", "requester")
+    );
+    assert!(total(&broker.metrics.hits) >= 270);
+}
