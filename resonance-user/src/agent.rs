@@ -110,6 +110,7 @@ impl Agent {
         );
         let control_task = tokio::spawn(control::serve(control_listener, Arc::clone(&self.shared)));
         let metrics_task = tokio::spawn(http::serve(metrics_listener, Arc::clone(&self.metrics)));
+        let broker_task = self.start_broker();
         let mut terminate =
             signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut interrupt =
@@ -147,9 +148,31 @@ impl Agent {
         self.flush();
         control_task.abort();
         metrics_task.abort();
+        if let Some(task) = broker_task {
+            task.abort();
+            let _ = task.await;
+        }
         let _ = std::fs::remove_file(&self.config.control_socket);
         log::info!("stopped; probes detached");
         Ok(())
+    }
+
+    /// Starts the channel broker when the config enables it. A broker that
+    /// cannot bind is logged and skipped: observing must not depend on it.
+    fn start_broker(&self) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.config.broker.enabled {
+            return None;
+        }
+        match crate::handout::Broker::bind(&self.config.broker, self.metrics.registry()) {
+            Ok(broker) => {
+                log::info!("serving the channel broker on {}", broker.path().display());
+                Some(tokio::spawn(broker.run()))
+            }
+            Err(error) => {
+                log::error!("channel broker disabled: {error}");
+                None
+            }
+        }
     }
 
     /// Reads this tick's traffic, scores it and publishes it.

@@ -39,6 +39,8 @@ pub struct Config {
     pub store: StoreSettings,
     /// Rules naming services; the first match wins.
     pub services: Vec<ServiceRule>,
+    /// The channel broker.
+    pub broker: BrokerSettings,
 }
 
 impl Default for Config {
@@ -54,8 +56,98 @@ impl Default for Config {
             metrics: MetricsSettings::default(),
             store: StoreSettings::default(),
             services: Vec::new(),
+            broker: BrokerSettings::default(),
         }
     }
+}
+
+/// The channel broker (`[broker]`): where it listens, how long prepared
+/// channels live, budgets and who may do what.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// Whether `resonance run` serves the broker.
+    pub enabled: bool,
+    /// The broker's Unix socket.
+    pub socket: PathBuf,
+    /// The socket file's mode, octal (e.g. `"0660"`).
+    pub mode: String,
+    /// The socket file's group (name or number); unset keeps root's.
+    pub group: Option<String>,
+    /// How long a pre-created channel waits to be claimed.
+    #[serde(deserialize_with = "duration")]
+    pub ttl: Duration,
+    /// How often predictions are turned into channels.
+    #[serde(deserialize_with = "duration")]
+    pub prepare_interval: Duration,
+    /// Probability (within `ttl`) from which a pair gets a channel ahead of
+    /// time; above 1 disables pre-creation.
+    pub threshold: f64,
+    /// Idle pre-created channels in total.
+    pub max_idle: usize,
+    /// Idle pre-created channels per pair.
+    pub max_idle_per_pair: usize,
+    /// Descriptors of idle channels held by clients.
+    pub max_fds: usize,
+    /// Kernel buffer memory of idle channels, bytes.
+    pub max_buffer_memory: u64,
+    /// Channel capacity when the traffic's burst is unknown, bytes.
+    pub default_capacity: u32,
+    /// Whether ends are handed out with `O_NONBLOCK`.
+    pub nonblocking: bool,
+    /// Who may register or open which service, beyond the defaults (a
+    /// service is registered by one uid at a time; opening is allowed
+    /// within the registrant's uid).
+    pub rules: Vec<PolicyRule>,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            socket: PathBuf::from("/run/resonance/broker.sock"),
+            mode: "0660".to_owned(),
+            group: None,
+            ttl: Duration::from_secs(2),
+            prepare_interval: Duration::from_millis(5),
+            threshold: 0.5,
+            max_idle: 256,
+            max_idle_per_pair: 4,
+            max_fds: 1024,
+            max_buffer_memory: 64 << 20,
+            default_capacity: 64 << 10,
+            nonblocking: false,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// What a policy rule allows.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyAction {
+    /// Registering (serving) the service.
+    Register,
+    /// Opening channels to the service.
+    Open,
+}
+
+/// Allows `action` on services matching `service` (a glob) to processes
+/// matching every given credential. For `register`, once any rule names a
+/// service, only matching processes may register it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRule {
+    /// What is allowed.
+    pub action: PolicyAction,
+    /// Service name glob (`*` matches any run of characters).
+    pub service: String,
+    /// User id.
+    pub uid: Option<u32>,
+    /// Group id.
+    pub gid: Option<u32>,
+    /// systemd unit, e.g. `web.service`.
+    pub unit: Option<String>,
 }
 
 /// Score smoothing settings.
@@ -194,6 +286,12 @@ impl Config {
             return Err(ConfigError::EmptyRule {
                 path: path.to_owned(),
                 name: rule.name.clone(),
+            });
+        }
+        if u32::from_str_radix(&config.broker.mode, 8).is_err() {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!("broker.mode {:?} is not an octal mode", config.broker.mode),
             });
         }
         Ok(config)

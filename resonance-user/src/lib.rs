@@ -5,17 +5,22 @@
 //! programs that count traffic per flow; `decode` turns ring-buffer records
 //! into typed events; `aggregate` joins writers to readers and names the
 //! services; `observer` drives one observation session; `score` rates each
-//! service pair and `store` keeps its history; `trace` and `predict` learn which pair fires next and
+//! service pair and `store` keeps its history; `trace` and `predict` learn
+//! which pair fires next and
 //! `replay` scores that on recorded traces (`scenario` makes synthetic
 //! ones); `agent` runs it all as a daemon, publishing through `metrics`
-//! (`http`) and `control`; `cli` is the front end.
+//! (`http`) and `control`; `alloc` makes and sizes the kernel channels
+//! the broker in `handout` pushes to processes (raw calls in `sys`); `cli` is
+//! the front end.
 
 pub mod agent;
 pub mod aggregate;
+pub mod alloc;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod decode;
+pub mod handout;
 pub mod http;
 pub mod metrics;
 pub mod observer;
@@ -26,4 +31,5 @@ pub mod report;
 pub mod scenario;
 pub mod score;
 pub mod store;
+pub mod sys;
 pub mod trace;

@@ -68,6 +68,12 @@ pub struct Metrics {
 pub type MetricsError = prometheus::Error;
 
 impl Metrics {
+    /// The registry, for modules that publish their own families (the
+    /// broker).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Creates and registers every family.
     pub fn new(max_pairs: usize) -> Result<Self, MetricsError> {
         let registry = Registry::new();

@@ -24,6 +24,13 @@ pub enum Which {
         #[arg(long)]
         json: bool,
     },
+    /// Getting a channel to another process: connect+accept, broker on
+    /// demand, broker pre-created.
+    Channel {
+        /// Print one JSON object per variant instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Predictions per second of the predictive model, against reading the
     /// same trace.
     Predict {
@@ -41,6 +48,7 @@ pub fn run(root: &Path, env: &BuildEnv, which: Which) -> Result<()> {
     match which {
         Which::Observer { json } => run_tests_bench(root, env, "bench-observer", json),
         Which::Agent { json } => run_tests_bench(root, env, "bench-agent", json),
+        Which::Channel { json } => run_tests_bench(root, env, "bench-channel", json),
         Which::Predict { json, scenario } => {
             cmd::cargo(
                 root,

@@ -27,6 +27,9 @@ pub struct Args {
     /// How often history is written (e.g. `5s`).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub flush_interval: Option<std::time::Duration>,
+    /// Channel broker socket path.
+    #[arg(long)]
+    pub broker_socket: Option<PathBuf>,
     /// How often flows are read and scored (e.g. `1s`).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub tick: Option<std::time::Duration>,
@@ -53,6 +56,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     if let Some(interval) = args.flush_interval {
         config.flush_interval = interval;
+    }
+    if let Some(socket) = args.broker_socket {
+        config.broker.socket = socket;
     }
     if let Some(tick) = args.tick {
         config.tick = tick;

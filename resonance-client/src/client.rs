@@ -1,0 +1,532 @@
+//! The blocking client.
+//!
+//! [`Client`] owns the connection to the broker and a reader thread. The
+//! thread moves every end the agent pushes into local queues: requester ends
+//! into the inbox (keyed by the target service, taken by [`Client::open`]),
+//! responder ends into the incoming queue ([`Client::incoming`],
+//! [`Client::try_incoming`], with [`Client::incoming_fd`] for epoll loops).
+//! It also answers revocations and, every [`CLAIM_FLUSH`], tells the agent
+//! which pushed ends were taken: that notice is kept off the `open()` path so
+//! a hit costs no system call.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    io,
+    os::{
+        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        unix::net::UnixStream,
+    },
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use crate::{
+    proto::{ChannelConfig, Message, Peer, Role, Want, code},
+    wire::{self, FrameReader, WireError},
+};
+
+/// Where the agent's broker listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/resonance/broker.sock";
+/// Environment variable overriding [`DEFAULT_SOCKET`].
+pub const SOCKET_ENV: &str = "RESONANCE_BROKER_SOCKET";
+/// Longest delay before the agent hears of a hit.
+pub const CLAIM_FLUSH: Duration = Duration::from_millis(5);
+
+/// What a client call can fail with.
+#[derive(Debug)]
+pub enum ClientError {
+    /// Connecting or talking to the broker failed.
+    Io(io::Error),
+    /// The broker's bytes made no sense, or the connection broke.
+    Wire(String),
+    /// The broker refused: `code` is one of [`crate::proto::code`].
+    Refused {
+        /// Error code.
+        code: u16,
+        /// The broker's explanation.
+        message: String,
+    },
+}
+
+impl ClientError {
+    /// Whether the policy denied the request.
+    pub fn is_denied(&self) -> bool {
+        matches!(self, Self::Refused { code, .. } if *code == code::DENIED)
+    }
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "broker connection: {e}"),
+            Self::Wire(e) => write!(f, "broker protocol: {e}"),
+            Self::Refused { code, message } => write!(f, "broker refused (code {code}): {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<WireError> for ClientError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Io(e) => Self::Io(e),
+            other => Self::Wire(other.to_string()),
+        }
+    }
+}
+
+/// One end of a channel, owned by this process.
+#[derive(Debug)]
+pub struct Channel {
+    /// The descriptor: a pipe end or a socketpair end.
+    pub fd: OwnedFd,
+    /// Channel id (unique per agent run).
+    pub id: u64,
+    /// The service the channel is to.
+    pub service: String,
+    /// Which end this is.
+    pub role: Role,
+    /// Who holds the other end.
+    pub peer: Peer,
+    /// How the agent configured it (kind, capacity, batching hints).
+    pub config: ChannelConfig,
+    /// Whether the agent pushed it ahead of time (a hit) rather than
+    /// creating it on request.
+    pub prepared: bool,
+}
+
+/// Hits and misses of this client's `open()` calls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Opens served from the inbox.
+    pub hits: u64,
+    /// Opens that asked the broker.
+    pub misses: u64,
+    /// Pushed ends dropped on the agent's request.
+    pub revoked: u64,
+}
+
+#[derive(Default)]
+struct State {
+    inbox: HashMap<String, VecDeque<Channel>>,
+    incoming: VecDeque<Channel>,
+    replies: HashMap<u64, Result<Option<Channel>, ClientError>>,
+    claims: Vec<u64>,
+    closed: Option<String>,
+    stats: ClientStats,
+}
+
+struct Inner {
+    socket: OwnedFd,
+    write: Mutex<()>,
+    state: Mutex<State>,
+    changed: Condvar,
+    /// Readable while the incoming queue is not empty.
+    event: OwnedFd,
+    next_req: AtomicU64,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send(&self, message: &Message) -> io::Result<()> {
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        wire::send(self.socket.as_fd(), message, None)
+    }
+
+    fn signal_event(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a live u64 to our eventfd.
+        unsafe { libc::write(self.event.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    fn reset_event(&self) {
+        let mut value: u64 = 0;
+        // SAFETY: reading 8 bytes into a live u64 from our non-blocking eventfd.
+        unsafe { libc::read(self.event.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
+    }
+}
+
+/// A connection to the broker. Dropping it closes the connection; ends
+/// already taken stay open.
+pub struct Client {
+    inner: Arc<Inner>,
+    reader: Option<JoinHandle<()>>,
+    /// The client id, pid, uid and gid the broker saw.
+    pub welcome: (u64, u32, u32, u32),
+}
+
+impl Client {
+    /// Connects to `$RESONANCE_BROKER_SOCKET` or [`DEFAULT_SOCKET`], named
+    /// after this executable.
+    pub fn connect() -> Result<Self, ClientError> {
+        let path = std::env::var_os(SOCKET_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        Self::connect_to(&path, &default_name())
+    }
+
+    /// Connects to the broker at `path` as `name` (the requester's service
+    /// name in the agent's pair statistics).
+    pub fn connect_to(path: &Path, name: &str) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path)?;
+        let socket = OwnedFd::from(stream);
+        wire::send(
+            socket.as_fd(),
+            &Message::Hello {
+                name: name.to_owned(),
+            },
+            None,
+        )?;
+        let mut reader = FrameReader::new();
+        let welcome = match reader.read_frame(socket.as_fd())? {
+            (
+                Message::Welcome {
+                    client,
+                    pid,
+                    uid,
+                    gid,
+                },
+                None,
+            ) => (client, pid, uid, gid),
+            (Message::Error { code, message, .. }, None) => {
+                return Err(ClientError::Refused { code, message });
+            }
+            (other, _) => {
+                return Err(ClientError::Wire(format!(
+                    "expected Welcome, got {other:?}"
+                )));
+            }
+        };
+        // SAFETY: eventfd returns a new descriptor we own, or -1.
+        let event = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if event < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        // SAFETY: just created, owned by nobody else.
+        let event = unsafe { OwnedFd::from_raw_fd(event) };
+        let inner = Arc::new(Inner {
+            socket,
+            write: Mutex::new(()),
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            event,
+            next_req: AtomicU64::new(1),
+        });
+        let thread_inner = Arc::clone(&inner);
+        let reader = std::thread::Builder::new()
+            .name("resonance-client".into())
+            .spawn(move || read_loop(&thread_inner, reader))?;
+        Ok(Self {
+            inner,
+            reader: Some(reader),
+            welcome,
+        })
+    }
+
+    /// Declares that this process serves `service`; the policy may deny it.
+    pub fn register(&self, service: &str) -> Result<(), ClientError> {
+        let req = self.inner.next_req.fetch_add(1, Ordering::Relaxed);
+        self.inner.send(&Message::Register {
+            req,
+            service: service.to_owned(),
+        })?;
+        self.wait_reply(req).map(drop)
+    }
+
+    /// A channel to `service`: a pushed end from the inbox when there is
+    /// one (no system call), else one the broker creates now.
+    pub fn open(&self, service: &str) -> Result<Channel, ClientError> {
+        self.open_with(service, Want::default())
+    }
+
+    /// [`Client::open`] with traffic expectations for the agent.
+    pub fn open_with(&self, service: &str, want: Want) -> Result<Channel, ClientError> {
+        if let Some(channel) = self.take_prepared(service) {
+            return Ok(channel);
+        }
+        self.open_on_demand(service, want)
+    }
+
+    /// Takes a pushed end for `service` if one waits in the inbox.
+    pub fn take_prepared(&self, service: &str) -> Option<Channel> {
+        let mut state = self.inner.lock();
+        let channel = state.inbox.get_mut(service)?.pop_front()?;
+        state.claims.push(channel.id);
+        state.stats.hits += 1;
+        Some(channel)
+    }
+
+    /// Asks the broker for a new channel, ignoring the inbox.
+    pub fn open_on_demand(&self, service: &str, want: Want) -> Result<Channel, ClientError> {
+        let req = self.inner.next_req.fetch_add(1, Ordering::Relaxed);
+        self.inner.lock().stats.misses += 1;
+        self.inner.send(&Message::Open {
+            req,
+            service: service.to_owned(),
+            want,
+        })?;
+        self.wait_reply(req)?
+            .ok_or_else(|| ClientError::Wire("Open answered without a channel".into()))
+    }
+
+    /// Pushed ends waiting in the inbox for `service`.
+    pub fn prepared(&self, service: &str) -> usize {
+        self.inner
+            .lock()
+            .inbox
+            .get(service)
+            .map_or(0, VecDeque::len)
+    }
+
+    /// Blocks until a channel is opened to this process; `None` once the
+    /// connection is gone.
+    pub fn accept(&self) -> Option<Channel> {
+        let mut state = self.inner.lock();
+        loop {
+            if let Some(channel) = state.incoming.pop_front() {
+                if state.incoming.is_empty() {
+                    self.inner.reset_event();
+                }
+                return Some(channel);
+            }
+            if state.closed.is_some() {
+                return None;
+            }
+            state = self
+                .inner
+                .changed
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Channels opened to this process, blocking between them; ends when
+    /// the connection does.
+    pub fn incoming(&self) -> impl Iterator<Item = Channel> + '_ {
+        std::iter::from_fn(|| self.accept())
+    }
+
+    /// A channel opened to this process, if one is waiting.
+    pub fn try_incoming(&self) -> Option<Channel> {
+        let mut state = self.inner.lock();
+        let channel = state.incoming.pop_front();
+        if state.incoming.is_empty() {
+            self.inner.reset_event();
+        }
+        channel
+    }
+
+    /// A descriptor that is readable while [`Client::try_incoming`] has
+    /// something: put it in an epoll set.
+    pub fn incoming_fd(&self) -> BorrowedFd<'_> {
+        self.inner.event.as_fd()
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn closed(&self) -> Option<String> {
+        self.inner.lock().closed.clone()
+    }
+
+    /// Hits, misses and revocations so far.
+    pub fn stats(&self) -> ClientStats {
+        self.inner.lock().stats
+    }
+
+    fn wait_reply(&self, req: u64) -> Result<Option<Channel>, ClientError> {
+        let mut state = self.inner.lock();
+        loop {
+            if let Some(reply) = state.replies.remove(&req) {
+                return reply;
+            }
+            if let Some(why) = &state.closed {
+                return Err(ClientError::Wire(format!("connection closed: {why}")));
+            }
+            state = self
+                .inner
+                .changed
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // Wakes the reader thread out of poll with an EOF.
+        // SAFETY: shutting down our own socket.
+        unsafe { libc::shutdown(self.inner.socket.as_raw_fd(), libc::SHUT_RDWR) };
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+/// This executable's file name: the agent names services the same way, so
+/// broker pairs and observed pairs agree.
+pub fn default_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "client".to_owned())
+}
+
+fn read_loop(inner: &Inner, mut reader: FrameReader) {
+    let why = loop {
+        let claims = std::mem::take(&mut inner.lock().claims);
+        for channel in claims {
+            // A failed send means the connection broke; the read below
+            // notices and ends the loop.
+            if inner.send(&Message::Claimed { channel }).is_err() {
+                break;
+            }
+        }
+        let mut pfd = libc::pollfd {
+            fd: inner.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, CLAIM_FLUSH.as_millis() as libc::c_int) };
+        if ready <= 0 {
+            continue;
+        }
+        if let Err(error) = reader.fill(inner.socket.as_fd(), libc::MSG_DONTWAIT) {
+            match error {
+                WireError::Io(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => break other.to_string(),
+            }
+        }
+        let outcome = loop {
+            match reader.next_frame() {
+                Ok(Some((message, fd))) => {
+                    if let Err(why) = handle(inner, message, fd) {
+                        break Err(why);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(error) => break Err(error.to_string()),
+            }
+        };
+        if let Err(why) = outcome {
+            break why;
+        }
+    };
+    let mut state = inner.lock();
+    state.closed = Some(why);
+    // Waiters must not hang: every pending request fails.
+    inner.changed.notify_all();
+    drop(state);
+    inner.signal_event();
+}
+
+fn handle(inner: &Inner, message: Message, fd: Option<OwnedFd>) -> Result<(), String> {
+    match (message, fd) {
+        (
+            Message::Channel {
+                channel,
+                req,
+                role,
+                service,
+                peer,
+                config,
+            },
+            Some(fd),
+        ) => {
+            let end = Channel {
+                fd,
+                id: channel,
+                service: service.clone(),
+                role,
+                peer,
+                config,
+                prepared: req == 0,
+            };
+            let mut state = inner.lock();
+            match (req, role) {
+                (0, Role::Requester) => state.inbox.entry(service).or_default().push_back(end),
+                (req, Role::Requester) => {
+                    state.replies.insert(req, Ok(Some(end)));
+                }
+                (_, Role::Responder) => {
+                    state.incoming.push_back(end);
+                    inner.signal_event();
+                }
+            }
+            inner.changed.notify_all();
+        }
+        (Message::Ok { req }, None) => {
+            inner.lock().replies.insert(req, Ok(None));
+            inner.changed.notify_all();
+        }
+        (
+            Message::Error {
+                req: 0,
+                code,
+                message,
+            },
+            None,
+        ) => {
+            return Err(format!("broker error {code}: {message}"));
+        }
+        (Message::Error { req, code, message }, None) => {
+            inner
+                .lock()
+                .replies
+                .insert(req, Err(ClientError::Refused { code, message }));
+            inner.changed.notify_all();
+        }
+        (Message::Revoke { channel }, None) => {
+            let dropped = revoke(&mut inner.lock(), channel);
+            inner
+                .send(&Message::RevokeAck { channel, dropped })
+                .map_err(|e| e.to_string())?;
+        }
+        (other, _) => return Err(format!("unexpected message from the broker: {other:?}")),
+    }
+    Ok(())
+}
+
+/// Drops pushed end `id` if it is still unused: in the inbox and with no
+/// data waiting in it (a channel that carries data is never revoked).
+fn revoke(state: &mut State, id: u64) -> bool {
+    let carries_data = |channel: &Channel| {
+        let mut pending: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int to a live variable.
+        let rc = unsafe { libc::ioctl(channel.fd.as_raw_fd(), libc::FIONREAD, &mut pending) };
+        rc == 0 && pending > 0
+    };
+    for queue in state.inbox.values_mut() {
+        if let Some(pos) = queue.iter().position(|c| c.id == id) {
+            if carries_data(&queue[pos]) {
+                return false;
+            }
+            queue.remove(pos);
+            state.stats.revoked += 1;
+            return true;
+        }
+    }
+    if let Some(pos) = state.incoming.iter().position(|c| c.id == id)
+        && !carries_data(&state.incoming[pos])
+    {
+        state.incoming.remove(pos);
+        state.stats.revoked += 1;
+        return true;
+    }
+    false
+}

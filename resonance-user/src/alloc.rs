@@ -1,0 +1,264 @@
+//! Channel allocation: what kind of kernel channel a pair gets, how big,
+//! and whether the budget allows preparing it.
+//!
+//! [`plan`] turns what is known of a pair's traffic ([`Want`]: the
+//! requester's declared kind and burst, remembered per pair) into a
+//! [`ChannelConfig`] within [`Limits`]; [`create`] makes the channel with
+//! those settings through [`crate::sys`] and returns both ends
+//! ([`Created`]); [`budget::Budget`] decides which predicted preparations
+//! fit the configured memory and descriptor budgets.
+
+pub mod budget;
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use resonance_client::proto::{ChannelConfig, ChannelKind, Want};
+
+use crate::sys;
+
+/// Bounds on what a channel may be given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Capacity when the traffic's burst is unknown.
+    pub default_capacity: u32,
+    /// Largest capacity: `pipe-max-size` (without `CAP_SYS_RESOURCE`
+    /// `F_SETPIPE_SZ` above it fails with `EPERM`) and the memory budget.
+    pub max_capacity: u32,
+    /// Whether ends are handed out with `O_NONBLOCK`.
+    pub nonblocking: bool,
+}
+
+/// Why a channel could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocError {
+    /// pipe2/socketpair failed (typically out of descriptors).
+    #[error("creating a {kind} channel: {source}")]
+    Create {
+        /// Kind asked for.
+        kind: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Sizing or flags failed.
+    #[error("configuring a {kind} channel: {source}")]
+    Configure {
+        /// Kind asked for.
+        kind: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Both ends of a new channel and how it was configured.
+#[derive(Debug)]
+pub struct Created {
+    /// As configured (capacity is what the kernel granted).
+    pub config: ChannelConfig,
+    /// The opener's end (a pipe's write end).
+    pub requester: OwnedFd,
+    /// The served end (a pipe's read end).
+    pub responder: OwnedFd,
+}
+
+/// PIPE_BUF: writes up to this are atomic, and packet-mode pipes split
+/// larger writes into several packets.
+const PACKET: u32 = 4096;
+
+/// The configuration a channel with traffic `want` gets.
+///
+/// Kind: as declared, else a stream socketpair (two-way is the safe
+/// default: a request/response pair needs it). Capacity: the burst rounded
+/// up to a page (so one burst never blocks the writer), else the default,
+/// within the limits. Batching hints: message-shaped kinds suggest one
+/// message per write (4096 for packet pipes, the burst for seqpacket);
+/// streams suggest the burst as write size and, for small bursts, a short
+/// flush interval so a writer may coalesce them.
+pub fn plan(want: Want, limits: &Limits) -> ChannelConfig {
+    let kind = want.kind.unwrap_or(ChannelKind::Stream);
+    let wanted = if want.burst == 0 {
+        limits.default_capacity
+    } else {
+        want.burst.saturating_add(PACKET - 1) / PACKET * PACKET
+    };
+    let capacity = wanted.clamp(PACKET, limits.max_capacity.max(PACKET));
+    let write_size = match kind {
+        ChannelKind::PacketPipe => PACKET,
+        _ if want.burst > 0 => want.burst.min(capacity),
+        _ => capacity.min(64 * 1024),
+    };
+    let flush_us = if want.burst > 0
+        && want.burst < PACKET
+        && !matches!(kind, ChannelKind::PacketPipe | ChannelKind::SeqPacket)
+    {
+        50
+    } else {
+        0
+    };
+    ChannelConfig {
+        kind,
+        capacity,
+        nonblocking: limits.nonblocking,
+        write_size,
+        flush_us,
+    }
+}
+
+/// Creates a channel configured as `config` says; the returned config
+/// holds the capacity actually granted.
+pub fn create(config: &ChannelConfig) -> Result<Created, AllocError> {
+    let kind = config.kind.name();
+    let nonblock = if config.nonblocking {
+        libc::O_NONBLOCK
+    } else {
+        0
+    };
+    let configure = |source| AllocError::Configure { kind, source };
+    let mut granted = *config;
+    let (requester, responder) = match config.kind {
+        ChannelKind::Pipe | ChannelKind::PacketPipe => {
+            let direct = if config.kind == ChannelKind::PacketPipe {
+                libc::O_DIRECT
+            } else {
+                0
+            };
+            let (read, write) = sys::pipe(direct | nonblock)
+                .map_err(|source| AllocError::Create { kind, source })?;
+            granted.capacity =
+                sys::set_pipe_size(write.as_fd(), config.capacity).map_err(configure)?;
+            (write, read)
+        }
+        ChannelKind::Stream | ChannelKind::SeqPacket => {
+            let ty = if config.kind == ChannelKind::Stream {
+                libc::SOCK_STREAM
+            } else {
+                libc::SOCK_SEQPACKET
+            };
+            let sock_nonblock = if config.nonblocking {
+                libc::SOCK_NONBLOCK
+            } else {
+                0
+            };
+            let (a, b) = sys::socketpair(ty, sock_nonblock)
+                .map_err(|source| AllocError::Create { kind, source })?;
+            for end in [&a, &b] {
+                sys::set_socket_buffers(end.as_fd(), config.capacity).map_err(configure)?;
+            }
+            (a, b)
+        }
+    };
+    Ok(Created {
+        config: granted,
+        requester,
+        responder,
+    })
+}
+
+/// Kernel buffer memory a channel of this configuration may pin: one
+/// buffer for a pipe, one per direction for a socketpair.
+pub fn memory(config: &ChannelConfig) -> u64 {
+    let buffers = if config.kind.two_way() { 2 } else { 1 };
+    u64::from(config.capacity) * buffers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        default_capacity: 65536,
+        max_capacity: 1 << 20,
+        nonblocking: false,
+    };
+
+    #[test]
+    fn plans_follow_the_traffic_within_limits() {
+        let c = plan(Want::default(), &LIMITS);
+        assert_eq!((c.kind, c.capacity), (ChannelKind::Stream, 65536));
+        let c = plan(
+            Want {
+                kind: Some(ChannelKind::Pipe),
+                burst: 5000,
+            },
+            &LIMITS,
+        );
+        assert_eq!(
+            (c.kind, c.capacity, c.write_size),
+            (ChannelKind::Pipe, 8192, 5000)
+        );
+        let c = plan(
+            Want {
+                kind: Some(ChannelKind::Pipe),
+                burst: u32::MAX,
+            },
+            &LIMITS,
+        );
+        assert_eq!(c.capacity, 1 << 20);
+        let c = plan(
+            Want {
+                kind: Some(ChannelKind::PacketPipe),
+                burst: 100,
+            },
+            &LIMITS,
+        );
+        assert_eq!((c.capacity, c.write_size, c.flush_us), (4096, 4096, 0));
+        let c = plan(
+            Want {
+                kind: None,
+                burst: 100,
+            },
+            &LIMITS,
+        );
+        assert_eq!(c.flush_us, 50);
+    }
+
+    #[test]
+    fn every_kind_is_created_with_its_capacity() {
+        for kind in [
+            ChannelKind::Pipe,
+            ChannelKind::PacketPipe,
+            ChannelKind::Stream,
+            ChannelKind::SeqPacket,
+        ] {
+            let config = plan(
+                Want {
+                    kind: Some(kind),
+                    burst: 200_000,
+                },
+                &LIMITS,
+            );
+            let created = create(&config).unwrap();
+            assert_eq!(created.config.kind, kind);
+            assert!(
+                created.config.capacity >= 200_000,
+                "{kind:?}: {:?}",
+                created.config
+            );
+        }
+    }
+
+    #[test]
+    fn a_pipe_above_pipe_max_size_is_refused_so_limits_must_clamp() {
+        let config = ChannelConfig {
+            kind: ChannelKind::Pipe,
+            capacity: sys::pipe_max_size().saturating_mul(4),
+            nonblocking: false,
+            write_size: 4096,
+            flush_us: 0,
+        };
+        // Root without CAP_SYS_RESOURCE gets EPERM; with it, the kernel may
+        // still refuse for memory. Either way it is an error, not a panic,
+        // and plan() never asks for it.
+        let _ = create(&config);
+        let clamped = plan(
+            Want {
+                kind: Some(ChannelKind::Pipe),
+                burst: u32::MAX,
+            },
+            &Limits {
+                max_capacity: sys::pipe_max_size(),
+                ..LIMITS
+            },
+        );
+        assert!(create(&clamped).is_ok());
+    }
+}

@@ -1,0 +1,806 @@
+//! The broker: hands pre-created pipes and socketpairs to processes over a
+//! Unix socket.
+//!
+//! [`Broker::bind`] opens the socket; [`Broker::run`] accepts clients, one
+//! task pair per connection (a reader decoding frames, a writer sending
+//! frames and descriptors), and every `prepare_interval` (and right after
+//! every open or claim) runs a preparation pass over the shared [`Core`]:
+//! the broker's own [`Model`] predicts which requester → service pairs
+//! will open a channel within the TTL; for each, most probable first and
+//! within the [`Budget`], [`crate::alloc`] creates a channel and both ends
+//! are pushed (requester's to its inbox, responder's to its incoming
+//! queue). Channels unclaimed after the TTL are revoked (the requester
+//! confirms it dropped an unused end, then the responder is told) and
+//! counted as waste. [`policy`] decides who may register and open what;
+//! [`metrics`] counts it all. The wire protocol is
+//! [`resonance_client::proto`].
+
+pub mod metrics;
+pub mod policy;
+
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use prometheus::Registry;
+use resonance_client::{
+    proto::{Message, Peer, Role, Want, code},
+    wire::{self, FrameReader, WireError},
+};
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+
+use crate::{
+    alloc::{
+        self, Limits,
+        budget::{Budget, Usage},
+    },
+    config::BrokerSettings,
+    predict::{Model, ModelConfig},
+    sys::{self, Cred},
+    trace::TraceEvent,
+};
+pub use metrics::BrokerMetrics;
+use policy::{Identity, Policy};
+
+/// A client has this long to say `Hello`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Kind recorded in the broker's model for its channels.
+const MODEL_KIND: &str = "channel";
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoutError {
+    /// The socket could not be bound or set up.
+    #[error("broker socket {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another broker answers on the socket.
+    #[error("another broker is already serving {0}")]
+    Busy(PathBuf),
+    /// Settings that make no sense.
+    #[error("broker settings: {0}")]
+    Settings(String),
+    /// Metrics could not be registered.
+    #[error("registering broker metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// A pair: requester name, service.
+type Pair = (String, String);
+
+enum Out {
+    Frame(Message, Option<OwnedFd>),
+    Close,
+}
+
+struct Conn {
+    identity: Identity,
+    name: Option<String>,
+    tx: mpsc::UnboundedSender<Out>,
+}
+
+struct Idle {
+    pair: Pair,
+    requester: u64,
+    responder: u64,
+    created: Instant,
+    memory: u64,
+    revoking: bool,
+}
+
+/// The broker's shared state.
+pub struct Core {
+    settings: BrokerSettings,
+    limits: Limits,
+    budget: Budget,
+    policy: Policy,
+    metrics: BrokerMetrics,
+    conns: HashMap<u64, Conn>,
+    next_conn: u64,
+    next_channel: u64,
+    /// Registered connections per service, latest last.
+    services: HashMap<String, Vec<u64>>,
+    /// The latest connection that opened as each requester name.
+    requesters: HashMap<String, u64>,
+    idle: HashMap<u64, Idle>,
+    usage: Usage<Pair>,
+    wants: HashMap<Pair, Want>,
+    model: Model,
+}
+
+/// The running broker.
+pub struct Broker {
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+    core: Arc<Mutex<Core>>,
+    wake: Arc<tokio::sync::Notify>,
+    metrics: BrokerMetrics,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Broker {
+    /// Binds the socket (replacing a stale one, refusing a live one), sets
+    /// its mode and group, and registers the metrics into `registry`. Must
+    /// be called inside a tokio runtime.
+    pub fn bind(settings: &BrokerSettings, registry: &Registry) -> Result<Self, HandoutError> {
+        let path = settings.socket.clone();
+        let mode = u32::from_str_radix(&settings.mode, 8).map_err(|_| {
+            HandoutError::Settings(format!("mode {:?} is not octal", settings.mode))
+        })?;
+        let gid = match &settings.group {
+            Some(group) => Some(
+                sys::group_id(group)
+                    .ok_or_else(|| HandoutError::Settings(format!("unknown group {group:?}")))?,
+            ),
+            None => None,
+        };
+        let socket_error = |source| HandoutError::Socket {
+            path: path.clone(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(socket_error)?;
+        }
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                return Err(HandoutError::Busy(path));
+            }
+            std::fs::remove_file(&path).map_err(socket_error)?;
+        }
+        let listener = tokio::net::UnixListener::bind(&path).map_err(socket_error)?;
+        sys::set_socket_access(&path, mode, gid).map_err(socket_error)?;
+        let metrics = BrokerMetrics::new(registry)?;
+        let max_capacity =
+            sys::pipe_max_size().min(u32::try_from(settings.max_buffer_memory).unwrap_or(u32::MAX));
+        let core = Core {
+            limits: Limits {
+                default_capacity: settings.default_capacity,
+                max_capacity,
+                nonblocking: settings.nonblocking,
+            },
+            budget: Budget {
+                max_idle: settings.max_idle,
+                max_idle_per_pair: settings.max_idle_per_pair,
+                max_fds: settings.max_fds,
+                max_memory: settings.max_buffer_memory,
+            },
+            policy: Policy::new(settings.rules.clone()),
+            metrics: metrics.clone(),
+            conns: HashMap::new(),
+            next_conn: 1,
+            next_channel: 1,
+            services: HashMap::new(),
+            requesters: HashMap::new(),
+            idle: HashMap::new(),
+            usage: Usage::default(),
+            wants: HashMap::new(),
+            model: Model::new(ModelConfig {
+                // The calibration learns one horizon; the broker's is the TTL.
+                calibrate: false,
+                calibration_horizon_ns: settings.ttl.as_nanos() as u64,
+                ..ModelConfig::default()
+            }),
+            settings: settings.clone(),
+        };
+        Ok(Self {
+            listener,
+            path,
+            core: Arc::new(Mutex::new(core)),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            metrics,
+        })
+    }
+
+    /// The broker's counters.
+    pub fn metrics(&self) -> BrokerMetrics {
+        self.metrics.clone()
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves until the task is dropped or aborted; the socket file is
+    /// removed then.
+    pub async fn run(self) {
+        let _remove = RemoveOnDrop(self.path.clone());
+        let interval = lock(&self.core)
+            .settings
+            .prepare_interval
+            .max(Duration::from_millis(1));
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let core = Arc::clone(&self.core);
+                        let wake = Arc::clone(&self.wake);
+                        tokio::spawn(serve_connection(core, wake, stream));
+                    }
+                    Err(error) => {
+                        // Out of descriptors, typically: back off, keep serving.
+                        log::warn!("broker accept failed: {error}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = tick.tick() => lock(&self.core).pass(),
+                _ = self.wake.notified() => lock(&self.core).pass(),
+            }
+        }
+    }
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    core.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A connection-level failure: the client is told, then disconnected.
+struct Reject {
+    code: u16,
+    reason: &'static str,
+    message: String,
+}
+
+impl Reject {
+    fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn wire(error: WireError) -> Self {
+        let (code, reason) = match &error {
+            WireError::Proto(resonance_client::proto::ProtoError::TooLarge(_)) => {
+                (code::TOO_LARGE, "too_large")
+            }
+            WireError::Proto(resonance_client::proto::ProtoError::Version(_)) => {
+                (code::VERSION, "version")
+            }
+            WireError::Proto(_) => (code::MALFORMED, "malformed"),
+            WireError::Fds(_) => (code::UNEXPECTED_FDS, "unexpected_fds"),
+            WireError::Io(_) | WireError::Closed => (code::PROTOCOL, "io"),
+        };
+        Self::new(code, reason, error.to_string())
+    }
+}
+
+async fn serve_connection(
+    core: Arc<Mutex<Core>>,
+    wake: Arc<tokio::sync::Notify>,
+    stream: tokio::net::UnixStream,
+) {
+    let Ok(stream) = stream.into_std() else {
+        return;
+    };
+    let fd = OwnedFd::from(stream);
+    let cred = match sys::peer_cred(fd.as_fd()) {
+        Ok(cred) => cred,
+        Err(error) => {
+            log::warn!("broker: SO_PEERCRED failed, dropping the connection: {error}");
+            return;
+        }
+    };
+    // SAFETY: `fd` is a valid socket owned by the AsyncFd from here on.
+    let Ok(socket) = (unsafe { AsyncFd::register(fd) }) else {
+        return;
+    };
+    let socket = Arc::new(socket);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let id = lock(&core).add_connection(cred, tx.clone());
+    let writer = tokio::spawn(write_loop(Arc::clone(&socket), rx));
+    let outcome = read_loop(&socket, id, &core, &wake).await;
+    if let Err(reject) = outcome {
+        log::warn!(
+            "broker: closing connection of pid {} uid {}: {}",
+            cred.pid,
+            cred.uid,
+            reject.message
+        );
+        lock(&core)
+            .metrics
+            .rejected
+            .with_label_values(&[reject.reason])
+            .inc();
+        let _ = tx.send(Out::Frame(
+            Message::Error {
+                req: 0,
+                code: reject.code,
+                message: reject.message,
+            },
+            None,
+        ));
+    }
+    let _ = tx.send(Out::Close);
+    drop(tx);
+    lock(&core).remove_connection(id);
+    wake.notify_one();
+    let _ = writer.await;
+}
+
+async fn read_loop(
+    socket: &AsyncFd<OwnedFd>,
+    id: u64,
+    core: &Mutex<Core>,
+    wake: &tokio::sync::Notify,
+) -> Result<(), Reject> {
+    let mut reader = FrameReader::new();
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    loop {
+        loop {
+            match reader.next_frame() {
+                Ok(Some((_, Some(_)))) => {
+                    return Err(Reject::new(
+                        code::UNEXPECTED_FDS,
+                        "unexpected_fds",
+                        "clients never send descriptors",
+                    ));
+                }
+                Ok(Some((message, None))) => {
+                    lock(core).handle(id, message)?;
+                    wake.notify_one();
+                }
+                Ok(None) => break,
+                Err(error) => return Err(Reject::wire(error)),
+            }
+        }
+        if reader.pending_fds() > 0 {
+            return Err(Reject::new(
+                code::UNEXPECTED_FDS,
+                "unexpected_fds",
+                "clients never send descriptors",
+            ));
+        }
+        let greeted = lock(core).conns.get(&id).is_some_and(|c| c.name.is_some());
+        let readable = if greeted {
+            socket.readable().await
+        } else {
+            match tokio::time::timeout_at(deadline, socket.readable()).await {
+                Ok(readable) => readable,
+                Err(_) => {
+                    return Err(Reject::new(
+                        code::PROTOCOL,
+                        "handshake_timeout",
+                        "no Hello in time",
+                    ));
+                }
+            }
+        };
+        let mut guard = readable.map_err(|e| Reject::new(code::INTERNAL, "io", e.to_string()))?;
+        match reader.fill(socket.get_ref().as_fd(), libc::MSG_DONTWAIT) {
+            Ok(_) => {}
+            Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                guard.clear_ready()
+            }
+            // A client leaving is normal, even mid-frame: nothing to answer.
+            Err(WireError::Closed) => return Ok(()),
+            Err(WireError::Io(_)) => return Ok(()),
+            Err(error) => return Err(Reject::wire(error)),
+        }
+    }
+}
+
+async fn write_loop(socket: Arc<AsyncFd<OwnedFd>>, mut rx: mpsc::UnboundedReceiver<Out>) {
+    while let Some(out) = rx.recv().await {
+        let (message, fd) = match out {
+            Out::Frame(message, fd) => (message, fd),
+            Out::Close => break,
+        };
+        let bytes = message.encode();
+        let mut sent = 0;
+        while sent < bytes.len() {
+            let Ok(mut guard) = socket.writable().await else {
+                return;
+            };
+            let attach = if sent == 0 {
+                fd.as_ref().map(|f| f.as_fd())
+            } else {
+                None
+            };
+            match wire::send_once(socket.get_ref().as_fd(), &bytes[sent..], attach) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => guard.clear_ready(),
+                Err(_) => return,
+            }
+        }
+        // The descriptor is the client's now (or lost with it): ours closes.
+        drop(fd);
+    }
+    // SAFETY: shutting down our own socket so the client sees EOF even
+    // while the reader task still holds the descriptor.
+    unsafe { libc::shutdown(socket.get_ref().as_raw_fd(), libc::SHUT_RDWR) };
+}
+
+impl Core {
+    fn add_connection(&mut self, cred: Cred, tx: mpsc::UnboundedSender<Out>) -> u64 {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let identity = Identity::of(cred, self.policy.needs_units());
+        self.conns.insert(
+            id,
+            Conn {
+                identity,
+                name: None,
+                tx,
+            },
+        );
+        self.metrics.connections.set(self.conns.len() as i64);
+        id
+    }
+
+    fn remove_connection(&mut self, id: u64) {
+        self.conns.remove(&id);
+        self.metrics.connections.set(self.conns.len() as i64);
+        for registrants in self.services.values_mut() {
+            registrants.retain(|c| *c != id);
+        }
+        self.services
+            .retain(|_, registrants| !registrants.is_empty());
+        self.requesters.retain(|_, c| *c != id);
+        let gone: Vec<u64> = self
+            .idle
+            .iter()
+            .filter(|(_, idle)| idle.requester == id || idle.responder == id)
+            .map(|(channel, _)| *channel)
+            .collect();
+        for channel in gone {
+            if let Some(idle) = self.forget(channel) {
+                // The unused end died with its process or lost its peer.
+                self.count(&self.metrics.waste, &idle.pair);
+                if idle.requester != id {
+                    self.send(idle.requester, Message::Revoke { channel }, None);
+                }
+            }
+        }
+    }
+
+    fn send(&self, conn: u64, message: Message, fd: Option<OwnedFd>) {
+        if let Some(c) = self.conns.get(&conn) {
+            let _ = c.tx.send(Out::Frame(message, fd));
+        }
+    }
+
+    fn count(&self, vec: &prometheus::IntCounterVec, pair: &Pair) {
+        vec.with_label_values(&[pair.0.as_str(), pair.1.as_str()])
+            .inc();
+    }
+
+    fn forget(&mut self, channel: u64) -> Option<Idle> {
+        let idle = self.idle.remove(&channel)?;
+        self.usage.remove(&idle.pair, idle.memory);
+        self.metrics.idle.set(self.idle.len() as i64);
+        Some(idle)
+    }
+
+    fn observe(&mut self, pair: &Pair) {
+        self.model.observe(&TraceEvent {
+            ts_ns: now_ns(),
+            src: pair.0.clone(),
+            dst: pair.1.clone(),
+            kind: MODEL_KIND.to_owned(),
+            bytes: 0,
+            latency_ns: 0,
+            error: false,
+        });
+    }
+
+    fn handle(&mut self, id: u64, message: Message) -> Result<(), Reject> {
+        let Some(conn) = self.conns.get(&id) else {
+            return Ok(());
+        };
+        let name = conn.name.clone();
+        let identity = conn.identity.clone();
+        match (message, name) {
+            (Message::Hello { name }, None) => {
+                let cred = identity.cred;
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    conn.name = Some(name);
+                }
+                self.send(
+                    id,
+                    Message::Welcome {
+                        client: id,
+                        pid: cred.pid,
+                        uid: cred.uid,
+                        gid: cred.gid,
+                    },
+                    None,
+                );
+            }
+            (Message::Hello { .. }, Some(_)) => {
+                return Err(Reject::new(code::PROTOCOL, "protocol", "Hello sent twice"));
+            }
+            (_, None) => {
+                return Err(Reject::new(
+                    code::PROTOCOL,
+                    "protocol",
+                    "the first message must be Hello",
+                ));
+            }
+            (Message::Register { req, service }, Some(_)) => {
+                let owner = self
+                    .services
+                    .get(&service)
+                    .and_then(|r| r.first())
+                    .and_then(|c| self.conns.get(c))
+                    .map(|c| c.identity.cred.uid);
+                match self.policy.check_register(&identity, &service, owner) {
+                    Ok(()) => {
+                        let registrants = self.services.entry(service).or_default();
+                        registrants.retain(|c| *c != id);
+                        registrants.push(id);
+                        self.send(id, Message::Ok { req }, None);
+                    }
+                    Err(why) => self.deny(id, req, "register", &service, why),
+                }
+            }
+            (Message::Open { req, service, want }, Some(name)) => {
+                self.open(id, req, name, service, want)?
+            }
+            (Message::Claimed { channel }, Some(_)) => {
+                if self.idle.get(&channel).is_some_and(|i| i.requester == id)
+                    && let Some(idle) = self.forget(channel)
+                {
+                    self.count(&self.metrics.hits, &idle.pair);
+                    self.observe(&idle.pair);
+                }
+            }
+            (Message::RevokeAck { channel, dropped }, Some(_)) => {
+                // Not dropped: it was claimed meanwhile (its Claimed follows)
+                // or it already carries data; either way it stays.
+                if dropped
+                    && self
+                        .idle
+                        .get(&channel)
+                        .is_some_and(|i| i.requester == id && i.revoking)
+                    && let Some(idle) = self.forget(channel)
+                {
+                    self.count(&self.metrics.waste, &idle.pair);
+                    self.send(idle.responder, Message::Revoke { channel }, None);
+                }
+            }
+            (other, Some(_)) => {
+                return Err(Reject::new(
+                    code::PROTOCOL,
+                    "protocol",
+                    format!("clients may not send {other:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn deny(&mut self, id: u64, req: u64, action: &str, service: &str, why: String) {
+        log::warn!("broker: denied: {why}");
+        self.metrics
+            .denials
+            .with_label_values(&[action, service])
+            .inc();
+        self.send(
+            id,
+            Message::Error {
+                req,
+                code: code::DENIED,
+                message: why,
+            },
+            None,
+        );
+    }
+
+    /// The serving connection of `service` and its owner uid.
+    fn responder_of(&self, service: &str) -> Option<(u64, &Conn)> {
+        let id = *self.services.get(service)?.last()?;
+        Some((id, self.conns.get(&id)?))
+    }
+
+    fn open(
+        &mut self,
+        id: u64,
+        req: u64,
+        name: String,
+        service: String,
+        want: Want,
+    ) -> Result<(), Reject> {
+        let Some((responder, responder_conn)) = self.responder_of(&service) else {
+            return Err(Reject::new(
+                code::UNKNOWN_SERVICE,
+                "unknown_service",
+                format!("no process serves {service:?}"),
+            ));
+        };
+        let owner = responder_conn.identity.cred.uid;
+        let identity = self.conns.get(&id).map(|c| c.identity.clone());
+        let Some(identity) = identity else {
+            return Ok(());
+        };
+        if let Err(why) = self.policy.check_open(&identity, &service, owner) {
+            self.deny(id, req, "open", &service, why);
+            return Ok(());
+        }
+        let pair = (name, service);
+        self.requesters.insert(pair.0.clone(), id);
+        self.wants.insert(pair.clone(), want);
+        self.count(&self.metrics.misses, &pair);
+        self.observe(&pair);
+        if let Err(error) = self.hand_out(&pair, id, responder, req, want) {
+            log::warn!(
+                "broker: creating a channel for {} -> {}: {error}",
+                pair.0,
+                pair.1
+            );
+            self.send(
+                id,
+                Message::Error {
+                    req,
+                    code: code::INTERNAL,
+                    message: error.to_string(),
+                },
+                None,
+            );
+        }
+        Ok(())
+    }
+
+    /// Creates a channel for `pair` and sends both ends; returns the
+    /// channel id and its buffer memory.
+    fn hand_out(
+        &mut self,
+        pair: &Pair,
+        requester: u64,
+        responder: u64,
+        req: u64,
+        want: Want,
+    ) -> Result<(u64, u64), alloc::AllocError> {
+        let created = alloc::create(&alloc::plan(want, &self.limits))?;
+        let channel = self.next_channel;
+        self.next_channel += 1;
+        let peer_of = |conn: u64, service: &str| {
+            let cred = self
+                .conns
+                .get(&conn)
+                .map(|c| c.identity.cred)
+                .unwrap_or(Cred {
+                    pid: 0,
+                    uid: 0,
+                    gid: 0,
+                });
+            Peer {
+                service: service.to_owned(),
+                pid: cred.pid,
+                uid: cred.uid,
+                gid: cred.gid,
+            }
+        };
+        let config = created.config;
+        log::debug!(
+            "broker: channel {channel} {} -> {} ({}): {:?}",
+            pair.0,
+            pair.1,
+            if req == 0 { "prepared" } else { "on demand" },
+            config
+        );
+        let to_responder = Message::Channel {
+            channel,
+            req: 0,
+            role: Role::Responder,
+            service: pair.1.clone(),
+            peer: peer_of(requester, &pair.0),
+            config,
+        };
+        let to_requester = Message::Channel {
+            channel,
+            req,
+            role: Role::Requester,
+            service: pair.1.clone(),
+            peer: peer_of(responder, &pair.1),
+            config,
+        };
+        self.send(responder, to_responder, Some(created.responder));
+        self.send(requester, to_requester, Some(created.requester));
+        self.count(&self.metrics.created, pair);
+        Ok((channel, alloc::memory(&config)))
+    }
+
+    /// Revokes expired channels, then prepares channels for predicted pairs.
+    fn pass(&mut self) {
+        self.expire();
+        if self.settings.threshold > 1.0 {
+            return;
+        }
+        let now = now_ns();
+        self.model.tick(now);
+        let horizon = self.settings.ttl.as_nanos() as u64;
+        for prediction in self
+            .model
+            .predict_above(now, horizon, self.settings.threshold)
+        {
+            let pair = (prediction.src, prediction.dst);
+            let Some(&requester) = self.requesters.get(&pair.0) else {
+                continue;
+            };
+            let Some((responder, responder_conn)) = self.responder_of(&pair.1) else {
+                continue;
+            };
+            let owner = responder_conn.identity.cred.uid;
+            let Some(identity) = self.conns.get(&requester).map(|c| c.identity.clone()) else {
+                continue;
+            };
+            if self.policy.check_open(&identity, &pair.1, owner).is_err() {
+                continue;
+            }
+            // Near-certain pairs get two channels so a burst of opens does
+            // not outrun the agent's replacement.
+            let stock = if prediction.probability >= 0.9 { 2 } else { 1 };
+            let want = self.wants.get(&pair).copied().unwrap_or_default();
+            let memory = alloc::memory(&alloc::plan(want, &self.limits));
+            while self.usage.of(&pair) < stock {
+                if self.budget.admit(&self.usage, &pair, memory).is_err() {
+                    self.count(&self.metrics.skipped, &pair);
+                    break;
+                }
+                match self.hand_out(&pair, requester, responder, 0, want) {
+                    Ok((channel, memory)) => {
+                        self.usage.add(&pair, memory);
+                        self.idle.insert(
+                            channel,
+                            Idle {
+                                pair: pair.clone(),
+                                requester,
+                                responder,
+                                created: Instant::now(),
+                                memory,
+                                revoking: false,
+                            },
+                        );
+                        self.metrics.idle.set(self.idle.len() as i64);
+                    }
+                    Err(error) => {
+                        log::warn!("broker: preparing {} -> {}: {error}", pair.0, pair.1);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn expire(&mut self) {
+        let ttl = self.settings.ttl;
+        let expired: Vec<(u64, u64, Pair)> = self
+            .idle
+            .iter_mut()
+            .filter(|(_, idle)| !idle.revoking && idle.created.elapsed() >= ttl)
+            .map(|(channel, idle)| {
+                idle.revoking = true;
+                (*channel, idle.requester, idle.pair.clone())
+            })
+            .collect();
+        for (channel, requester, pair) in expired {
+            self.count(&self.metrics.revocations, &pair);
+            self.send(requester, Message::Revoke { channel }, None);
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Raw system calls of the broker, in one place: creating and sizing the
+//! kernel channels ([`pipe`], [`socketpair`], [`set_pipe_size`],
+//! [`set_socket_buffers`], [`set_nonblocking`]), reading a connection's
+//! credentials ([`peer_cred`]) and the socket file's owner and mode.
+//! Frames and `SCM_RIGHTS` live in [`wire`] (shared with the client crate).
+//! Every descriptor comes back as an `OwnedFd`.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    path::Path,
+};
+
+pub use resonance_client::wire;
+
+/// Credentials of the process at the other end of a Unix socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cred {
+    /// Process id (at connect time).
+    pub pid: u32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// `pipe2(O_CLOEXEC | extra)`: (read end, write end). `extra` may hold
+/// `O_DIRECT` (packet mode) and `O_NONBLOCK`.
+pub fn pipe(extra: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into a live array.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | extra) })?;
+    // SAFETY: both descriptors are new and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `socketpair(AF_UNIX, kind | SOCK_CLOEXEC | extra)`.
+pub fn socketpair(kind: libc::c_int, extra: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two descriptors into a live array.
+    check(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            kind | libc::SOCK_CLOEXEC | extra,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: both descriptors are new and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `F_SETPIPE_SZ`; returns the capacity the kernel actually set (a power of
+/// two pages, at least the request).
+pub fn set_pipe_size(fd: BorrowedFd<'_>, bytes: u32) -> io::Result<u32> {
+    // SAFETY: fcntl on a live descriptor.
+    let set =
+        check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes as libc::c_int) })?;
+    Ok(set as u32)
+}
+
+/// `SO_SNDBUF` and `SO_RCVBUF` (the kernel doubles the value for its own
+/// bookkeeping).
+pub fn set_socket_buffers(fd: BorrowedFd<'_>, bytes: u32) -> io::Result<()> {
+    let value = bytes as libc::c_int;
+    for option in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt reads one int from a live variable.
+        check(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&value as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Sets `O_NONBLOCK` on a descriptor (a file status flag: it travels with
+/// the open file description to whoever receives it).
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fcntl on a live descriptor.
+    let flags = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
+/// `SO_PEERCRED` of a connected Unix socket.
+pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<Cred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into a live ucred.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(Cred {
+        pid: cred.pid as u32,
+        uid: cred.uid,
+        gid: cred.gid,
+    })
+}
+
+/// `/proc/sys/fs/pipe-max-size`: the largest pipe an unprivileged (no
+/// `CAP_SYS_RESOURCE`) process may ask for; 1 MiB if unreadable.
+pub fn pipe_max_size() -> u32 {
+    std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20)
+}
+
+/// The systemd unit of a process (the last `*.service` or `*.scope`
+/// component of its cgroup path), if any.
+pub fn systemd_unit(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    path.rsplit('/')
+        .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
+        .map(str::to_owned)
+}
+
+/// The gid of a group named in `/etc/group`, or a numeric gid.
+pub fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse() {
+        return Some(gid);
+    }
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then_some(())?;
+        fields.nth(1)?.parse().ok()
+    })
+}
+
+/// Sets a socket file's mode and, if given, its group.
+pub fn set_socket_access(path: &Path, mode: u32, gid: Option<u32>) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}

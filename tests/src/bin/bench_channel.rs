@@ -1,0 +1,281 @@
+//! `cargo xtask bench channel`: what it costs a requester to get a channel
+//! to a responder process and do a first round trip on it, three ways:
+//!
+//! - `connect_accept`: connect to B's listening Unix socket (B accepts in
+//!   an epoll loop);
+//! - `broker_on_demand`: `open()` through a broker that prepares nothing;
+//! - `broker_prepared`: `open()` served by an end the broker pushed ahead
+//!   of time (already in the requester's inbox and in B's epoll set).
+//!
+//! *acquire* runs from "I want to talk to B" until the requester holds a
+//! descriptor it can write to; *rtt* adds one 64-byte request and its
+//! answer. B is the `responder` example in every variant; each broker runs
+//! in its own process (this binary with `--role broker`).
+
+use std::{
+    io::{Read, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use resonance::{config::BrokerSettings, handout::Broker};
+use resonance_client::Client;
+
+const TRIALS: usize = 3000;
+const WARMUP: usize = 100;
+const PAYLOAD: usize = 64;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--role") {
+        return broker_role(&args);
+    }
+    let json = args.iter().any(|a| a == "--json");
+    let dir = std::env::temp_dir().join(format!("resonance-bench-channel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = run(&dir, json);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn broker_role(args: &[String]) -> Result<()> {
+    let socket = PathBuf::from(args.get(1).context("--role broker SOCKET THRESHOLD")?);
+    let threshold: f64 = args.get(2).context("threshold")?.parse()?;
+    let settings = BrokerSettings {
+        socket,
+        mode: "0600".into(),
+        threshold,
+        ..BrokerSettings::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let broker = Broker::bind(&settings, &prometheus::Registry::new())?;
+        broker.run().await;
+        Ok(())
+    })
+}
+
+fn sibling(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name(name);
+    if !path.is_file() {
+        bail!("{} is not built", path.display());
+    }
+    Ok(path)
+}
+
+fn spawn_ready(command: &mut Command) -> Result<Killed> {
+    let mut child = command.stdout(Stdio::piped()).spawn()?;
+    let mut line = [0u8; 6];
+    child
+        .stdout
+        .as_mut()
+        .context("stdout")?
+        .read_exact(&mut line)
+        .context("waiting for ready")?;
+    drop(child.stdout.take());
+    Ok(Killed(child))
+}
+
+fn wait_socket(path: &Path) -> Result<()> {
+    for _ in 0..500 {
+        if UnixStream::connect(path).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!("{} never came up", path.display())
+}
+
+struct Figures {
+    variant: &'static str,
+    acquire: Vec<u64>,
+    rtt: Vec<u64>,
+    hits: usize,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn exchange(stream: &mut UnixStream, i: usize) -> Result<()> {
+    let mut request = (PAYLOAD as u32).to_le_bytes().to_vec();
+    request.extend((0..PAYLOAD).map(|b| (b + i) as u8));
+    stream.write_all(&request)?;
+    let mut answer = [0u8; PAYLOAD];
+    stream.read_exact(&mut answer)?;
+    if answer
+        .iter()
+        .enumerate()
+        .any(|(b, a)| *a != ((b + i) as u8) ^ 0x5a)
+    {
+        bail!("wrong answer");
+    }
+    Ok(())
+}
+
+fn measure(
+    variant: &'static str,
+    mut acquire: impl FnMut() -> Result<(UnixStream, bool)>,
+    mut before: impl FnMut(),
+) -> Result<Figures> {
+    let mut figures = Figures {
+        variant,
+        acquire: Vec::new(),
+        rtt: Vec::new(),
+        hits: 0,
+    };
+    for i in 0..WARMUP + TRIALS {
+        before();
+        // Every variant idles the same between trials, so B is asleep in
+        // epoll_wait each time, as in a real first contact.
+        std::thread::sleep(Duration::from_micros(500));
+        let t0 = Instant::now();
+        let (mut stream, hit) = acquire()?;
+        let t1 = Instant::now();
+        exchange(&mut stream, i)?;
+        let t2 = Instant::now();
+        drop(stream);
+        if i >= WARMUP {
+            figures.acquire.push((t1 - t0).as_nanos() as u64);
+            figures.rtt.push((t2 - t0).as_nanos() as u64);
+            figures.hits += usize::from(hit);
+        }
+    }
+    figures.acquire.sort_unstable();
+    figures.rtt.sort_unstable();
+    Ok(figures)
+}
+
+fn run(dir: &Path, json: bool) -> Result<()> {
+    let responder = sibling("responder")?;
+    let listen = dir.join("listen.sock");
+    let _b_listen = spawn_ready(Command::new(&responder).arg("--listen").arg(&listen))?;
+    let me = std::env::current_exe()?;
+    let (sock_b, sock_c) = (dir.join("on-demand.sock"), dir.join("prepared.sock"));
+    let _broker_b = Killed(
+        Command::new(&me)
+            .arg("--role")
+            .arg(&sock_b)
+            .arg("2.0")
+            .spawn()?,
+    );
+    let _broker_c = Killed(
+        Command::new(&me)
+            .arg("--role")
+            .arg(&sock_c)
+            .arg("0.3")
+            .spawn()?,
+    );
+    wait_socket(&sock_b)?;
+    wait_socket(&sock_c)?;
+    let _b_on_demand = spawn_ready(
+        Command::new(&responder)
+            .arg("--socket")
+            .arg(&sock_b)
+            .args(["--service", "b"]),
+    )?;
+    let _b_prepared = spawn_ready(
+        Command::new(&responder)
+            .arg("--socket")
+            .arg(&sock_c)
+            .args(["--service", "b"]),
+    )?;
+    let client_b = Client::connect_to(&sock_b, "bench")?;
+    let client_c = Client::connect_to(&sock_c, "bench")?;
+
+    let a = measure(
+        "connect_accept",
+        || Ok((UnixStream::connect(&listen)?, false)),
+        || {},
+    )?;
+    let b = measure(
+        "broker_on_demand",
+        || {
+            let channel = client_b.open("b")?;
+            Ok((UnixStream::from(channel.fd), channel.prepared))
+        },
+        || {},
+    )?;
+    let c = measure(
+        "broker_prepared",
+        || {
+            let channel = client_c.open("b")?;
+            Ok((UnixStream::from(channel.fd), channel.prepared))
+        },
+        || {
+            // Steady state: the pushed end is out of the socket and in the
+            // inbox before the requester asks (give the agent up to 100 ms).
+            let deadline = Instant::now() + Duration::from_millis(100);
+            while client_c.prepared("b") == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        },
+    )?;
+    let a_acq = percentile(&a.acquire, 0.5) as f64;
+    let a_rtt = percentile(&a.rtt, 0.5) as f64;
+    if json {
+        for f in [&a, &b, &c] {
+            println!(
+                "{{\"variant\":\"{}\",\"trials\":{TRIALS},\"hits\":{},\"acquire_p50_ns\":{},\"acquire_p99_ns\":{},\"rtt_p50_ns\":{},\"rtt_p99_ns\":{}}}",
+                f.variant,
+                f.hits,
+                percentile(&f.acquire, 0.5),
+                percentile(&f.acquire, 0.99),
+                percentile(&f.rtt, 0.5),
+                percentile(&f.rtt, 0.99)
+            );
+        }
+        return Ok(());
+    }
+    println!("{TRIALS} trials per variant, {PAYLOAD}-byte request and answer");
+    println!(
+        "{:<18} {:>6} {:>12} {:>12} {:>12} {:>12} {:>9} {:>9}",
+        "variant",
+        "hits",
+        "acq p50 µs",
+        "acq p99 µs",
+        "rtt p50 µs",
+        "rtt p99 µs",
+        "acq/(a)",
+        "rtt/(a)"
+    );
+    for f in [&a, &b, &c] {
+        let us = |v: u64| v as f64 / 1000.0;
+        println!(
+            "{:<18} {:>6} {:>12.2} {:>12.2} {:>12.2} {:>12.2} {:>9.3} {:>9.3}",
+            f.variant,
+            f.hits,
+            us(percentile(&f.acquire, 0.5)),
+            us(percentile(&f.acquire, 0.99)),
+            us(percentile(&f.rtt, 0.5)),
+            us(percentile(&f.rtt, 0.99)),
+            percentile(&f.acquire, 0.5) as f64 / a_acq,
+            percentile(&f.rtt, 0.5) as f64 / a_rtt
+        );
+    }
+    let acq_ratio = percentile(&c.acquire, 0.5) as f64 / a_acq;
+    let rtt_ratio = percentile(&c.rtt, 0.5) as f64 / a_rtt;
+    println!(
+        "targets: (c) acquire p50 <= 0.1 x (a): {:.3} {}; (c) rtt p50 <= 0.92 x (a): {:.3} {}",
+        acq_ratio,
+        if acq_ratio <= 0.1 { "met" } else { "NOT met" },
+        rtt_ratio,
+        if rtt_ratio <= 0.92 { "met" } else { "NOT met" }
+    );
+    Ok(())
+}

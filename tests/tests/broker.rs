@@ -1,0 +1,391 @@
+//! The channel broker against real client processes (the resonance-client
+//! examples): policy denials, budgets, TTL revocation and bad input. The
+//! broker runs in this process so its descriptors can be counted.
+
+use std::{
+    io::{Read, Write},
+    os::{
+        fd::AsFd,
+        unix::{fs::PermissionsExt, net::UnixStream, process::CommandExt},
+    },
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use resonance::{
+    config::BrokerSettings,
+    handout::{Broker, BrokerMetrics},
+};
+use resonance_client::{
+    proto::{Message, code},
+    wire,
+};
+use resonance_tests::{Reaped, serial, wait_for};
+use serde_json::Value;
+
+struct InProcessBroker {
+    path: PathBuf,
+    dir: PathBuf,
+    metrics: BrokerMetrics,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for InProcessBroker {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A scratch folder every user can enter (the denial tests run clients as
+/// nobody), holding copies of the example binaries nobody can execute.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("resonance-broker-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating a scratch folder");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod scratch");
+    for name in ["requester", "responder"] {
+        std::fs::copy(example(name), dir.join(name)).expect("copying an example binary");
+    }
+    dir
+}
+
+/// An example binary, built by cargo as a binary of this crate.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "the {name} example binary is not built next to {}",
+                exe.display()
+            )
+        })
+}
+
+fn start_broker(name: &str, tweak: impl FnOnce(&mut BrokerSettings)) -> InProcessBroker {
+    let dir = scratch(name);
+    let mut settings = BrokerSettings {
+        socket: dir.join("broker.sock"),
+        mode: "0666".into(),
+        ttl: Duration::from_secs(2),
+        ..BrokerSettings::default()
+    };
+    tweak(&mut settings);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let broker = match Broker::bind(&settings, &prometheus::Registry::new()) {
+                Ok(broker) => broker,
+                Err(error) => panic!("binding the broker: {error}"),
+            };
+            let _ = ready_tx.send(broker.metrics());
+            tokio::select! {
+                _ = broker.run() => {}
+                _ = stop_rx => {}
+            }
+        });
+    });
+    let metrics = ready_rx.recv().expect("the broker did not start");
+    InProcessBroker {
+        path: dir.join("broker.sock"),
+        dir,
+        metrics,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    }
+}
+
+impl InProcessBroker {
+    fn responder(&self, service: &str) -> Reaped {
+        let mut child = Command::new(self.dir.join("responder"))
+            .arg("--socket")
+            .arg(&self.path)
+            .args(["--service", service])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the responder");
+        let mut line = [0u8; 6];
+        let stdout = child.stdout.as_mut().expect("responder stdout");
+        stdout
+            .read_exact(&mut line)
+            .expect("the responder did not get ready");
+        assert_eq!(&line, b"ready\n");
+        drop(child.stdout.take());
+        Reaped(child)
+    }
+
+    fn requester(&self, args: &[&str], uid: Option<u32>) -> std::process::Output {
+        let mut command = Command::new(self.dir.join("requester"));
+        command.arg("--socket").arg(&self.path).args(args);
+        if let Some(uid) = uid {
+            command.uid(uid).gid(uid);
+        }
+        command.output().expect("running the requester")
+    }
+}
+
+fn summary(output: &std::process::Output) -> Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "requester failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("bad summary {stdout:?}: {e}"))
+}
+
+fn total(vec: &prometheus::IntCounterVec) -> u64 {
+    BrokerMetrics::total(vec)
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn another_uid_cannot_take_or_open_a_service_and_each_denial_is_counted() {
+    let _serial = serial();
+    let broker = start_broker("policy", |_| {});
+    let _responder = broker.responder("responder");
+    let nobody = Command::new(broker.dir.join("responder"))
+        .arg("--socket")
+        .arg(&broker.path)
+        .args(["--service", "responder"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("running a responder as nobody");
+    let stderr = String::from_utf8_lossy(&nobody.stderr);
+    assert_eq!(nobody.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("may not register service \"responder\""),
+        "{stderr}"
+    );
+    assert_eq!(total(&broker.metrics.denials), 1);
+
+    let opener = broker.requester(&["--count", "1"], Some(65534));
+    let stderr = String::from_utf8_lossy(&opener.stderr);
+    assert_eq!(opener.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("may not open channels"), "{stderr}");
+    assert_eq!(total(&broker.metrics.denials), 2);
+
+    // The owner's own uid is still served.
+    let ok = summary(&broker.requester(&["--count", "5", "--interval-ms", "1"], None));
+    assert_eq!(ok["verified"], 5);
+}
+
+#[test]
+fn over_budget_preparations_are_skipped_and_clients_are_served_on_demand() {
+    let _serial = serial();
+    let broker = start_broker("budget", |s| s.max_idle = 0);
+    let _responder = broker.responder("responder");
+    let out = summary(&broker.requester(&["--count", "40", "--interval-ms", "10"], None));
+    assert_eq!(out["verified"], 40);
+    assert_eq!(out["hits"], 0);
+    assert_eq!(out["misses"], 40);
+    assert!(
+        total(&broker.metrics.skipped) > 0,
+        "the predictor never asked for a channel"
+    );
+    assert_eq!(total(&broker.metrics.created), 40);
+}
+
+#[test]
+fn unused_channels_expire_and_are_revoked_but_held_ones_are_not() {
+    let _serial = serial();
+    let broker = start_broker("ttl", |s| s.ttl = Duration::from_millis(150));
+    let _responder = broker.responder("responder");
+    // Every channel is held twice as long as the TTL before it is used:
+    // a revoked one would fail the exchange.
+    let out = summary(&broker.requester(
+        &[
+            "--count",
+            "30",
+            "--interval-ms",
+            "20",
+            "--hold-ms",
+            "300",
+            "--linger-ms",
+            "1500",
+            "--warmup",
+            "0",
+        ],
+        None,
+    ));
+    assert_eq!(out["verified"], 30);
+    assert!(out["hits"].as_u64() > Some(0), "{out}");
+    let m = &broker.metrics;
+    assert!(total(&m.revocations) > 0, "nothing expired");
+    assert!(total(&m.waste) > 0, "nothing counted as waste");
+    assert!(
+        out["revoked"].as_u64() > Some(0),
+        "the requester was never told: {out}"
+    );
+    assert_eq!(total(&m.hits) + total(&m.misses), 30);
+    assert!(total(&m.waste) + total(&m.hits) <= total(&m.created));
+}
+
+/// Connects, optionally says Hello, sends `bytes` (with a descriptor if
+/// asked) and returns the error code the broker answered, after checking
+/// it then closed the connection.
+fn rejected_with(path: &Path, hello: bool, bytes: &[u8], with_fd: bool) -> u16 {
+    let stream = UnixStream::connect(path).expect("connecting");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reader = wire::FrameReader::new();
+    if hello {
+        wire::send(stream.as_fd(), &Message::Hello { name: "bad".into() }, None).expect("hello");
+        let (welcome, _) = reader.read_frame(stream.as_fd()).expect("welcome");
+        assert!(matches!(welcome, Message::Welcome { .. }), "{welcome:?}");
+    }
+    let (read_end, _write_end) = std::io::pipe().expect("pipe");
+    let fd = with_fd.then(|| read_end.as_fd());
+    wire::send_raw(stream.as_fd(), bytes, fd).expect("sending");
+    let (answer, _) = reader.read_frame(stream.as_fd()).expect("an error frame");
+    let Message::Error { code, .. } = answer else {
+        panic!("expected an error, got {answer:?}")
+    };
+    let mut rest = Vec::new();
+    let closed = (&stream).read_to_end(&mut rest).map(|_| rest.is_empty());
+    assert!(
+        matches!(closed, Ok(true)),
+        "the broker kept the connection open"
+    );
+    code
+}
+
+#[test]
+fn bad_input_closes_only_that_connection_and_leaks_no_descriptor() {
+    let _serial = serial();
+    let broker = start_broker("bad", |_| {});
+    let _responder = broker.responder("responder");
+    let warm = summary(&broker.requester(&["--count", "3", "--interval-ms", "1"], None));
+    assert_eq!(warm["verified"], 3);
+    let before = open_fds();
+
+    // A Register whose string length runs past the frame.
+    let mut garbage = b"\x10\x00\x00\x00\x01\x02\x00\x00garbage!\xff\xff\xff\xff".to_vec();
+    assert_eq!(
+        rejected_with(&broker.path, false, &garbage, false),
+        code::MALFORMED
+    );
+    garbage[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(
+        rejected_with(&broker.path, true, &garbage, false),
+        code::TOO_LARGE
+    );
+    let mut wrong_version = Message::Hello { name: "x".into() }.encode();
+    wrong_version[4] = 9;
+    assert_eq!(
+        rejected_with(&broker.path, false, &wrong_version, false),
+        code::VERSION
+    );
+    let claimed = Message::Claimed { channel: 1 }.encode();
+    assert_eq!(
+        rejected_with(&broker.path, true, &claimed, true),
+        code::UNEXPECTED_FDS
+    );
+    let open = Message::Open {
+        req: 1,
+        service: "nobody-serves-this".into(),
+        want: Default::default(),
+    }
+    .encode();
+    assert_eq!(
+        rejected_with(&broker.path, true, &open, false),
+        code::UNKNOWN_SERVICE
+    );
+    assert_eq!(
+        rejected_with(&broker.path, false, &claimed, false),
+        code::PROTOCOL
+    );
+    // Vanishing mid-handshake: half a Hello, then gone.
+    {
+        let mut stream = UnixStream::connect(&broker.path).expect("connecting");
+        stream
+            .write_all(
+                &Message::Hello {
+                    name: "gone".into(),
+                }
+                .encode()[..5],
+            )
+            .expect("half");
+    }
+
+    // Everyone else is still served.
+    let after_bad = summary(&broker.requester(&["--count", "10", "--interval-ms", "1"], None));
+    assert_eq!(after_bad["verified"], 10);
+    assert!(total(&broker.metrics.rejected) >= 6);
+    let settled = wait_for(Duration::from_secs(10), || {
+        (open_fds() == before).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "descriptors: {before} before, {} after",
+        open_fds()
+    );
+}
+
+#[test]
+fn recurring_opens_hit_prepared_channels_and_the_observer_names_both_services() {
+    let _serial = serial();
+    let broker = start_broker("e2e", |_| {});
+    let mut out = Value::Null;
+    let records = resonance_tests::observe(|| {
+        let _responder = broker.responder("responder");
+        out = summary(&broker.requester(
+            &["--count", "300", "--interval-ms", "25", "--warmup", "30"],
+            None,
+        ));
+        Ok(())
+    });
+    assert_eq!(out["verified"], 300, "{out}");
+    let hits = out["hits_after_warmup"].as_f64().unwrap_or(0.0);
+    let opens = out["opens_after_warmup"].as_f64().unwrap_or(1.0);
+    assert!(
+        hits / opens >= 0.9,
+        "hit ratio {} after warm-up: {out}",
+        hits / opens
+    );
+    let sent = out["bytes_sent"].as_u64().unwrap_or(0);
+    let received = out["bytes_received"].as_u64().unwrap_or(0);
+    let bytes = |src: &str, dst: &str| -> u64 {
+        records
+            .iter()
+            .filter(|r| {
+                r.src_comm == src && r.dst_comm.as_deref() == Some(dst) && r.kind == "unix_stream"
+            })
+            .map(|r| r.bytes)
+            .sum()
+    };
+    assert!(
+        bytes("requester", "responder") >= sent,
+        "requester -> responder: {} of {sent}",
+        bytes("requester", "responder")
+    );
+    assert!(
+        bytes("responder", "requester") >= received,
+        "responder -> requester: {} of {received}",
+        bytes("responder", "requester")
+    );
+    assert!(total(&broker.metrics.hits) >= 270);
+}
