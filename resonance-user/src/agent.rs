@@ -25,7 +25,7 @@ use crate::{
     metrics::Metrics,
     observer::{Observer, ObserverOptions, ObserverStats},
     score::{IntervalFigures, PairKey, Scorer},
-    store::{PairSample, Store, StoreConfig},
+    store::{PairSample, Store},
 };
 
 /// How often retention (roll-up and deletion of old buckets) runs.
@@ -60,16 +60,8 @@ pub struct Agent {
 impl Agent {
     /// Loads the probes and prepares everything; nothing listens yet.
     pub fn new(config: Config, source: ConfigSource) -> Result<Self> {
-        let store = Store::open(
-            &config.database_path(),
-            StoreConfig {
-                fine_bucket: config.store.fine_bucket,
-                fine_retention: config.store.fine_retention,
-                coarse_bucket: config.store.coarse_bucket,
-                coarse_retention: config.store.coarse_retention,
-            },
-        )
-        .context("opening the history store")?;
+        let store = Store::open(&config.database_path(), config.store.clone())
+            .context("opening the history store")?;
         let observer = Observer::start(&ObserverOptions {
             idle_gap: config.idle_gap,
             ..ObserverOptions::default()

@@ -9,8 +9,13 @@ use std::{
 
 use serde::{Deserialize, Deserializer};
 
+use crate::store::StoreConfig;
+
 /// Where the config is read from unless `--config` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/resonance/resonance.toml";
+
+/// Where the agent answers `resonance pairs` unless configured otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/resonance/control.sock";
 
 /// Everything the agent can be told.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -36,7 +41,7 @@ pub struct Config {
     /// Prometheus label cardinality.
     pub metrics: MetricsSettings,
     /// History buckets and retention.
-    pub store: StoreSettings,
+    pub store: StoreConfig,
     /// Rules naming services; the first match wins.
     pub services: Vec<ServiceRule>,
     /// The channel broker.
@@ -46,15 +51,15 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            state_dir: PathBuf::from("/var/lib/resonance"),
-            control_socket: PathBuf::from("/run/resonance/control.sock"),
+            state_dir: PathBuf::from(crate::store::DEFAULT_STATE_DIR),
+            control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9977)),
             tick: Duration::from_secs(1),
             flush_interval: Duration::from_secs(5),
             idle_gap: Duration::from_secs(1),
             score: ScoreSettings::default(),
             metrics: MetricsSettings::default(),
-            store: StoreSettings::default(),
+            store: StoreConfig::default(),
             services: Vec::new(),
             broker: BrokerSettings::default(),
         }
@@ -181,35 +186,6 @@ impl Default for MetricsSettings {
     }
 }
 
-/// History store settings.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct StoreSettings {
-    /// Width of fine buckets.
-    #[serde(deserialize_with = "duration")]
-    pub fine_bucket: Duration,
-    /// How long fine buckets are kept before rolling up.
-    #[serde(deserialize_with = "duration")]
-    pub fine_retention: Duration,
-    /// Width of coarse buckets.
-    #[serde(deserialize_with = "duration")]
-    pub coarse_bucket: Duration,
-    /// How long coarse buckets are kept.
-    #[serde(deserialize_with = "duration")]
-    pub coarse_retention: Duration,
-}
-
-impl Default for StoreSettings {
-    fn default() -> Self {
-        Self {
-            fine_bucket: Duration::from_secs(10),
-            fine_retention: Duration::from_secs(24 * 3600),
-            coarse_bucket: Duration::from_secs(60),
-            coarse_retention: Duration::from_secs(30 * 24 * 3600),
-        }
-    }
-}
-
 /// Names the processes matching every given pattern. Patterns are globs
 /// where `*` matches any run of characters.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -299,11 +275,12 @@ impl Config {
 
     /// The history database inside the state folder.
     pub fn database_path(&self) -> PathBuf {
-        self.state_dir.join("resonance.db")
+        self.state_dir.join(crate::store::DB_FILE_NAME)
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+/// Reads a duration written for people (`10s`, `5m`, `1d`).
+pub(crate) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     humantime::parse_duration(&text).map_err(serde::de::Error::custom)
 }

@@ -79,16 +79,22 @@ pub struct PairSample {
     pub latency: Vec<u64>,
 }
 
-/// Bucket widths and how long each resolution is kept.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Bucket widths and how long each resolution is kept (the `[store]`
+/// section of the agent's config).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// Width of the buckets flushes write (whole seconds).
+    #[serde(deserialize_with = "crate::config::duration")]
     pub fine_bucket: Duration,
     /// Age after which fine buckets are rolled up into coarse ones.
+    #[serde(deserialize_with = "crate::config::duration")]
     pub fine_retention: Duration,
     /// Width of the rolled-up buckets (a whole multiple of `fine_bucket`).
+    #[serde(deserialize_with = "crate::config::duration")]
     pub coarse_bucket: Duration,
     /// Age after which coarse buckets are deleted.
+    #[serde(deserialize_with = "crate::config::duration")]
     pub coarse_retention: Duration,
 }
 

@@ -10,7 +10,7 @@ use crate::control::{Request, ask};
 #[derive(clap::Args)]
 pub struct Args {
     /// The agent's control socket.
-    #[arg(long, default_value = "/run/resonance/control.sock")]
+    #[arg(long, default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
     pub control_socket: PathBuf,
     /// One JSON object per pair per line.
     #[arg(long)]

@@ -92,7 +92,8 @@ pub struct Payload {
 
 /// Makes sure the musl target and busybox are there.
 pub fn ensure_tools() -> Result<()> {
-    debian::ensure(&["busybox-static"])?;
+    // musl-tools: the bundled SQLite is C, built for the musl target too.
+    debian::ensure(&["busybox-static", "musl-tools"])?;
     let toolchain = crate::toolchain::host_toolchain(&crate::workspace_root())?;
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed", "--toolchain", &toolchain])
