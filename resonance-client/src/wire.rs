@@ -115,7 +115,8 @@ fn sendmsg_once(socket: RawFd, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io::
         // SAFETY: CMSG_SPACE is a pure size computation.
         let space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
         msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space;
+        // `as _`: socklen_t on musl, size_t on glibc.
+        msg.msg_controllen = space as _;
         // SAFETY: msg_control points at `space` bytes we own, enough for
         // one cmsghdr with one int, so CMSG_FIRSTHDR is non-null and in
         // bounds.
@@ -123,7 +124,7 @@ fn sendmsg_once(socket: RawFd, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io::
             let cmsg = libc::CMSG_FIRSTHDR(&msg);
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
             std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd.as_raw_fd());
         }
     }
@@ -221,7 +222,7 @@ impl FrameReader {
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as usize;
+        msg.msg_controllen = space as _;
         let n = loop {
             // SAFETY: every pointer in msg refers to a live buffer.
             let n = unsafe {
@@ -245,7 +246,7 @@ impl FrameReader {
             while !cmsg.is_null() {
                 if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
                     let data = libc::CMSG_DATA(cmsg);
-                    let len = (*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize;
+                    let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
                     for i in 0..len / size_of::<RawFd>() {
                         let raw = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
                         self.fds.push_back(OwnedFd::from_raw_fd(raw));

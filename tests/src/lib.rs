@@ -71,7 +71,16 @@ pub fn observe(traffic: impl FnOnce() -> Result<()> + Send) -> Vec<InteractionRe
 /// VM guest the build tree does not exist), else the one cargo built next to
 /// the running executable.
 pub fn traffic_bin() -> PathBuf {
-    built_binary("traffic", "RESONANCE_TRAFFIC_BIN")
+    helper_bin("traffic")
+}
+
+/// A helper binary of this crate (`traffic`, `requester`, `responder`):
+/// `RESONANCE_<NAME>_BIN` when set, else the one cargo built.
+pub fn helper_bin(name: &str) -> PathBuf {
+    built_binary(
+        name,
+        &format!("RESONANCE_{}_BIN", name.to_ascii_uppercase()),
+    )
 }
 
 /// The `resonance` binary: `RESONANCE_BIN` when set, else the one cargo
@@ -81,7 +90,8 @@ pub fn resonance_bin() -> PathBuf {
 }
 
 /// `target/*/NAME` for both benchmarks in `target/*/` and test binaries in
-/// `target/*/deps/`; panics with a clear message when it is not built.
+/// `target/*/deps/` (`variable` overrides it); panics with a clear message
+/// when it is not built.
 fn built_binary(name: &str, variable: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(variable) {
         return PathBuf::from(path);

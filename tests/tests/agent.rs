@@ -40,6 +40,8 @@ fn start_agent(dir: &Path) -> Agent {
         .arg(&control)
         .arg("--metrics-listen")
         .arg(metrics.to_string())
+        .arg("--broker-socket")
+        .arg(dir.join("broker.sock"))
         .args(["--tick", "200ms", "--flush-interval", "500ms"])
         .stderr(log_file)
         .spawn()
@@ -333,6 +335,74 @@ fn sigkill_mid_traffic_leaves_a_store_that_opens_with_history_up_to_the_last_flu
         again.process.0.wait().expect("waiting").success(),
         "{}",
         again.log_text()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_agent_brokers_pre_created_channels_and_counts_them() {
+    let _serial = serial();
+    let dir = scratch("broker");
+    let agent = start_agent(&dir);
+    let socket = dir.join("broker.sock");
+    let mut responder = Command::new(resonance_tests::built_binary(
+        "responder",
+        "RESONANCE_RESPONDER_BIN",
+    ))
+    .arg("--socket")
+    .arg(&socket)
+    .args(["--service", "responder"])
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("starting the responder example");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(responder.stdout.take().expect("responder stdout")),
+        &mut ready,
+    )
+    .expect("reading the responder's ready line");
+    let _responder = Reaped(responder);
+    let output = Command::new(resonance_tests::built_binary(
+        "requester",
+        "RESONANCE_REQUESTER_BIN",
+    ))
+    .arg("--socket")
+    .arg(&socket)
+    .args(["--count", "200", "--interval-ms", "25", "--warmup", "30"])
+    .output()
+    .expect("running the requester example");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value =
+        serde_json::from_slice(&output.stdout).expect("the requester's JSON summary");
+    assert_eq!(summary["verified"], 200, "{summary}");
+    let hits = summary["hits_after_warmup"].as_f64().unwrap_or(0.0);
+    let opens = summary["opens_after_warmup"].as_f64().unwrap_or(1.0);
+    assert!(
+        hits / opens >= 0.9,
+        "hit ratio {} through the agent: {summary}",
+        hits / opens
+    );
+    // The agent's own probes see the traffic on the handed-out channels.
+    let sent = summary["bytes_sent"].as_u64().unwrap_or(0);
+    let seen = wait_for(Duration::from_secs(10), || {
+        agent
+            .pair_bytes("requester", "responder", "unix_stream")
+            .filter(|bytes| *bytes >= sent)
+    });
+    assert!(seen.is_some(), "pairs: {:#?}", agent.pairs());
+    let (_, scrape) = http_get(agent.metrics, "/metrics").expect("scraping /metrics");
+    let hits_total: u64 = scrape
+        .lines()
+        .filter(|l| l.starts_with("resonance_broker_hits_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        hits_total >= 150,
+        "broker hits on /metrics: {hits_total}\n{scrape}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

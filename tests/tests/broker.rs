@@ -59,18 +59,7 @@ fn scratch(name: &str) -> PathBuf {
 
 /// An example binary, built by cargo as a binary of this crate.
 fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    exe.ancestors()
-        .skip(1)
-        .take(2)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "the {name} example binary is not built next to {}",
-                exe.display()
-            )
-        })
+    resonance_tests::helper_bin(name)
 }
 
 fn start_broker(name: &str, tweak: impl FnOnce(&mut BrokerSettings)) -> InProcessBroker {
