@@ -29,6 +29,19 @@ pub fn is_error(ret: i64) -> bool {
     errno != EAGAIN && errno != EINTR && !(ERESTART_FIRST..=ERESTART_LAST).contains(&errno)
 }
 
+/// The histogram bucket of `value_ns`, bounds-checked where the verifier
+/// can see it. LLVM proves the index is below HIST_BUCKETS and drops the
+/// check, but older verifiers (6.1) lose that bound through the bit
+/// arithmetic and refuse the map-value pointer math; a volatile round trip
+/// makes the index opaque, so the explicit check stays in the program.
+#[inline(always)]
+fn checked_bucket(value_ns: u64) -> Option<usize> {
+    let index = bucket_index(value_ns);
+    // SAFETY: reading a local through a valid reference.
+    let index = unsafe { core::ptr::read_volatile(&index) };
+    (index < HIST_BUCKETS).then_some(index)
+}
+
 #[inline(always)]
 fn add(counter: *mut u64, value: u64) {
     // SAFETY: `counter` points into a map value that outlives this call;
@@ -93,8 +106,9 @@ pub fn account(tgid: u32, object: Object, dir: Direction, ret: i64, start_ns: u6
         if object.peer != 0 {
             (*stats).peer = object.peer;
         }
-        let bucket = bucket_index(now.saturating_sub(start_ns));
-        if let Some(slot) = (*stats).syscall_hist.get_mut(bucket) {
+        if let Some(bucket) = checked_bucket(now.saturating_sub(start_ns))
+            && let Some(slot) = (*stats).syscall_hist.get_mut(bucket)
+        {
             add(slot, 1);
         }
     }
@@ -124,8 +138,7 @@ fn sample(state: *mut EndState, latency_ns: u64) {
     unsafe {
         add(&raw mut (*state).samples, 1);
         add(&raw mut (*state).sum_ns, latency_ns);
-        let bucket = bucket_index(latency_ns);
-        if bucket < HIST_BUCKETS
+        if let Some(bucket) = checked_bucket(latency_ns)
             && let Some(slot) = (*state).hist.get_mut(bucket)
         {
             add(slot, 1);
