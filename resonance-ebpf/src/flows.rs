@@ -112,12 +112,10 @@ pub fn account(tgid: u32, object: Object, dir: Direction, ret: i64, start_ns: u6
             add(slot, 1);
         }
     }
-    if ret > 0 {
-        if object.kind.is_one_way() {
-            pipe_latency(object.end, dir, ret as u64, now);
-        } else if dir == Direction::Send {
-            turnaround(object, now);
-        }
+    // Sockets are timed at send entry instead (`turnaround`), where no
+    // wake-up of the peer can overtake the bookkeeping.
+    if ret > 0 && object.kind.is_one_way() {
+        pipe_latency(object.end, dir, ret as u64, now);
     }
 }
 
@@ -175,9 +173,11 @@ fn pipe_latency(end: u64, dir: Direction, bytes: u64, now: u64) {
 }
 
 /// Sockets: a send answers the peer's oldest unanswered send (one turnaround
-/// sample for the peer's end) and opens a request of its own.
+/// sample for the peer's end) and opens a request of its own. Called at
+/// send *entry*: at exit the peer may already have been woken, read the
+/// reply and sent its next request, and that request's start would be lost.
 #[inline(always)]
-fn turnaround(object: Object, now: u64) {
+pub fn turnaround(object: Object, now: u64) {
     if object.peer != 0
         && let Some(peer) = ENDS.get_ptr_mut(&object.peer)
     {

@@ -9,7 +9,7 @@ use super::{arg, observed_task, ret};
 use crate::{
     emit::count_in_flight_full,
     fdwalk::{Object, resolve},
-    flows::account,
+    flows::{account, turnaround},
     maps::{IN_FLIGHT, InFlight, Op},
 };
 
@@ -46,13 +46,17 @@ fn enter(ctx: &TracePointContext, op: Op) {
     let Some(object) = resolve(fd as i64) else {
         return;
     };
+    // SAFETY: the helper has no preconditions.
+    let start_ns = unsafe { bpf_ktime_get_ns() };
+    if op == Op::Send && !object.kind.is_one_way() {
+        turnaround(object, start_ns);
+    }
     let in_flight = InFlight {
         op,
         kind: object.kind as u8,
         pad: [0; 2],
         fd: fd as i32,
-        // SAFETY: the helper has no preconditions.
-        start_ns: unsafe { bpf_ktime_get_ns() },
+        start_ns,
         end: object.end,
         peer: object.peer,
         arg: 0,
