@@ -345,16 +345,13 @@ fn the_agent_brokers_pre_created_channels_and_counts_them() {
     let dir = scratch("broker");
     let agent = start_agent(&dir);
     let socket = dir.join("broker.sock");
-    let mut responder = Command::new(resonance_tests::built_binary(
-        "responder",
-        "RESONANCE_RESPONDER_BIN",
-    ))
-    .arg("--socket")
-    .arg(&socket)
-    .args(["--service", "responder"])
-    .stdout(Stdio::piped())
-    .spawn()
-    .expect("starting the responder example");
+    let mut responder = Command::new(resonance_tests::helper_bin("responder"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--service", "responder"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the responder example");
     let mut ready = String::new();
     std::io::BufRead::read_line(
         &mut std::io::BufReader::new(responder.stdout.take().expect("responder stdout")),
@@ -362,15 +359,12 @@ fn the_agent_brokers_pre_created_channels_and_counts_them() {
     )
     .expect("reading the responder's ready line");
     let _responder = Reaped(responder);
-    let output = Command::new(resonance_tests::built_binary(
-        "requester",
-        "RESONANCE_REQUESTER_BIN",
-    ))
-    .arg("--socket")
-    .arg(&socket)
-    .args(["--count", "200", "--interval-ms", "25", "--warmup", "30"])
-    .output()
-    .expect("running the requester example");
+    let output = Command::new(resonance_tests::helper_bin("requester"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--count", "200", "--interval-ms", "25", "--warmup", "30"])
+        .output()
+        .expect("running the requester example");
     assert!(
         output.status.success(),
         "{}",
