@@ -273,6 +273,7 @@ fn bad_input_closes_only_that_connection_and_leaks_no_descriptor() {
 
     // A Register whose string length runs past the frame.
     let mut garbage = b"\x10\x00\x00\x00\x01\x02\x00\x00garbage!\xff\xff\xff\xff".to_vec();
+    garbage[4] = resonance_client::proto::VERSION;
     assert_eq!(
         rejected_with(&broker.path, false, &garbage, false),
         code::MALFORMED
