@@ -379,3 +379,84 @@ fn recurring_opens_hit_prepared_channels_and_the_observer_names_both_services() 
     );
     assert!(total(&broker.metrics.hits) >= 270);
 }
+
+/// Writes `total` bytes in page-sized writes into a non-blocking end until
+/// it would block; returns how many went in.
+fn write_until_full(fd: &std::os::fd::OwnedFd, total: usize) -> usize {
+    let mut file = std::fs::File::from(fd.try_clone().expect("dup of the write end"));
+    let page = [0x5au8; 4096];
+    let mut written = 0;
+    while written < total {
+        match file.write(&page[..page.len().min(total - written)]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("writing into the channel: {e}"),
+        }
+    }
+    written
+}
+
+/// A writer floods each pipe it gets with the same burst, finds it full
+/// and reports that; each next channel for the pair is larger, until the
+/// burst fits and the writer no longer blocks. Pre-creation is off so each
+/// open is planned right after the previous report.
+#[test]
+fn a_writer_that_fills_its_pipe_gets_larger_ones_until_it_stops_blocking() {
+    use resonance_client::{ChannelKind, ChannelUsage, Client, Want};
+    let _serial = serial();
+    let broker = start_broker("flood", |s| {
+        s.default_capacity = 4096;
+        s.nonblocking = true;
+        s.threshold = 2.0;
+    });
+    let responder = Client::connect_to(&broker.path, "flood-db").expect("responder connects");
+    responder.register("flood-db").expect("registering");
+    let requester = Client::connect_to(&broker.path, "flood-web").expect("requester connects");
+    const BURST: usize = 16 << 10;
+    let want = Want {
+        kind: Some(ChannelKind::Pipe),
+        burst: 0,
+    };
+    let mut history = Vec::new();
+    // Nobody reads: the responder's ends wait in its queue, so the pipes
+    // keep a reader and writes only ever stop at a full buffer.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let channel = requester
+            .open_on_demand("flood-db", want)
+            .expect("opening on demand");
+        let written = write_until_full(&channel.fd, BURST);
+        let blocked = written < BURST;
+        history.push((channel.config.capacity, blocked));
+        requester
+            .report(
+                &channel,
+                ChannelUsage {
+                    bytes: written as u64,
+                    max_fill: written as u32,
+                    writer_blocked: blocked,
+                },
+            )
+            .expect("reporting");
+        held.push(channel);
+        if !blocked {
+            break;
+        }
+    }
+    assert_eq!(history.first(), Some(&(4096, true)), "{history:?}");
+    assert!(
+        history.windows(2).all(|w| w[1].0 > w[0].0),
+        "each channel after a blocked writer is larger: {history:?}"
+    );
+    let &(capacity, blocked) = history.last().expect("at least one channel");
+    assert!(!blocked && capacity as usize >= BURST, "{history:?}");
+    assert_eq!(
+        broker
+            .metrics
+            .adjustments
+            .with_label_values(&["flood-web", "flood-db", "capacity", "up"])
+            .get(),
+        history.len() as u64 - 1,
+        "one capacity adjustment per blocked writer: {history:?}"
+    );
+}
