@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 
 use resonance_client::proto::ChannelUsage;
+use serde::Serialize;
 
 /// A channel that never carried more than this is "small": it goes back to
 /// the default capacity.
@@ -231,6 +232,75 @@ impl PairFeedback {
         self.threshold_reason = change.reason.clone();
         self.window.clear();
         Some(change)
+    }
+}
+
+/// A pair's feedback as `resonance explain` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Snapshot {
+    /// Channels created.
+    pub created: u64,
+    /// Prepared channels claimed.
+    pub hits: u64,
+    /// Prepared channels wasted.
+    pub waste: u64,
+    /// Opens served on demand.
+    pub misses: u64,
+    /// The pair's preparation threshold.
+    pub threshold: f64,
+    /// Why it is what it is.
+    pub threshold_reason: String,
+    /// Capacity of the last channel created, bytes.
+    pub last_capacity: Option<u32>,
+    /// The capacity decision in force (else the plan's applies).
+    pub capacity: Option<u32>,
+    /// Why.
+    pub capacity_reason: Option<String>,
+    /// Usage reports received.
+    pub reports: u64,
+    /// The last report: bytes written.
+    pub last_bytes: Option<u64>,
+    /// The last report: peak fill, bytes.
+    pub last_max_fill: Option<u32>,
+    /// The last report: whether the writer found the buffer full.
+    pub last_writer_blocked: Option<bool>,
+    /// Recent outcomes, oldest first (`hit`, `waste`, `miss`).
+    pub recent: Vec<&'static str>,
+    /// The broker model's probability of an open within the TTL.
+    pub probability: Option<f64>,
+    /// Its expected lead time, ns.
+    pub expected_lead_ns: Option<u64>,
+}
+
+impl PairFeedback {
+    /// What `explain` shows (prediction fields left for the caller).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            created: self.created,
+            hits: self.hits,
+            waste: self.waste,
+            misses: self.misses,
+            threshold: self.threshold,
+            threshold_reason: self.threshold_reason.clone(),
+            last_capacity: self.last_capacity,
+            capacity: self.capacity.as_ref().map(|d| d.capacity),
+            capacity_reason: self.capacity.as_ref().map(|d| d.reason.clone()),
+            reports: self.reports,
+            last_bytes: self.last_usage.map(|u| u.bytes),
+            last_max_fill: self.last_usage.map(|u| u.max_fill),
+            last_writer_blocked: self.last_usage.map(|u| u.writer_blocked),
+            recent: self
+                .window
+                .iter()
+                .map(|o| match o {
+                    Outcome::Hit => "hit",
+                    Outcome::Waste => "waste",
+                    Outcome::Miss => "miss",
+                })
+                .collect(),
+            probability: None,
+            expected_lead_ns: None,
+        }
     }
 }
 

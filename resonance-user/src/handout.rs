@@ -42,8 +42,8 @@ use crate::{
         budget::{Budget, Usage},
     },
     config::BrokerSettings,
-    feedback::{Outcome, PairFeedback},
-    predict::{Model, ModelConfig},
+    feedback::{Outcome, PairFeedback, Snapshot},
+    predict::{Model, ModelConfig, PairKey},
     sys::{self, Cred},
     trace::TraceEvent,
 };
@@ -222,6 +222,12 @@ impl Broker {
         self.metrics.clone()
     }
 
+    /// A read-only view of the broker's per-pair state, for the control
+    /// socket.
+    pub fn view(&self) -> BrokerView {
+        BrokerView(Arc::clone(&self.core))
+    }
+
     /// The socket path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -255,6 +261,40 @@ impl Broker {
                 _ = self.wake.notified() => lock(&self.core).pass(),
             }
         }
+    }
+}
+
+/// Reads the running broker's per-pair feedback (see [`Broker::view`]).
+#[derive(Clone)]
+pub struct BrokerView(Arc<Mutex<Core>>);
+
+impl std::fmt::Debug for BrokerView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BrokerView")
+    }
+}
+
+impl BrokerView {
+    /// The feedback of requester `src` → service `dst` with the broker
+    /// model's current prediction for it; `None` if the broker never
+    /// served the pair.
+    pub fn pair(&self, src: &str, dst: &str) -> Option<Snapshot> {
+        let core = lock(&self.0);
+        let pair = (src.to_owned(), dst.to_owned());
+        let mut snapshot = core.feedback.get(&pair)?.snapshot();
+        let key = PairKey {
+            src: pair.0,
+            dst: pair.1,
+            kind: MODEL_KIND.to_owned(),
+        };
+        if let Some(id) = core.model.pair_id(&key) {
+            let score = core
+                .model
+                .score(id, now_ns(), core.settings.ttl.as_nanos() as u64);
+            snapshot.probability = Some(score.probability);
+            snapshot.expected_lead_ns = Some(score.expected_lead_ns);
+        }
+        Some(snapshot)
     }
 }
 

@@ -15,7 +15,7 @@ use std::{
 
 use resonance::{
     config::BrokerSettings,
-    handout::{Broker, BrokerMetrics},
+    handout::{Broker, BrokerMetrics, BrokerView},
 };
 use resonance_client::{
     proto::{Message, code},
@@ -28,6 +28,7 @@ struct InProcessBroker {
     path: PathBuf,
     dir: PathBuf,
     metrics: BrokerMetrics,
+    view: BrokerView,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -83,18 +84,19 @@ fn start_broker(name: &str, tweak: impl FnOnce(&mut BrokerSettings)) -> InProces
                 Ok(broker) => broker,
                 Err(error) => panic!("binding the broker: {error}"),
             };
-            let _ = ready_tx.send(broker.metrics());
+            let _ = ready_tx.send((broker.metrics(), broker.view()));
             tokio::select! {
                 _ = broker.run() => {}
                 _ = stop_rx => {}
             }
         });
     });
-    let metrics = ready_rx.recv().expect("the broker did not start");
+    let (metrics, view) = ready_rx.recv().expect("the broker did not start");
     InProcessBroker {
         path: dir.join("broker.sock"),
         dir,
         metrics,
+        view,
         stop: Some(stop_tx),
         thread: Some(thread),
     }
@@ -459,4 +461,19 @@ fn a_writer_that_fills_its_pipe_gets_larger_ones_until_it_stops_blocking() {
         history.len() as u64 - 1,
         "one capacity adjustment per blocked writer: {history:?}"
     );
+    // What `resonance explain` shows: the decision in force and its reason,
+    // once the last (fire-and-forget) report has arrived.
+    let reports = history.len() as u64;
+    let snapshot = wait_for(Duration::from_secs(10), || {
+        broker
+            .view
+            .pair("flood-web", "flood-db")
+            .filter(|s| s.reports == reports)
+    })
+    .expect("the broker never got every report");
+    assert_eq!(snapshot.capacity, Some(capacity));
+    let reason = snapshot.capacity_reason.unwrap_or_default();
+    assert!(reason.contains("blocked"), "{reason}");
+    assert_eq!(snapshot.created, history.len() as u64);
+    assert_eq!(snapshot.last_writer_blocked, Some(false));
 }
