@@ -142,6 +142,13 @@ impl Broker {
     /// its mode and group, and registers the metrics into `registry`. Must
     /// be called inside a tokio runtime.
     pub fn bind(settings: &BrokerSettings, registry: &Registry) -> Result<Self, HandoutError> {
+        // Checked before the socket exists, so a refusal leaves nothing behind.
+        let (min, max) = (settings.threshold_min, settings.threshold_max);
+        if !(0.0..=1.0).contains(&min) || !(0.0..=1.0).contains(&max) || min > max {
+            return Err(HandoutError::Settings(format!(
+                "threshold_min {min} and threshold_max {max} must satisfy 0 <= min <= max <= 1"
+            )));
+        }
         let path = settings.socket.clone();
         let mode = u32::from_str_radix(&settings.mode, 8).map_err(|_| {
             HandoutError::Settings(format!("mode {:?} is not octal", settings.mode))
@@ -168,12 +175,6 @@ impl Broker {
         }
         let listener = tokio::net::UnixListener::bind(&path).map_err(socket_error)?;
         sys::set_socket_access(&path, mode, gid).map_err(socket_error)?;
-        let (min, max) = (settings.threshold_min, settings.threshold_max);
-        if !(0.0..=1.0).contains(&min) || !(0.0..=1.0).contains(&max) || min > max {
-            return Err(HandoutError::Settings(format!(
-                "threshold_min {min} and threshold_max {max} must satisfy 0 <= min <= max <= 1"
-            )));
-        }
         let metrics = BrokerMetrics::new(registry)?;
         let max_capacity =
             sys::pipe_max_size().min(u32::try_from(settings.max_buffer_memory).unwrap_or(u32::MAX));

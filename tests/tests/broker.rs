@@ -477,3 +477,31 @@ fn a_writer_that_fills_its_pipe_gets_larger_ones_until_it_stops_blocking() {
     assert_eq!(snapshot.created, history.len() as u64);
     assert_eq!(snapshot.last_writer_blocked, Some(false));
 }
+
+/// Adaptation bounds that cannot hold are refused at start, not clamped
+/// into something nobody configured.
+#[test]
+fn inverted_threshold_bounds_are_refused() {
+    let dir = std::env::temp_dir().join(format!("resonance-broker-{}-bounds", std::process::id()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for (min, max) in [(0.9, 0.5), (-0.1, 0.5), (0.3, 1.5)] {
+        let settings = BrokerSettings {
+            socket: dir.join("broker.sock"),
+            threshold_min: min,
+            threshold_max: max,
+            ..BrokerSettings::default()
+        };
+        let bound = runtime
+            .block_on(async { Broker::bind(&settings, &prometheus::Registry::new()).map(drop) });
+        let error = bound.expect_err("inverted or out-of-range bounds");
+        assert!(error.to_string().contains("threshold_min"), "{error}");
+        assert!(
+            !settings.socket.exists(),
+            "a refused broker left its socket"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
