@@ -26,7 +26,7 @@ use std::{
 };
 
 use crate::{
-    proto::{ChannelConfig, Message, Peer, Role, Want, code},
+    proto::{ChannelConfig, ChannelUsage, Message, Peer, Role, Want, code},
     wire::{self, FrameReader, WireError},
 };
 
@@ -282,6 +282,18 @@ impl Client {
         })?;
         self.wait_reply(req)?
             .ok_or_else(|| ClientError::Wire("Open answered without a channel".into()))
+    }
+
+    /// Tells the broker how `channel` (a requester end this client got) was
+    /// used, so the pair's next channels are sized from it: a writer that
+    /// found the buffer full gets a larger one. Fire and forget.
+    pub fn report(&self, channel: &Channel, usage: ChannelUsage) -> Result<(), ClientError> {
+        self.inner.send(&Message::Report {
+            channel: channel.id,
+            service: channel.service.clone(),
+            usage,
+        })?;
+        Ok(())
     }
 
     /// Pushed ends waiting in the inbox for `service`.

@@ -26,4 +26,4 @@ pub mod async_client;
 #[cfg(feature = "tokio")]
 pub use async_client::AsyncClient;
 pub use client::{Channel, Client, ClientError, ClientStats, DEFAULT_SOCKET, SOCKET_ENV};
-pub use proto::{ChannelConfig, ChannelKind, Peer, Role, Want};
+pub use proto::{ChannelConfig, ChannelKind, ChannelUsage, Peer, Role, Want};

@@ -1,11 +1,13 @@
-//! The broker's wire protocol, version 1.
+//! The broker's wire protocol, version 2 (version 1 lacked
+//! [`Message::Report`]; a version-1 broker closes the connection of a
+//! client that sends one, so the version says which side speaks it).
 //!
 //! Every message is one frame:
 //!
 //! ```text
 //! offset  size  field
 //! 0       4     length of the rest of the frame (header remainder + body), u32 LE
-//! 4       1     protocol version (1)
+//! 4       1     protocol version (2)
 //! 5       1     message type
 //! 6       1     file descriptors carried (0 or 1), sent with SCM_RIGHTS in
 //!               the same sendmsg as the frame's first byte
@@ -21,7 +23,7 @@
 use std::fmt;
 
 /// The protocol version this crate speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Bytes before the body.
 pub const HEADER_LEN: usize = 8;
 /// Largest frame, header included.
@@ -165,6 +167,19 @@ pub struct ChannelConfig {
     pub flush_us: u32,
 }
 
+/// How one channel was used, as its requester measured it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelUsage {
+    /// Bytes the requester wrote into it.
+    pub bytes: u64,
+    /// Most bytes seen buffered in it at once (e.g. `FIONREAD`), 0 if
+    /// unknown.
+    pub max_fill: u32,
+    /// Whether a write found the buffer full (blocked, or `EAGAIN` on a
+    /// non-blocking end).
+    pub writer_blocked: bool,
+}
+
 /// Who holds the other end, as the agent saw it through `SO_PEERCRED`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
@@ -215,6 +230,18 @@ pub enum Message {
         channel: u64,
         /// Whether the end was still unused and is now closed.
         dropped: bool,
+    },
+    /// Client: how a channel it held was used, measured by the
+    /// application (see [`ChannelUsage`]); the broker sizes the pair's next
+    /// channels from it. Sent by the requester, after use, at most once per
+    /// channel; reports for pairs the broker never served are ignored.
+    Report {
+        /// Channel id (for logs: the pair is the sender and `service`).
+        channel: u64,
+        /// The service the channel went to.
+        service: String,
+        /// What was measured.
+        usage: ChannelUsage,
     },
     /// Broker: answer to `Hello`.
     Welcome {
@@ -270,6 +297,7 @@ mod ty {
     pub const OPEN: u8 = 3;
     pub const CLAIMED: u8 = 4;
     pub const REVOKE_ACK: u8 = 5;
+    pub const REPORT: u8 = 6;
     pub const WELCOME: u8 = 64;
     pub const OK: u8 = 65;
     pub const ERROR: u8 = 66;
@@ -290,6 +318,7 @@ impl Message {
             Self::Open { .. } => ty::OPEN,
             Self::Claimed { .. } => ty::CLAIMED,
             Self::RevokeAck { .. } => ty::REVOKE_ACK,
+            Self::Report { .. } => ty::REPORT,
             Self::Welcome { .. } => ty::WELCOME,
             Self::Ok { .. } => ty::OK,
             Self::Error { .. } => ty::ERROR,
@@ -319,6 +348,17 @@ impl Message {
             Self::RevokeAck { channel, dropped } => {
                 put_u64(&mut out, *channel);
                 out.push(u8::from(*dropped));
+            }
+            Self::Report {
+                channel,
+                service,
+                usage,
+            } => {
+                put_u64(&mut out, *channel);
+                put_str(&mut out, service);
+                put_u64(&mut out, usage.bytes);
+                put_u32(&mut out, usage.max_fill);
+                out.push(u8::from(usage.writer_blocked));
             }
             Self::Welcome {
                 client,
@@ -418,6 +458,15 @@ pub fn decode(frame: &[u8]) -> Result<Message, ProtoError> {
         ty::REVOKE_ACK => Message::RevokeAck {
             channel: r.u64()?,
             dropped: r.bool()?,
+        },
+        ty::REPORT => Message::Report {
+            channel: r.u64()?,
+            service: r.name()?,
+            usage: ChannelUsage {
+                bytes: r.u64()?,
+                max_fill: r.u32()?,
+                writer_blocked: r.bool()?,
+            },
         },
         ty::WELCOME => Message::Welcome {
             client: r.u64()?,
@@ -575,6 +624,15 @@ mod tests {
                 channel: 3,
                 dropped: true,
             },
+            Message::Report {
+                channel: 3,
+                service: "db".into(),
+                usage: ChannelUsage {
+                    bytes: u64::MAX,
+                    max_fill: 65536,
+                    writer_blocked: true,
+                },
+            },
             Message::Welcome {
                 client: 1,
                 pid: 2,
@@ -647,8 +705,8 @@ mod tests {
         big[..4].copy_from_slice(&(u32::MAX).to_le_bytes());
         assert!(matches!(frame_len(&big), Err(ProtoError::TooLarge(_))));
         let mut frame = Message::Ok { req: 1 }.encode();
-        frame[4] = 2;
-        assert_eq!(decode(&frame), Err(ProtoError::Version(2)));
+        frame[4] = 1;
+        assert_eq!(decode(&frame), Err(ProtoError::Version(1)));
         frame[4] = VERSION;
         frame[5] = 200;
         assert_eq!(decode(&frame), Err(ProtoError::UnknownType(200)));

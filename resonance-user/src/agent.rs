@@ -158,6 +158,7 @@ impl Agent {
         match crate::handout::Broker::bind(&self.config.broker, self.metrics.registry()) {
             Ok(broker) => {
                 log::info!("serving the channel broker on {}", broker.path().display());
+                self.shared.lock().unwrap_or_else(|p| p.into_inner()).broker = Some(broker.view());
                 Some(tokio::spawn(broker.run()))
             }
             Err(error) => {

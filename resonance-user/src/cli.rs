@@ -1,6 +1,7 @@
 //! Command-line front end: one file per subcommand, each with its `Args`
 //! and a `run` that returns an error with context instead of exiting.
 
+mod explain;
 mod gen_trace;
 mod history;
 mod observe;
@@ -29,6 +30,8 @@ enum Command {
     Run(run::Args),
     /// Show the running agent's current pair scores.
     Pairs(pairs::Args),
+    /// Explain what the running agent does for one pair, and why.
+    Explain(explain::Args),
     /// Write live interaction starts as a trace (JSON Lines).
     Record(record::Args),
     /// Simulate preallocation over a recorded trace and score it.
@@ -48,6 +51,7 @@ pub fn main() -> ExitCode {
         Command::Observe(args) => observe::run(args),
         Command::Run(args) => run::run(args),
         Command::Pairs(args) => pairs::run(args),
+        Command::Explain(args) => explain::run(args),
         Command::Record(args) => record::run(args),
         Command::Replay(args) => replay::run(args),
         Command::GenTrace(args) => gen_trace::run(args),

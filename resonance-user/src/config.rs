@@ -88,6 +88,10 @@ pub struct BrokerSettings {
     /// Probability (within `ttl`) from which a pair gets a channel ahead of
     /// time; above 1 disables pre-creation.
     pub threshold: f64,
+    /// Lowest a pair's threshold may adapt to (see `crate::feedback`).
+    pub threshold_min: f64,
+    /// Highest a pair's threshold may adapt to.
+    pub threshold_max: f64,
     /// Idle pre-created channels in total.
     pub max_idle: usize,
     /// Idle pre-created channels per pair.
@@ -116,6 +120,8 @@ impl Default for BrokerSettings {
             ttl: Duration::from_secs(2),
             prepare_interval: Duration::from_millis(5),
             threshold: 0.5,
+            threshold_min: 0.3,
+            threshold_max: 0.95,
             max_idle: 256,
             max_idle_per_pair: 4,
             max_fds: 1024,

@@ -1,7 +1,9 @@
-//! The control socket: `resonance pairs` asks the running agent.
+//! The control socket: `resonance pairs` and `resonance explain` ask the
+//! running agent.
 //!
-//! Protocol: one JSON request per line (`{"request":"pairs"}`), one JSON
-//! response per line (`{"ok":true,"pairs":[...]}` or
+//! Protocol: one JSON request per line (`{"request":"pairs"}`,
+//! `{"request":"explain","src":"web","dst":"db"}`), one JSON response per
+//! line (`{"ok":true,"pairs":[...]}`, `{"ok":true,"explain":{...}}` or
 //! `{"ok":false,"error":"..."}`). Requests are capped at 64 KiB and a
 //! client gets 5 s to send one; a bad request gets an error response and the
 //! connection is closed, nothing else is affected.
@@ -21,7 +23,7 @@ use tokio::{
     net::UnixListener,
 };
 
-use crate::score::PairScore;
+use crate::{handout::BrokerView, score::PairScore};
 
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 64 * 1024;
@@ -34,6 +36,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Request {
     /// Current scores of every pair.
     Pairs,
+    /// Why the agent does what it does for one pair.
+    Explain {
+        /// Source (requester) service.
+        src: String,
+        /// Destination service.
+        dst: String,
+    },
 }
 
 /// The agent's answer.
@@ -47,6 +56,9 @@ pub struct Response {
     /// Scores, for `pairs`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub pairs: Option<Vec<serde_json::Value>>,
+    /// The explanation, for `explain`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub explain: Option<serde_json::Value>,
 }
 
 /// What the control socket serves, refreshed by the agent every tick.
@@ -54,6 +66,31 @@ pub struct Response {
 pub struct Shared {
     /// Latest scores.
     pub scores: Vec<PairScore>,
+    /// The broker's per-pair state, when it runs.
+    pub broker: Option<BrokerView>,
+}
+
+/// The explanation of pair `src` → `dst`: its scores (one per channel kind
+/// observed) and the broker's feedback for it (`null` when the broker never
+/// served it); an error when neither knows the pair.
+pub fn explain(shared: &Shared, src: &str, dst: &str) -> Result<serde_json::Value, String> {
+    let scores: Vec<&PairScore> = shared
+        .scores
+        .iter()
+        .filter(|s| s.key.src == src && s.key.dst == dst)
+        .collect();
+    let broker = shared.broker.as_ref().and_then(|b| b.pair(src, dst));
+    if scores.is_empty() && broker.is_none() {
+        return Err(format!(
+            "neither the scores nor the broker know the pair {src} -> {dst}"
+        ));
+    }
+    Ok(serde_json::json!({
+        "src": src,
+        "dst": dst,
+        "scores": scores,
+        "broker": broker,
+    }))
 }
 
 /// Serves requests on `listener` until the task is dropped.
@@ -99,6 +136,19 @@ async fn answer(stream: tokio::net::UnixStream, shared: Arc<Mutex<Shared>>) -> R
                     ok: true,
                     error: None,
                     pairs: Some(pairs),
+                    explain: None,
+                }
+            }
+            Ok(Request::Explain { src, dst }) => {
+                let shared = shared.lock().unwrap_or_else(|p| p.into_inner());
+                match explain(&shared, &src, &dst) {
+                    Ok(value) => Response {
+                        ok: true,
+                        error: None,
+                        pairs: None,
+                        explain: Some(value),
+                    },
+                    Err(error) => failure(error),
                 }
             }
         },
@@ -118,6 +168,7 @@ fn failure(error: String) -> Response {
         ok: false,
         error: Some(error),
         pairs: None,
+        explain: None,
     }
 }
 
@@ -145,4 +196,55 @@ pub fn ask(socket: &Path, request: &Request) -> Result<Response> {
         bail!("the agent refused: {}", response.error.unwrap_or_default());
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use resonance_common::ChannelKind;
+
+    use super::*;
+    use crate::score::{Components, Normalized, PairKey, Totals};
+
+    fn score(src: &str, dst: &str, value: f64) -> PairScore {
+        PairScore {
+            key: PairKey {
+                src: src.into(),
+                dst: dst.into(),
+                kind: ChannelKind::UnixStream,
+            },
+            score: value,
+            components: Components::default(),
+            normalized: Normalized::default(),
+            totals: Totals::default(),
+        }
+    }
+
+    #[test]
+    fn explain_picks_the_pair_and_refuses_unknown_ones() {
+        let shared = Shared {
+            scores: vec![score("web", "db", 0.25), score("db", "web", 0.75)],
+            broker: None,
+        };
+        let value = explain(&shared, "web", "db").expect("a known pair");
+        let scores = value["scores"].as_array().expect("scores");
+        assert_eq!(scores.len(), 1);
+        assert_eq!(scores[0]["score"], 0.25);
+        assert!(value["broker"].is_null());
+        let error = explain(&shared, "web", "cache").expect_err("an unknown pair");
+        assert!(error.contains("web -> cache"), "{error}");
+    }
+
+    #[test]
+    fn explain_requests_parse_from_their_documented_form() {
+        let request: Request =
+            serde_json::from_str(r#"{"request":"explain","src":"web","dst":"db"}"#)
+                .expect("an explain request");
+        assert_eq!(
+            request,
+            Request::Explain {
+                src: "web".into(),
+                dst: "db".into()
+            }
+        );
+    }
 }

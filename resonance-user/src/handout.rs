@@ -11,7 +11,10 @@
 //! are pushed (requester's to its inbox, responder's to its incoming
 //! queue). Channels unclaimed after the TTL are revoked (the requester
 //! confirms it dropped an unused end, then the responder is told) and
-//! counted as waste. [`policy`] decides who may register and open what;
+//! counted as waste. Every pair's outcomes (hits, waste, misses) and the
+//! usage its requesters report feed its [`PairFeedback`]: the capacity of
+//! its next channels and its preparation threshold follow
+//! [`crate::feedback`]'s rules. [`policy`] decides who may register and open what;
 //! [`metrics`] counts it all. The wire protocol is
 //! [`resonance_client::proto`].
 
@@ -28,7 +31,7 @@ use std::{
 
 use prometheus::Registry;
 use resonance_client::{
-    proto::{Message, Peer, Role, Want, code},
+    proto::{ChannelConfig, ChannelUsage, Message, Peer, Role, Want, code},
     wire::{self, FrameReader, WireError},
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc};
@@ -39,7 +42,8 @@ use crate::{
         budget::{Budget, Usage},
     },
     config::BrokerSettings,
-    predict::{Model, ModelConfig},
+    feedback::{Outcome, PairFeedback, Snapshot},
+    predict::{Model, ModelConfig, PairKey},
     sys::{self, Cred},
     trace::TraceEvent,
 };
@@ -113,6 +117,8 @@ pub struct Core {
     idle: HashMap<u64, Idle>,
     usage: Usage<Pair>,
     wants: HashMap<Pair, Want>,
+    /// Measurements and adapted settings per pair served.
+    feedback: HashMap<Pair, PairFeedback>,
     model: Model,
 }
 
@@ -136,6 +142,13 @@ impl Broker {
     /// its mode and group, and registers the metrics into `registry`. Must
     /// be called inside a tokio runtime.
     pub fn bind(settings: &BrokerSettings, registry: &Registry) -> Result<Self, HandoutError> {
+        // Checked before the socket exists, so a refusal leaves nothing behind.
+        let (min, max) = (settings.threshold_min, settings.threshold_max);
+        if !(0.0..=1.0).contains(&min) || !(0.0..=1.0).contains(&max) || min > max {
+            return Err(HandoutError::Settings(format!(
+                "threshold_min {min} and threshold_max {max} must satisfy 0 <= min <= max <= 1"
+            )));
+        }
         let path = settings.socket.clone();
         let mode = u32::from_str_radix(&settings.mode, 8).map_err(|_| {
             HandoutError::Settings(format!("mode {:?} is not octal", settings.mode))
@@ -187,6 +200,7 @@ impl Broker {
             idle: HashMap::new(),
             usage: Usage::default(),
             wants: HashMap::new(),
+            feedback: HashMap::new(),
             model: Model::new(ModelConfig {
                 // The calibration learns one horizon; the broker's is the TTL.
                 calibrate: false,
@@ -207,6 +221,12 @@ impl Broker {
     /// The broker's counters.
     pub fn metrics(&self) -> BrokerMetrics {
         self.metrics.clone()
+    }
+
+    /// A read-only view of the broker's per-pair state, for the control
+    /// socket.
+    pub fn view(&self) -> BrokerView {
+        BrokerView(Arc::clone(&self.core))
     }
 
     /// The socket path.
@@ -242,6 +262,40 @@ impl Broker {
                 _ = self.wake.notified() => lock(&self.core).pass(),
             }
         }
+    }
+}
+
+/// Reads the running broker's per-pair feedback (see [`Broker::view`]).
+#[derive(Clone)]
+pub struct BrokerView(Arc<Mutex<Core>>);
+
+impl std::fmt::Debug for BrokerView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BrokerView")
+    }
+}
+
+impl BrokerView {
+    /// The feedback of requester `src` → service `dst` with the broker
+    /// model's current prediction for it; `None` if the broker never
+    /// served the pair.
+    pub fn pair(&self, src: &str, dst: &str) -> Option<Snapshot> {
+        let core = lock(&self.0);
+        let pair = (src.to_owned(), dst.to_owned());
+        let mut snapshot = core.feedback.get(&pair)?.snapshot();
+        let key = PairKey {
+            src: pair.0,
+            dst: pair.1,
+            kind: MODEL_KIND.to_owned(),
+        };
+        if let Some(id) = core.model.pair_id(&key) {
+            let score = core
+                .model
+                .score(id, now_ns(), core.settings.ttl.as_nanos() as u64);
+            snapshot.probability = Some(score.probability);
+            snapshot.expected_lead_ns = Some(score.expected_lead_ns);
+        }
+        Some(snapshot)
     }
 }
 
@@ -471,6 +525,7 @@ impl Core {
             if let Some(idle) = self.forget(channel) {
                 // The unused end died with its process or lost its peer.
                 self.count(&self.metrics.waste, &idle.pair);
+                self.outcome(&idle.pair, Outcome::Waste, idle.memory);
                 if idle.requester != id {
                     self.send(idle.requester, Message::Revoke { channel }, None);
                 }
@@ -567,6 +622,7 @@ impl Core {
                 {
                     self.count(&self.metrics.hits, &idle.pair);
                     self.observe(&idle.pair);
+                    self.outcome(&idle.pair, Outcome::Hit, idle.memory);
                 }
             }
             (Message::RevokeAck { channel, dropped }, Some(_)) => {
@@ -580,9 +636,18 @@ impl Core {
                     && let Some(idle) = self.forget(channel)
                 {
                     self.count(&self.metrics.waste, &idle.pair);
+                    self.outcome(&idle.pair, Outcome::Waste, idle.memory);
                     self.send(idle.responder, Message::Revoke { channel }, None);
                 }
             }
+            (
+                Message::Report {
+                    channel,
+                    service,
+                    usage,
+                },
+                Some(name),
+            ) => self.report(channel, (name, service), usage),
             (other, Some(_)) => {
                 return Err(Reject::new(
                     code::PROTOCOL,
@@ -646,6 +711,8 @@ impl Core {
         self.wants.insert(pair.clone(), want);
         self.count(&self.metrics.misses, &pair);
         self.observe(&pair);
+        let memory = alloc::memory(&self.config_for(&pair, want));
+        self.outcome(&pair, Outcome::Miss, memory);
         if let Err(error) = self.hand_out(&pair, id, responder, req, want) {
             log::warn!(
                 "broker: creating a channel for {} -> {}: {error}",
@@ -675,7 +742,7 @@ impl Core {
         req: u64,
         want: Want,
     ) -> Result<(u64, u64), alloc::AllocError> {
-        let created = alloc::create(&alloc::plan(want, &self.limits))?;
+        let created = alloc::create(&self.config_for(pair, want))?;
         let channel = self.next_channel;
         self.next_channel += 1;
         let peer_of = |conn: u64, service: &str| {
@@ -722,6 +789,7 @@ impl Core {
         self.send(responder, to_responder, Some(created.responder));
         self.send(requester, to_requester, Some(created.requester));
         self.count(&self.metrics.created, pair);
+        self.pair_feedback(pair).created(config.capacity);
         Ok((channel, alloc::memory(&config)))
     }
 
@@ -734,11 +802,14 @@ impl Core {
         let now = now_ns();
         self.model.tick(now);
         let horizon = self.settings.ttl.as_nanos() as u64;
-        for prediction in self
-            .model
-            .predict_above(now, horizon, self.settings.threshold)
-        {
+        // Pairs adapt their thresholds within the bounds: ask the model
+        // down to the lowest any pair may have, then hold each to its own.
+        let floor = self.settings.threshold_min.min(self.base_threshold());
+        for prediction in self.model.predict_above(now, horizon, floor) {
             let pair = (prediction.src, prediction.dst);
+            if prediction.probability < self.threshold_of(&pair) {
+                continue;
+            }
             let Some(&requester) = self.requesters.get(&pair.0) else {
                 continue;
             };
@@ -756,7 +827,7 @@ impl Core {
             // not outrun the agent's replacement.
             let stock = if prediction.probability >= 0.9 { 2 } else { 1 };
             let want = self.wants.get(&pair).copied().unwrap_or_default();
-            let memory = alloc::memory(&alloc::plan(want, &self.limits));
+            let memory = alloc::memory(&self.config_for(&pair, want));
             while self.usage.of(&pair) < stock {
                 if self.budget.admit(&self.usage, &pair, memory).is_err() {
                     self.count(&self.metrics.skipped, &pair);
@@ -785,6 +856,101 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// The configured threshold, within the adaptation bounds.
+    fn base_threshold(&self) -> f64 {
+        self.settings
+            .threshold
+            .clamp(self.settings.threshold_min, self.settings.threshold_max)
+    }
+
+    /// The pair's threshold: adapted, or the configured one.
+    fn threshold_of(&self, pair: &Pair) -> f64 {
+        self.feedback
+            .get(pair)
+            .map_or_else(|| self.base_threshold(), |f| f.threshold)
+    }
+
+    fn pair_feedback(&mut self, pair: &Pair) -> &mut PairFeedback {
+        let base = self.base_threshold();
+        self.feedback
+            .entry(pair.clone())
+            .or_insert_with(|| PairFeedback::new(base))
+    }
+
+    /// The configuration of the pair's next channel: planned from what the
+    /// requester declared, with the capacity the pair's feedback decided.
+    fn config_for(&self, pair: &Pair, want: Want) -> ChannelConfig {
+        let mut config = alloc::plan(want, &self.limits);
+        if let Some(decision) = self.feedback.get(pair).and_then(|f| f.capacity.as_ref()) {
+            config.capacity = decision.capacity.min(self.limits.max_capacity);
+            config.write_size = config.write_size.min(config.capacity);
+        }
+        config
+    }
+
+    /// Records a channel outcome and adapts the pair's threshold; `memory`
+    /// is the channel's buffer memory (its cost relative to a default one
+    /// scales the step up).
+    fn outcome(&mut self, pair: &Pair, outcome: Outcome, memory: u64) {
+        let default = alloc::memory(&alloc::plan(Want::default(), &self.limits)).max(1);
+        let cost = memory as f64 / default as f64;
+        let (min, max) = (self.settings.threshold_min, self.settings.threshold_max);
+        let before = self.threshold_of(pair);
+        let Some(change) = self.pair_feedback(pair).outcome(outcome, cost, min, max) else {
+            return;
+        };
+        let direction = if change.threshold > before {
+            "up"
+        } else {
+            "down"
+        };
+        log::info!(
+            "broker: {} -> {} threshold {}",
+            pair.0,
+            pair.1,
+            change.reason
+        );
+        self.metrics
+            .adjustments
+            .with_label_values(&[pair.0.as_str(), pair.1.as_str(), "threshold", direction])
+            .inc();
+    }
+
+    /// A requester's usage report: sizes the pair's next channels. Pairs
+    /// the broker never created a channel for are ignored (so reports
+    /// cannot invent metric labels).
+    fn report(&mut self, channel: u64, pair: Pair, usage: ChannelUsage) {
+        let (default, max) = (self.limits.default_capacity, self.limits.max_capacity);
+        let Some(feedback) = self.feedback.get_mut(&pair) else {
+            return;
+        };
+        let before = feedback
+            .capacity
+            .as_ref()
+            .map(|d| d.capacity)
+            .or(feedback.last_capacity)
+            .unwrap_or(default);
+        let Some(decision) = feedback.report(usage, default, max) else {
+            return;
+        };
+        let direction = if decision.capacity > before {
+            "up"
+        } else {
+            "down"
+        };
+        log::info!(
+            "broker: {} -> {} capacity {} after channel {channel}: {}",
+            pair.0,
+            pair.1,
+            decision.capacity,
+            decision.reason
+        );
+        self.metrics
+            .adjustments
+            .with_label_values(&[pair.0.as_str(), pair.1.as_str(), "capacity", direction])
+            .inc();
     }
 
     fn expire(&mut self) {

@@ -20,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod decode;
+pub mod feedback;
 pub mod handout;
 pub mod http;
 pub mod metrics;

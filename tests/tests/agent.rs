@@ -398,6 +398,35 @@ fn the_agent_brokers_pre_created_channels_and_counts_them() {
         hits_total >= 150,
         "broker hits on /metrics: {hits_total}\n{scrape}"
     );
+    // `resonance explain` joins the pair's score and the broker's feedback.
+    let explained = Command::new(resonance_bin())
+        .args([
+            "explain",
+            "requester",
+            "responder",
+            "--json",
+            "--control-socket",
+        ])
+        .arg(&agent.control)
+        .output()
+        .expect("running resonance explain");
+    assert!(
+        explained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&explained.stderr)
+    );
+    let explained: Value =
+        serde_json::from_slice(&explained.stdout).expect("explain's JSON answer");
+    let broker = &explained["broker"];
+    assert!(broker["hits"].as_u64().unwrap_or(0) >= 150, "{explained:#}");
+    let threshold = broker["threshold"].as_f64().unwrap_or(-1.0);
+    assert!((0.3..=0.95).contains(&threshold), "{explained:#}");
+    assert!(
+        explained["scores"]
+            .as_array()
+            .is_some_and(|scores| !scores.is_empty()),
+        "{explained:#}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -15,7 +15,7 @@ use std::{
 
 use resonance::{
     config::BrokerSettings,
-    handout::{Broker, BrokerMetrics},
+    handout::{Broker, BrokerMetrics, BrokerView},
 };
 use resonance_client::{
     proto::{Message, code},
@@ -28,6 +28,7 @@ struct InProcessBroker {
     path: PathBuf,
     dir: PathBuf,
     metrics: BrokerMetrics,
+    view: BrokerView,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -83,18 +84,19 @@ fn start_broker(name: &str, tweak: impl FnOnce(&mut BrokerSettings)) -> InProces
                 Ok(broker) => broker,
                 Err(error) => panic!("binding the broker: {error}"),
             };
-            let _ = ready_tx.send(broker.metrics());
+            let _ = ready_tx.send((broker.metrics(), broker.view()));
             tokio::select! {
                 _ = broker.run() => {}
                 _ = stop_rx => {}
             }
         });
     });
-    let metrics = ready_rx.recv().expect("the broker did not start");
+    let (metrics, view) = ready_rx.recv().expect("the broker did not start");
     InProcessBroker {
         path: dir.join("broker.sock"),
         dir,
         metrics,
+        view,
         stop: Some(stop_tx),
         thread: Some(thread),
     }
@@ -273,6 +275,7 @@ fn bad_input_closes_only_that_connection_and_leaks_no_descriptor() {
 
     // A Register whose string length runs past the frame.
     let mut garbage = b"\x10\x00\x00\x00\x01\x02\x00\x00garbage!\xff\xff\xff\xff".to_vec();
+    garbage[4] = resonance_client::proto::VERSION;
     assert_eq!(
         rejected_with(&broker.path, false, &garbage, false),
         code::MALFORMED
@@ -377,4 +380,128 @@ fn recurring_opens_hit_prepared_channels_and_the_observer_names_both_services() 
         bytes("responder", "requester")
     );
     assert!(total(&broker.metrics.hits) >= 270);
+}
+
+/// Writes `total` bytes in page-sized writes into a non-blocking end until
+/// it would block; returns how many went in.
+fn write_until_full(fd: &std::os::fd::OwnedFd, total: usize) -> usize {
+    let mut file = std::fs::File::from(fd.try_clone().expect("dup of the write end"));
+    let page = [0x5au8; 4096];
+    let mut written = 0;
+    while written < total {
+        match file.write(&page[..page.len().min(total - written)]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("writing into the channel: {e}"),
+        }
+    }
+    written
+}
+
+/// A writer floods each pipe it gets with the same burst, finds it full
+/// and reports that; each next channel for the pair is larger, until the
+/// burst fits and the writer no longer blocks. Pre-creation is off so each
+/// open is planned right after the previous report.
+#[test]
+fn a_writer_that_fills_its_pipe_gets_larger_ones_until_it_stops_blocking() {
+    use resonance_client::{ChannelKind, ChannelUsage, Client, Want};
+    let _serial = serial();
+    let broker = start_broker("flood", |s| {
+        s.default_capacity = 4096;
+        s.nonblocking = true;
+        s.threshold = 2.0;
+    });
+    let responder = Client::connect_to(&broker.path, "flood-db").expect("responder connects");
+    responder.register("flood-db").expect("registering");
+    let requester = Client::connect_to(&broker.path, "flood-web").expect("requester connects");
+    const BURST: usize = 16 << 10;
+    let want = Want {
+        kind: Some(ChannelKind::Pipe),
+        burst: 0,
+    };
+    let mut history = Vec::new();
+    // Nobody reads: the responder's ends wait in its queue, so the pipes
+    // keep a reader and writes only ever stop at a full buffer.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let channel = requester
+            .open_on_demand("flood-db", want)
+            .expect("opening on demand");
+        let written = write_until_full(&channel.fd, BURST);
+        let blocked = written < BURST;
+        history.push((channel.config.capacity, blocked));
+        requester
+            .report(
+                &channel,
+                ChannelUsage {
+                    bytes: written as u64,
+                    max_fill: written as u32,
+                    writer_blocked: blocked,
+                },
+            )
+            .expect("reporting");
+        held.push(channel);
+        if !blocked {
+            break;
+        }
+    }
+    assert_eq!(history.first(), Some(&(4096, true)), "{history:?}");
+    assert!(
+        history.windows(2).all(|w| w[1].0 > w[0].0),
+        "each channel after a blocked writer is larger: {history:?}"
+    );
+    let &(capacity, blocked) = history.last().expect("at least one channel");
+    assert!(!blocked && capacity as usize >= BURST, "{history:?}");
+    assert_eq!(
+        broker
+            .metrics
+            .adjustments
+            .with_label_values(&["flood-web", "flood-db", "capacity", "up"])
+            .get(),
+        history.len() as u64 - 1,
+        "one capacity adjustment per blocked writer: {history:?}"
+    );
+    // What `resonance explain` shows: the decision in force and its reason,
+    // once the last (fire-and-forget) report has arrived.
+    let reports = history.len() as u64;
+    let snapshot = wait_for(Duration::from_secs(10), || {
+        broker
+            .view
+            .pair("flood-web", "flood-db")
+            .filter(|s| s.reports == reports)
+    })
+    .expect("the broker never got every report");
+    assert_eq!(snapshot.capacity, Some(capacity));
+    let reason = snapshot.capacity_reason.unwrap_or_default();
+    assert!(reason.contains("blocked"), "{reason}");
+    assert_eq!(snapshot.created, history.len() as u64);
+    assert_eq!(snapshot.last_writer_blocked, Some(false));
+}
+
+/// Adaptation bounds that cannot hold are refused at start, not clamped
+/// into something nobody configured.
+#[test]
+fn inverted_threshold_bounds_are_refused() {
+    let dir = std::env::temp_dir().join(format!("resonance-broker-{}-bounds", std::process::id()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for (min, max) in [(0.9, 0.5), (-0.1, 0.5), (0.3, 1.5)] {
+        let settings = BrokerSettings {
+            socket: dir.join("broker.sock"),
+            threshold_min: min,
+            threshold_max: max,
+            ..BrokerSettings::default()
+        };
+        let bound = runtime
+            .block_on(async { Broker::bind(&settings, &prometheus::Registry::new()).map(drop) });
+        let error = bound.expect_err("inverted or out-of-range bounds");
+        assert!(error.to_string().contains("threshold_min"), "{error}");
+        assert!(
+            !settings.socket.exists(),
+            "a refused broker left its socket"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

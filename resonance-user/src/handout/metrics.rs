@@ -20,6 +20,9 @@ pub struct BrokerMetrics {
     pub revocations: IntCounterVec,
     /// Preparations skipped for the budget, by pair.
     pub skipped: IntCounterVec,
+    /// Feedback adjustments, by pair, `what` (`capacity`, `threshold`)
+    /// and `direction` (`up`, `down`).
+    pub adjustments: IntCounterVec,
     /// Policy denials, by action and service.
     pub denials: IntCounterVec,
     /// Connections closed for bad input, by reason.
@@ -75,6 +78,11 @@ impl BrokerMetrics {
                 "resonance_broker_skipped_total",
                 "Preparations skipped because the budget was spent.",
                 pair,
+            )?,
+            adjustments: vec(
+                "resonance_broker_adjustments_total",
+                "Per-pair feedback adjustments of channel capacity or threshold.",
+                &["src", "dst", "what", "direction"],
             )?,
             denials: vec(
                 "resonance_broker_denials_total",

@@ -1,0 +1,156 @@
+//! `resonance explain SRC DST`: why the running agent does what it does
+//! for one pair: its score and components, the broker's prediction,
+//! threshold, channel capacity and the measurements behind them.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::control::{Request, ask};
+
+/// Arguments of `resonance explain`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Source (requester) service.
+    pub src: String,
+    /// Destination service.
+    pub dst: String,
+    /// The agent's control socket.
+    #[arg(long, default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+    /// Print the agent's JSON answer.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Asks the agent and prints its answer.
+pub fn run(args: Args) -> Result<()> {
+    let response = ask(
+        &args.control_socket,
+        &Request::Explain {
+            src: args.src.clone(),
+            dst: args.dst.clone(),
+        },
+    )?;
+    let explain = response
+        .explain
+        .context("the agent answered without an explanation")?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&explain).context("encoding the explanation")?
+        );
+        return Ok(());
+    }
+    print!("{}", render(&explain));
+    Ok(())
+}
+
+/// The explanation as text (missing fields print as `-`).
+fn render(explain: &Value) -> String {
+    let get = |value: &Value, path: &[&str]| -> Value {
+        let mut value = value;
+        for key in path {
+            value = value.get(key).unwrap_or(&Value::Null);
+        }
+        value.clone()
+    };
+    let show = |value: Value| match value {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s,
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|f| f.fract() != 0.0)
+            .map_or_else(|| n.to_string(), |f| format!("{f:.3}")),
+        other => other.to_string(),
+    };
+    let mut out = format!(
+        "{} -> {}\n",
+        show(get(explain, &["src"])),
+        show(get(explain, &["dst"]))
+    );
+    let scores = get(explain, &["scores"]);
+    let scores = scores.as_array().cloned().unwrap_or_default();
+    if scores.is_empty() {
+        out.push_str("score: not observed\n");
+    }
+    for score in &scores {
+        out.push_str(&format!(
+            "score ({}): {}  interactions/s {}  bytes/s {}  latency p50 ns {}  errors {}\n",
+            show(get(score, &["kind"])),
+            show(get(score, &["score"])),
+            show(get(score, &["components", "interactions_per_s"])),
+            show(get(score, &["components", "bytes_per_s"])),
+            show(get(score, &["components", "latency_p50_ns"])),
+            show(get(score, &["components", "error_ratio"])),
+        ));
+    }
+    let broker = get(explain, &["broker"]);
+    if broker.is_null() {
+        out.push_str("broker: never served this pair\n");
+        return out;
+    }
+    let b = |path: &str| show(get(&broker, &[path]));
+    out.push_str(&format!(
+        "prediction: probability {} within the TTL, expected lead {} ns\n",
+        b("probability"),
+        b("expected_lead_ns")
+    ));
+    out.push_str(&format!(
+        "threshold: {} ({})\n",
+        b("threshold"),
+        b("threshold_reason")
+    ));
+    out.push_str(&format!(
+        "capacity: {} ({}); last channel {}\n",
+        b("capacity"),
+        b("capacity_reason"),
+        b("last_capacity")
+    ));
+    out.push_str(&format!(
+        "last report: {} bytes, peak fill {}, writer blocked {} ({} reports)\n",
+        b("last_bytes"),
+        b("last_max_fill"),
+        b("last_writer_blocked"),
+        b("reports")
+    ));
+    out.push_str(&format!(
+        "channels: {} created, {} hits, {} waste, {} misses; recent {}\n",
+        b("created"),
+        b("hits"),
+        b("waste"),
+        b("misses"),
+        b("recent")
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_scores_and_broker_feedback_and_their_absence() {
+        let text = render(&serde_json::json!({
+            "src": "web", "dst": "db",
+            "scores": [{"kind": "unix_stream", "score": 0.75,
+                        "components": {"interactions_per_s": 2.5, "bytes_per_s": 100.0,
+                                       "latency_p50_ns": null, "error_ratio": 0.0}}],
+            "broker": {"threshold": 0.6, "threshold_reason": "raised from 0.50 to 0.60: 3 of the last 4 channels wasted",
+                       "capacity": 8192, "capacity_reason": "the writer blocked", "created": 3,
+                       "hits": 1, "waste": 3, "misses": 0, "recent": ["waste"]}
+        }));
+        assert!(text.starts_with("web -> db\n"), "{text}");
+        assert!(text.contains("score (unix_stream): 0.750"), "{text}");
+        assert!(text.contains("threshold: 0.600 (raised"), "{text}");
+        assert!(
+            text.contains("capacity: 8192 (the writer blocked)"),
+            "{text}"
+        );
+        let text =
+            render(&serde_json::json!({"src": "a", "dst": "b", "scores": [], "broker": null}));
+        assert!(text.contains("score: not observed"), "{text}");
+        assert!(text.contains("broker: never served this pair"), "{text}");
+    }
+}
