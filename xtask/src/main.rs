@@ -15,7 +15,7 @@ mod vm;
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -197,15 +197,26 @@ fn corrupted_offset_is_caught_on_host(
         .current_dir(root);
     env.apply(&mut command);
     eprintln!("xtask: the kernel tests must fail with {CORRUPT_OFFSET_ENV}={CORRUPTED_FIELD}");
-    match cmd::status(&mut command) {
-        Ok(()) => anyhow::bail!(
+    // Captured, not shown: this run is meant to fail, and its failure lines
+    // would read like a broken suite.
+    let output = command.output().context("running cargo test")?;
+    if output.status.success() {
+        anyhow::bail!(
             "the kernel tests passed with {CORRUPT_OFFSET_ENV}={CORRUPTED_FIELD}: they would not notice a wrong offset"
-        ),
-        Err(_) => {
-            eprintln!("xtask: good, the corrupted offset was caught");
-            Ok(())
-        }
+        );
     }
+    let failed = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.starts_with("test ") && line.ends_with("FAILED"))
+        .count();
+    if failed == 0 {
+        anyhow::bail!(
+            "cargo test failed with {CORRUPT_OFFSET_ENV}={CORRUPTED_FIELD} before running any test:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    eprintln!("xtask: good, the corrupted offset was caught by {failed} kernel tests");
+    Ok(())
 }
 
 /// Debian packages the test suite runs besides the build's own.

@@ -120,7 +120,14 @@ pub fn run(root: &Path, env: &BuildEnv, options: &Options) -> Result<()> {
         let cmdline = format!("RESONANCE_EXPECT_KERNEL_RELEASE={}", kernel.release);
         let start = Instant::now();
         let mut accel = detected;
-        let mut outcome = qemu::boot(&kernel.vmlinuz, &image_path, accel, &cmdline, timeout)?;
+        let mut outcome = qemu::boot(
+            &kernel.vmlinuz,
+            &image_path,
+            accel,
+            &cmdline,
+            timeout,
+            !expect_failure,
+        )?;
         if accel == Accel::Kvm && matches!(outcome, Outcome::NoBoot) {
             eprintln!(
                 "xtask: the guest never reached init under KVM; retrying with TCG, \
@@ -128,7 +135,14 @@ pub fn run(root: &Path, env: &BuildEnv, options: &Options) -> Result<()> {
             );
             accel = Accel::Tcg;
             detected = Accel::Tcg;
-            outcome = qemu::boot(&kernel.vmlinuz, &image_path, accel, &cmdline, timeout)?;
+            outcome = qemu::boot(
+                &kernel.vmlinuz,
+                &image_path,
+                accel,
+                &cmdline,
+                timeout,
+                !expect_failure,
+            )?;
         }
         let seconds = start.elapsed().as_secs_f64();
         let mut result = describe(&outcome, payload.tests.len(), timeout);

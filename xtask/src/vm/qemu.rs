@@ -171,14 +171,16 @@ pub enum Outcome {
     TimedOut,
 }
 
-/// Boots `vmlinuz` with `initramfs`, echoing the serial console, and waits at
-/// most `limit` for QEMU to exit.
+/// Boots `vmlinuz` with `initramfs`, echoing the serial console (only the
+/// marker lines when `echo` is false), and waits at most `limit` for QEMU
+/// to exit.
 pub fn boot(
     vmlinuz: &Path,
     initramfs: &Path,
     accel: Accel,
     cmdline_extra: &str,
     limit: Duration,
+    echo: bool,
 ) -> Result<Outcome> {
     let mut command = Command::new("qemu-system-x86_64");
     command
@@ -209,7 +211,9 @@ pub fn boot(
         for line in BufReader::new(stdout).split(b'\n') {
             let Ok(line) = line else { break };
             let line = without_escapes(&String::from_utf8_lossy(&line));
-            println!("    | {line}");
+            if echo || line.starts_with("RESONANCE-VM") {
+                println!("    | {line}");
+            }
             if lines_tx.send(line).is_err() {
                 break;
             }
