@@ -176,6 +176,10 @@ pub fn fork_child(
         bail!("fork failed: {}", std::io::Error::last_os_error());
     }
     if pid == 0 {
+        // Die with the parent: a killed parent must not leave the child
+        // blocked forever on a pipe whose other end it still holds itself.
+        // SAFETY: prctl with these arguments only sets a flag on this process.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
         let code = match child() {
             Ok(()) => 0,
             Err(error) => {
