@@ -83,19 +83,11 @@ fn main() -> Result<()> {
         Command::Bootstrap => bootstrap::ensure(&root).map(|_| ()),
         Command::Build => {
             let env = bootstrap::ensure(&root)?;
-            cmd::cargo(
-                &root,
-                &env,
-                &["build", "--release", "--package", "resonance-user"],
-            )
+            build_agent(&root, &env)
         }
         Command::Run { args } => {
             let env = bootstrap::ensure(&root)?;
-            cmd::cargo(
-                &root,
-                &env,
-                &["build", "--release", "--package", "resonance-user"],
-            )?;
+            build_agent(&root, &env)?;
             let args = if args.is_empty() {
                 vec![
                     "observe".to_owned(),
@@ -145,11 +137,7 @@ fn main() -> Result<()> {
         }
         Command::GenTrace { args } => {
             let env = bootstrap::ensure(&root)?;
-            cmd::cargo(
-                &root,
-                &env,
-                &["build", "--release", "--package", "resonance-user"],
-            )?;
+            build_agent(&root, &env)?;
             // Runs in the caller's directory so a relative --output lands there.
             let mut command = std::process::Command::new(root.join("target/release/resonance"));
             command.arg("gen-trace").args(&args);
@@ -177,6 +165,15 @@ fn main() -> Result<()> {
             bench::run(&root, &env, which)
         }
     }
+}
+
+/// Builds the `resonance` binary in release mode (run, build, gen-trace).
+fn build_agent(root: &std::path::Path, env: &bootstrap::BuildEnv) -> Result<()> {
+    cmd::cargo(
+        root,
+        env,
+        &["build", "--release", "--package", "resonance-user"],
+    )
 }
 
 /// The agent's test hook that shifts one kernel struct offset.
