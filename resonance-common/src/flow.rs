@@ -56,6 +56,9 @@ pub struct FlowStats {
     pub bytes: u64,
     /// Failed ones, not counting EAGAIN/EINTR/restarts.
     pub errors: u64,
+    /// Pipe writes that found the pipe too full to take them at once (the
+    /// writer waited for its reader, or got EAGAIN).
+    pub blocked: u64,
     /// Monotonic ns of the first completed syscall.
     pub first_ns: u64,
     /// Monotonic ns of the latest completed syscall.

@@ -32,6 +32,14 @@ pub struct Offsets {
     pub inode_ino: u64,
     /// `inode.i_sb`
     pub inode_sb: u64,
+    /// `inode.i_pipe`
+    pub inode_pipe: u64,
+    /// `pipe_inode_info.head`
+    pub pipe_head: u64,
+    /// `pipe_inode_info.tail`
+    pub pipe_tail: u64,
+    /// `pipe_inode_info.max_usage`
+    pub pipe_max_usage: u64,
     /// `super_block.s_magic`
     pub sb_magic: u64,
     /// `super_block.s_dev`
@@ -74,6 +82,10 @@ impl Offsets {
         inode_mode: 0,
         inode_ino: 0,
         inode_sb: 0,
+        inode_pipe: 0,
+        pipe_head: 0,
+        pipe_tail: 0,
+        pipe_max_usage: 0,
         sb_magic: 0,
         sb_dev: 0,
         socket_type: 0,

@@ -9,6 +9,8 @@ use crate::globals::{offset, offsets_loaded};
 const S_IFMT: u16 = 0o170000;
 const S_IFIFO: u16 = 0o010000;
 const S_IFSOCK: u16 = 0o140000;
+/// The pipe buffer slot size (x86_64 pages).
+const PAGE_SIZE: u64 = 4096;
 const PIPEFS_MAGIC: u64 = 0x5049_5045;
 const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
@@ -25,6 +27,9 @@ pub struct Object {
     pub end: u64,
     /// Id of the end data goes to / comes from; 0 = not known.
     pub peer: u64,
+    /// Kernel address of the pipe's or FIFO's inode (0 for sockets): only
+    /// writers follow it, to see whether the pipe has room.
+    pub inode: u64,
 }
 
 #[inline(always)]
@@ -88,6 +93,7 @@ fn resolve_pipe(inode: u64) -> Option<Object> {
             kind: ChannelKind::Pipe,
             end: ino,
             peer: ino,
+            inode,
         });
     }
     // A FIFO's inode number is only unique within its filesystem.
@@ -97,6 +103,7 @@ fn resolve_pipe(inode: u64) -> Option<Object> {
         kind: ChannelKind::Fifo,
         end,
         peer: end,
+        inode,
     })
 }
 
@@ -122,11 +129,44 @@ fn resolve_socket(file: u64, inode: u64) -> Option<Object> {
                 kind,
                 end,
                 peer: unix_peer(sk).unwrap_or(0),
+                inode: 0,
             })
         }
         AF_INET if sock_type == SOCK_STREAM => tcp_loopback(sk),
         _ => None,
     }
+}
+
+/// Whether a write of `count` bytes (or a writev of `count` buffers) to the
+/// pipe behind `inode` finds it too full to take everything at once: the
+/// writer then waits for the reader (or gets EAGAIN). Free space is counted
+/// in whole slots of one page, so a partly filled last page is not credited
+/// and a write that could merge into it may be counted; a writev is counted
+/// only when no slot is free.
+#[inline(always)]
+pub fn pipe_would_block(inode: u64, count: u64) -> bool {
+    let Some(pipe) = read::<u64>(inode, offset!(inode_pipe)).filter(|p| *p != 0) else {
+        return false;
+    };
+    // head, tail and max_usage sit together (checked when the offsets are
+    // read): one read of four words instead of three reads.
+    let Some(words) = read::<[u32; 4]>(pipe, offset!(pipe_head)) else {
+        return false;
+    };
+    let word = |field: u64| {
+        let index = (field.wrapping_sub(offset!(pipe_head)) / 4) as usize;
+        words.get(index).copied()
+    };
+    let (Some(head), Some(tail), Some(max_usage)) = (
+        word(offset!(pipe_head)),
+        word(offset!(pipe_tail)),
+        word(offset!(pipe_max_usage)),
+    ) else {
+        return false;
+    };
+    let used = head.wrapping_sub(tail);
+    let free_slots = max_usage.saturating_sub(used) as u64;
+    count > free_slots * PAGE_SIZE
 }
 
 /// Inode number of a Unix socket's connected peer.
@@ -160,6 +200,7 @@ fn tcp_loopback(sk: u64) -> Option<Object> {
         kind: ChannelKind::TcpLoopback,
         end: tcp_end_id(saddr, sport, daddr, dport),
         peer: tcp_end_id(daddr, dport, saddr, sport),
+        inode: 0,
     })
 }
 

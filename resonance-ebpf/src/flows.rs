@@ -51,9 +51,18 @@ fn add(counter: *mut u64, value: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, value) };
 }
 
-/// Accounts one completed read-like or write-like syscall.
+/// Accounts one completed read-like or write-like syscall; `blocked`: a
+/// pipe write that found the pipe too full at entry.
 #[inline(always)]
-pub fn account(tgid: u32, object: Object, dir: Direction, ret: i64, start_ns: u64, now: u64) {
+pub fn account(
+    tgid: u32,
+    object: Object,
+    dir: Direction,
+    ret: i64,
+    blocked: bool,
+    start_ns: u64,
+    now: u64,
+) {
     let key = FlowKey {
         tgid,
         kind: object.kind as u8,
@@ -97,6 +106,9 @@ pub fn account(tgid: u32, object: Object, dir: Direction, ret: i64, start_ns: u6
             );
         }
         add(&raw mut (*stats).ops, 1);
+        if blocked {
+            add(&raw mut (*stats).blocked, 1);
+        }
         if ret >= 0 {
             add(&raw mut (*stats).bytes, ret as u64);
         } else if is_error(ret) {

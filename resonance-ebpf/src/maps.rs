@@ -51,8 +51,11 @@ pub struct InFlight {
     pub op: Op,
     /// Channel kind of the resolved fd (0 if not resolved at enter).
     pub kind: u8,
+    /// 1 when a pipe write found the pipe too full (see
+    /// `fdwalk::pipe_would_block`).
+    pub blocked: u8,
     /// Explicit padding.
-    pub pad: [u8; 2],
+    pub pad: u8,
     /// The fd argument.
     pub fd: i32,
     /// Monotonic ns at enter.

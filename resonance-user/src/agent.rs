@@ -188,12 +188,38 @@ impl Agent {
                 latency: f.latency.buckets().to_vec(),
             });
         }
+        self.feed_back_channels();
         self.scorer.update(interval, &figures);
         let scores = self.scorer.scores();
         self.metrics.record_traffic(&figures);
         self.metrics.record_scores(&scores);
         self.publish_health();
         self.shared.lock().unwrap_or_else(|p| p.into_inner()).scores = scores;
+    }
+
+    /// Hands the broker what the probes saw on its channels, and takes the
+    /// pairs' measured performance into their scores.
+    fn feed_back_channels(&mut self) {
+        let Some(broker) = self.broker_view() else {
+            return;
+        };
+        let watched = broker.watched();
+        let measures = self.observer.measure_channels(&watched);
+        broker.measured(&measures, crate::observer::monotonic_ns());
+        let factors = broker
+            .performance()
+            .into_iter()
+            .map(|(pair, performance)| (pair, performance.factor))
+            .collect();
+        self.scorer.set_performance(factors);
+    }
+
+    fn broker_view(&self) -> Option<crate::handout::BrokerView> {
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .broker
+            .clone()
     }
 
     /// Writes the ticks since the last flush; a failure keeps them in

@@ -215,6 +215,7 @@ mod tests {
             score: value,
             components: Components::default(),
             normalized: Normalized::default(),
+            performance: 1.0,
             totals: Totals::default(),
         }
     }

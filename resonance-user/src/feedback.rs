@@ -11,10 +11,14 @@
 //! both return what changed with a reason, which the broker records and
 //! counts.
 
+pub mod measure;
+
 use std::collections::VecDeque;
 
 use resonance_client::proto::ChannelUsage;
 use serde::Serialize;
+
+pub use measure::{ChannelMeasure, Watched, measure};
 
 /// A channel that never carried more than this is "small": it goes back to
 /// the default capacity.
@@ -32,6 +36,15 @@ pub const WASTE_LOW: f64 = 0.125;
 pub const STEP: f64 = 0.1;
 /// Most a channel's cost multiplies the step up by.
 pub const MAX_COST: f64 = 3.0;
+
+/// Measured channels remembered per pair for the performance rule.
+pub const MEASURED: usize = 8;
+/// A median wait or turnaround above this makes a channel "slow".
+pub const SLOW_NS: u64 = 10_000_000;
+/// Bounds of the performance factor applied to a pair's score.
+pub const PERFORMANCE_MIN: f64 = 0.5;
+/// See [`PERFORMANCE_MIN`].
+pub const PERFORMANCE_MAX: f64 = 1.2;
 
 /// A capacity chosen for a pair's next channels, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,6 +155,77 @@ pub fn adapt_threshold(
     })
 }
 
+/// One channel of the pair as the probes measured it, once it is done.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MeasuredChannel {
+    /// The broker's channel id.
+    pub channel: u64,
+    /// Capacity it was given, bytes.
+    pub capacity: u32,
+    /// What the probes saw.
+    pub measure: ChannelMeasure,
+    /// Delivery to first syscall, ns (`None`: never used).
+    pub time_to_first_use_ns: Option<u64>,
+}
+
+impl MeasuredChannel {
+    fn slow(&self) -> bool {
+        let m = &self.measure;
+        m.wait_p50_ns.or(m.turnaround_p50_ns).unwrap_or(0) > SLOW_NS
+    }
+}
+
+/// A score multiplier from measured channel performance, and why.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Performance {
+    /// Multiplies the pair's resonance score (then capped at 1).
+    pub factor: f64,
+    /// Why, for `explain`.
+    pub reason: String,
+}
+
+/// The performance factor of a pair from its last measured channels
+/// (oldest first); `None` while none of them carried data.
+///
+/// Rule: over the channels that were used, shares with errors (`e`), with
+/// writes that found the pipe full (`b`) and with a median wait or
+/// turnaround above [`SLOW_NS`] (`s`), and the share with none of these
+/// (`g`); `factor = 1 + 0.2·g − 0.3·e − 0.2·b − 0.2·s`, clamped to
+/// [[`PERFORMANCE_MIN`], [`PERFORMANCE_MAX`]]. Unused channels do not move
+/// it: waste is the threshold rule's business.
+pub fn performance<'a>(
+    channels: impl IntoIterator<Item = &'a MeasuredChannel>,
+) -> Option<Performance> {
+    let (mut used, mut errors, mut blocked, mut slow, mut good) = (0u32, 0u32, 0u32, 0u32, 0u32);
+    for channel in channels {
+        if !channel.measure.used() {
+            continue;
+        }
+        used += 1;
+        let e = channel.measure.errors > 0;
+        let b = channel.measure.blocked_writes > 0;
+        let s = channel.slow();
+        errors += u32::from(e);
+        blocked += u32::from(b);
+        slow += u32::from(s);
+        good += u32::from(!(e || b || s));
+    }
+    if used == 0 {
+        return None;
+    }
+    let share = |n: u32| f64::from(n) / f64::from(used);
+    let factor =
+        (1.0 + 0.2 * share(good) - 0.3 * share(errors) - 0.2 * share(blocked) - 0.2 * share(slow))
+            .clamp(PERFORMANCE_MIN, PERFORMANCE_MAX);
+    Some(Performance {
+        factor,
+        reason: format!(
+            "of the last {used} used channels: {good} clean, {errors} with errors, {blocked} with a full pipe, {slow} slow (median wait or turnaround over {} ms)",
+            SLOW_NS / 1_000_000
+        ),
+    })
+}
+
 /// What the broker knows of one pair.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PairFeedback {
@@ -165,6 +249,8 @@ pub struct PairFeedback {
     pub threshold: f64,
     /// Why the threshold is what it is.
     pub threshold_reason: String,
+    /// The last channels the probes measured, oldest first.
+    pub measured: VecDeque<MeasuredChannel>,
     window: VecDeque<Outcome>,
 }
 
@@ -182,6 +268,7 @@ impl PairFeedback {
             capacity: None,
             threshold,
             threshold_reason: "configured".to_owned(),
+            measured: VecDeque::with_capacity(MEASURED),
             window: VecDeque::with_capacity(WINDOW),
         }
     }
@@ -197,15 +284,78 @@ impl PairFeedback {
     pub fn report(&mut self, usage: ChannelUsage, default: u32, max: u32) -> Option<Decision> {
         self.reports += 1;
         self.last_usage = Some(usage);
-        let current = self
-            .capacity
+        let decision = decide_capacity(self.current_capacity(default), &usage, default, max)?;
+        self.capacity = Some(decision.clone());
+        Some(decision)
+    }
+
+    /// The capacity the pair's channels currently get.
+    pub fn current_capacity(&self, default: u32) -> u32 {
+        self.capacity
             .as_ref()
             .map(|d| d.capacity)
             .or(self.last_capacity)
-            .unwrap_or(default);
-        let decision = decide_capacity(current, &usage, default, max)?;
+            .unwrap_or(default)
+    }
+
+    /// The probes saw a writer find one of the pair's pipes full: the
+    /// capacity rule runs at once (not when the channel is done), so the
+    /// next channel is already larger. Returns the decision if it changed.
+    pub fn probed_full_pipe(
+        &mut self,
+        measure: &ChannelMeasure,
+        default: u32,
+        max: u32,
+    ) -> Option<Decision> {
+        let usage = ChannelUsage {
+            bytes: measure.sent,
+            max_fill: 0,
+            writer_blocked: true,
+        };
+        let mut decision = decide_capacity(self.current_capacity(default), &usage, default, max)?;
+        decision.reason = format!(
+            "probes: {} writes found the pipe full; {}",
+            measure.blocked_writes, decision.reason
+        );
         self.capacity = Some(decision.clone());
         Some(decision)
+    }
+
+    /// A channel of the pair is done (its owners let go, or it was
+    /// revoked): remembered for the performance rule, and a small one that
+    /// never blocked sends the capacity back to the default. Returns the
+    /// capacity decision if it changed.
+    pub fn channel_done(
+        &mut self,
+        channel: MeasuredChannel,
+        default: u32,
+        max: u32,
+    ) -> Option<Decision> {
+        let usage = ChannelUsage {
+            bytes: channel.measure.sent,
+            max_fill: 0,
+            writer_blocked: channel.measure.blocked_writes > 0,
+        };
+        let used = channel.measure.used();
+        if self.measured.len() == MEASURED {
+            self.measured.pop_front();
+        }
+        self.measured.push_back(channel);
+        // A blocked writer was acted on when it was seen; an unused channel
+        // says nothing about the size the pair needs.
+        if usage.writer_blocked || !used {
+            return None;
+        }
+        let mut decision = decide_capacity(self.current_capacity(default), &usage, default, max)?;
+        decision.reason = format!("probes: {}", decision.reason);
+        self.capacity = Some(decision.clone());
+        Some(decision)
+    }
+
+    /// The score multiplier from the measured channels (see
+    /// [`performance`]).
+    pub fn performance(&self) -> Option<Performance> {
+        performance(&self.measured)
     }
 
     /// Records an outcome and adapts the threshold; returns the change if
@@ -266,6 +416,12 @@ pub struct Snapshot {
     pub last_writer_blocked: Option<bool>,
     /// Recent outcomes, oldest first (`hit`, `waste`, `miss`).
     pub recent: Vec<&'static str>,
+    /// The last channel the probes measured.
+    pub last_measured: Option<MeasuredChannel>,
+    /// Channels measured so far that carried nothing (of the remembered).
+    pub measured_unused: usize,
+    /// The score multiplier from measured performance.
+    pub performance: Option<Performance>,
     /// The broker model's probability of an open within the TTL.
     pub probability: Option<f64>,
     /// Its expected lead time, ns.
@@ -298,6 +454,9 @@ impl PairFeedback {
                     Outcome::Miss => "miss",
                 })
                 .collect(),
+            last_measured: self.measured.back().cloned(),
+            measured_unused: self.measured.iter().filter(|m| !m.measure.used()).count(),
+            performance: self.performance(),
             probability: None,
             expected_lead_ns: None,
         }
@@ -437,5 +596,85 @@ mod tests {
         }
         assert!((pair.threshold - 0.3).abs() < 1e-9, "{}", pair.threshold);
         assert_eq!((pair.hits, pair.misses), (3, 40));
+    }
+
+    fn measured(
+        channel: u64,
+        sent: u64,
+        errors: u64,
+        blocked: u64,
+        wait_ns: u64,
+    ) -> MeasuredChannel {
+        MeasuredChannel {
+            channel,
+            capacity: DEFAULT,
+            measure: ChannelMeasure {
+                sent,
+                received: sent,
+                writes: u64::from(sent > 0),
+                reads: u64::from(sent > 0),
+                errors,
+                blocked_writes: blocked,
+                first_use_ns: 10,
+                last_use_ns: 20,
+                wait_p50_ns: Some(wait_ns),
+                turnaround_p50_ns: None,
+            },
+            time_to_first_use_ns: Some(5),
+        }
+    }
+
+    #[test]
+    fn clean_channels_raise_the_score_and_poor_ones_lower_it_within_bounds() {
+        let clean: Vec<_> = (0..4).map(|c| measured(c, 1000, 0, 0, 1_000)).collect();
+        let up = performance(&clean).expect("used channels");
+        assert!((up.factor - 1.2).abs() < 1e-9, "{up:?}");
+        let poor: Vec<_> = (0..4)
+            .map(|c| measured(c, 1000, 1, 3, 2 * SLOW_NS))
+            .collect();
+        let down = performance(&poor).expect("used channels");
+        assert!((down.factor - PERFORMANCE_MIN).abs() < 1e-9, "{down:?}");
+        let mixed = [
+            measured(0, 1000, 0, 0, 1_000),
+            measured(1, 1000, 0, 2, 1_000),
+        ];
+        let half = performance(&mixed).expect("used channels");
+        assert!((half.factor - 1.0).abs() < 1e-9, "{half:?}");
+        assert!(
+            half.reason.contains("1 with a full pipe"),
+            "{}",
+            half.reason
+        );
+        // Unused channels say nothing about performance.
+        assert_eq!(performance(&[measured(0, 0, 0, 0, 0)]), None);
+    }
+
+    #[test]
+    fn a_probed_full_pipe_doubles_now_and_a_small_done_channel_resets() {
+        let mut pair = PairFeedback::new(0.6);
+        pair.created(DEFAULT);
+        let seen = measured(1, 200_000, 0, 5, 1_000).measure;
+        let d = pair.probed_full_pipe(&seen, DEFAULT, MAX).expect("doubled");
+        assert_eq!(d.capacity, 2 * DEFAULT);
+        assert!(d.reason.starts_with("probes: 5 writes"), "{}", d.reason);
+        // The blocked channel finishing changes nothing more.
+        assert_eq!(
+            pair.channel_done(measured(1, 200_000, 0, 5, 1_000), DEFAULT, MAX),
+            None
+        );
+        // Nor does an unused one.
+        assert_eq!(
+            pair.channel_done(measured(2, 0, 0, 0, 0), DEFAULT, MAX),
+            None
+        );
+        // A small clean one goes back to the default.
+        let d = pair
+            .channel_done(measured(3, 100, 0, 0, 1_000), DEFAULT, MAX)
+            .expect("reset");
+        assert_eq!(d.capacity, DEFAULT);
+        assert_eq!(pair.measured.len(), 3);
+        let snapshot = pair.snapshot();
+        assert_eq!(snapshot.measured_unused, 1);
+        assert!(snapshot.performance.is_some());
     }
 }

@@ -31,7 +31,7 @@ use std::{
 
 use prometheus::Registry;
 use resonance_client::{
-    proto::{ChannelConfig, ChannelUsage, Message, Peer, Role, Want, code},
+    proto::{ChannelConfig, ChannelKind, ChannelUsage, Message, Peer, Role, Want, code},
     wire::{self, FrameReader, WireError},
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc};
@@ -42,7 +42,9 @@ use crate::{
         budget::{Budget, Usage},
     },
     config::BrokerSettings,
-    feedback::{Outcome, PairFeedback, Snapshot},
+    feedback::{
+        ChannelMeasure, MeasuredChannel, Outcome, PairFeedback, Performance, Snapshot, Watched,
+    },
     predict::{Model, ModelConfig, PairKey},
     sys::{self, Cred},
     trace::TraceEvent,
@@ -54,6 +56,13 @@ use policy::{Identity, Policy};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Kind recorded in the broker's model for its channels.
 const MODEL_KIND: &str = "channel";
+/// Most channels watched for the probes at once; beyond it the oldest is
+/// closed out with what was measured so far.
+const MAX_WATCHED: usize = 4096;
+/// A used channel silent this long is done.
+const DONE_AFTER_SILENCE: Duration = Duration::from_secs(5);
+/// No channel is watched longer than this.
+const WATCH_AT_MOST: Duration = Duration::from_secs(120);
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +100,15 @@ struct Conn {
     tx: mpsc::UnboundedSender<Out>,
 }
 
+/// A handed-out channel the probes are watching.
+struct Watch {
+    watched: Watched,
+    /// Blocked writes already acted on.
+    blocked_seen: u64,
+    /// The latest figures.
+    measure: ChannelMeasure,
+}
+
 struct Idle {
     pair: Pair,
     requester: u64,
@@ -119,6 +137,8 @@ pub struct Core {
     wants: HashMap<Pair, Want>,
     /// Measurements and adapted settings per pair served.
     feedback: HashMap<Pair, PairFeedback>,
+    /// Channels handed out, until the probes' figures on them are final.
+    watched: HashMap<u64, Watch>,
     model: Model,
 }
 
@@ -201,6 +221,7 @@ impl Broker {
             usage: Usage::default(),
             wants: HashMap::new(),
             feedback: HashMap::new(),
+            watched: HashMap::new(),
             model: Model::new(ModelConfig {
                 // The calibration learns one horizon; the broker's is the TTL.
                 calibrate: false,
@@ -296,6 +317,31 @@ impl BrokerView {
             snapshot.expected_lead_ns = Some(score.expected_lead_ns);
         }
         Some(snapshot)
+    }
+
+    /// The channels handed out whose traffic the probes should measure.
+    pub fn watched(&self) -> Vec<Watched> {
+        lock(&self.0)
+            .watched
+            .values()
+            .map(|w| w.watched.clone())
+            .collect()
+    }
+
+    /// What the probes measured on watched channels (cumulative, by
+    /// channel id) as of `now_ns` (CLOCK_MONOTONIC): acts on full pipes at
+    /// once and closes out channels that are done.
+    pub fn measured(&self, measures: &HashMap<u64, ChannelMeasure>, now_ns: u64) {
+        lock(&self.0).measured(measures, now_ns);
+    }
+
+    /// Every pair's score multiplier from measured channel performance.
+    pub fn performance(&self) -> Vec<(Pair, Performance)> {
+        lock(&self.0)
+            .feedback
+            .iter()
+            .filter_map(|(pair, f)| Some((pair.clone(), f.performance()?)))
+            .collect()
     }
 }
 
@@ -540,8 +586,12 @@ impl Core {
     }
 
     fn count(&self, vec: &prometheus::IntCounterVec, pair: &Pair) {
+        self.count_by(vec, pair, 1);
+    }
+
+    fn count_by(&self, vec: &prometheus::IntCounterVec, pair: &Pair, n: u64) {
         vec.with_label_values(&[pair.0.as_str(), pair.1.as_str()])
-            .inc();
+            .inc_by(n);
     }
 
     fn forget(&mut self, channel: u64) -> Option<Idle> {
@@ -745,6 +795,7 @@ impl Core {
         let created = alloc::create(&self.config_for(pair, want))?;
         let channel = self.next_channel;
         self.next_channel += 1;
+        self.watch(channel, pair, &created);
         let peer_of = |conn: u64, service: &str| {
             let cred = self
                 .conns
@@ -791,6 +842,145 @@ impl Core {
         self.count(&self.metrics.created, pair);
         self.pair_feedback(pair).created(config.capacity);
         Ok((channel, alloc::memory(&config)))
+    }
+
+    /// Starts watching a channel about to be handed out. A channel whose
+    /// inodes cannot be read is simply not watched.
+    fn watch(&mut self, channel: u64, pair: &Pair, created: &alloc::Created) {
+        let kind = match created.config.kind {
+            ChannelKind::Pipe | ChannelKind::PacketPipe => resonance_common::ChannelKind::Pipe,
+            ChannelKind::Stream => resonance_common::ChannelKind::UnixStream,
+            ChannelKind::SeqPacket => resonance_common::ChannelKind::UnixSeqpacket,
+        };
+        let (Ok(requester_end), Ok(responder_end)) = (
+            sys::inode(created.requester.as_fd()),
+            sys::inode(created.responder.as_fd()),
+        ) else {
+            return;
+        };
+        if self.watched.len() >= MAX_WATCHED
+            && let Some(oldest) = self.watched.keys().min().copied()
+        {
+            self.close_out(oldest);
+        }
+        self.watched.insert(
+            channel,
+            Watch {
+                watched: Watched {
+                    channel,
+                    pair: pair.clone(),
+                    kind,
+                    requester_end,
+                    responder_end,
+                    delivered_ns: crate::observer::monotonic_ns(),
+                    capacity: created.config.capacity,
+                },
+                blocked_seen: 0,
+                measure: ChannelMeasure::default(),
+            },
+        );
+    }
+
+    /// Takes in the probes' figures (see [`BrokerView::measured`]).
+    fn measured(&mut self, measures: &HashMap<u64, ChannelMeasure>, now_ns: u64) {
+        let (default, max) = (self.limits.default_capacity, self.limits.max_capacity);
+        let mut done = Vec::new();
+        let mut full = Vec::new();
+        for (channel, watch) in &mut self.watched {
+            if let Some(measure) = measures.get(channel) {
+                watch.measure = *measure;
+            }
+            let m = watch.measure;
+            if m.blocked_writes > watch.blocked_seen {
+                full.push((
+                    watch.watched.pair.clone(),
+                    m,
+                    m.blocked_writes - watch.blocked_seen,
+                    watch.blocked_seen == 0,
+                ));
+                watch.blocked_seen = m.blocked_writes;
+            }
+            let age = now_ns.saturating_sub(watch.watched.delivered_ns);
+            let silent = now_ns.saturating_sub(m.last_use_ns);
+            let idle_limit = self.settings.ttl + DONE_AFTER_SILENCE;
+            let finished = if m.used() {
+                silent >= DONE_AFTER_SILENCE.as_nanos() as u64
+            } else {
+                age >= idle_limit.as_nanos() as u64
+            };
+            if finished || age >= WATCH_AT_MOST.as_nanos() as u64 {
+                done.push(*channel);
+            }
+        }
+        for (pair, measure, new_blocks, first) in full {
+            self.count_by(&self.metrics.blocked_writes, &pair, new_blocks);
+            // One decision per channel: a writer that keeps hitting the
+            // same full pipe is one piece of evidence, not many.
+            if !first {
+                continue;
+            }
+            let before = self.pair_feedback(&pair).current_capacity(default);
+            if let Some(decision) = self
+                .pair_feedback(&pair)
+                .probed_full_pipe(&measure, default, max)
+            {
+                self.adjusted(
+                    &pair,
+                    "capacity",
+                    decision.capacity > before,
+                    &decision.reason,
+                );
+            }
+        }
+        for channel in done {
+            self.close_out(channel);
+        }
+    }
+
+    /// Stops watching a channel and files its figures with its pair.
+    fn close_out(&mut self, channel: u64) {
+        let Some(watch) = self.watched.remove(&channel) else {
+            return;
+        };
+        let (default, max) = (self.limits.default_capacity, self.limits.max_capacity);
+        let pair = watch.watched.pair.clone();
+        let measure = watch.measure;
+        let first_use = measure.time_to_first_use_ns(watch.watched.delivered_ns);
+        if let Some(ns) = first_use {
+            self.metrics.first_use.observe(ns as f64 / 1e9);
+            self.count(&self.metrics.used, &pair);
+        } else {
+            self.count(&self.metrics.unused, &pair);
+        }
+        let record = MeasuredChannel {
+            channel,
+            capacity: watch.watched.capacity,
+            measure,
+            time_to_first_use_ns: first_use,
+        };
+        let before = self.pair_feedback(&pair).current_capacity(default);
+        if let Some(decision) = self.pair_feedback(&pair).channel_done(record, default, max) {
+            self.adjusted(
+                &pair,
+                "capacity",
+                decision.capacity > before,
+                &decision.reason,
+            );
+        }
+    }
+
+    /// Logs and counts a feedback adjustment.
+    fn adjusted(&self, pair: &Pair, what: &str, up: bool, reason: &str) {
+        log::info!("broker: {} -> {} {what}: {reason}", pair.0, pair.1);
+        self.metrics
+            .adjustments
+            .with_label_values(&[
+                pair.0.as_str(),
+                pair.1.as_str(),
+                what,
+                if up { "up" } else { "down" },
+            ])
+            .inc();
     }
 
     /// Revokes expired channels, then prepares channels for predicted pairs.

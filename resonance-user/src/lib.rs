@@ -34,3 +34,6 @@ pub mod score;
 pub mod store;
 pub mod sys;
 pub mod trace;
+
+/// Channel kinds and flow directions as the probes report them.
+pub use resonance_common::{ChannelKind, Direction};

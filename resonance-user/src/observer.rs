@@ -321,6 +321,7 @@ impl Observer {
                 ops: stats.ops,
                 bytes: stats.bytes,
                 errors: stats.errors,
+                blocked: stats.blocked,
                 first_ns: stats.first_ns,
                 last_ns: stats.last_ns,
                 syscall: Histogram::from_buckets(&stats.syscall_hist),
@@ -385,6 +386,7 @@ impl Observer {
                     ops: flow.ops - before.ops,
                     bytes: flow.bytes.saturating_sub(before.bytes),
                     errors: flow.errors.saturating_sub(before.errors),
+                    blocked: flow.blocked.saturating_sub(before.blocked),
                     syscall: flow.syscall.delta_since(&before.syscall),
                     starts: flow.starts.saturating_sub(before.starts),
                     ..flow.clone()
@@ -448,6 +450,15 @@ impl Observer {
             interaction.last_ns = self.clock.to_epoch_ns(interaction.last_ns);
         }
         interactions
+    }
+
+    /// What the probes saw on `watched` channels, from the snapshot the
+    /// last [`Observer::interval`] read (so it costs no map walk of its own).
+    pub fn measure_channels(
+        &self,
+        watched: &[crate::feedback::Watched],
+    ) -> HashMap<u64, crate::feedback::ChannelMeasure> {
+        crate::feedback::measure(watched, self.previous.flows.values(), &self.previous.ends)
     }
 
     /// Counters about the observer, with the kernel's drop count.

@@ -15,9 +15,15 @@
 //! `score = 0.3·F + 0.3·R + 0.2·(1 − L) + 0.2·(1 − min(1, errors / 0.05))`
 //!
 //! where a pair with no latency measured gets `L = 0.5`. It lies in [0, 1]:
-//! busy, fast, clean pairs resonate. Pure functions only; unit-tested.
+//! busy, fast, clean pairs resonate. A pair whose brokered channels were
+//! measured by the probes has it multiplied by their performance factor
+//! ([`crate::feedback::performance`]) and capped at 1. Pure functions only;
+//! unit-tested.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use resonance_common::ChannelKind;
 use serde::Serialize;
@@ -117,6 +123,8 @@ pub struct PairScore {
     pub components: Components,
     /// Normalised components.
     pub normalized: Normalized,
+    /// Multiplier from measured channel performance (1 = none measured).
+    pub performance: f64,
     /// Totals since first seen.
     pub totals: Totals,
 }
@@ -126,6 +134,8 @@ pub struct PairScore {
 pub struct Scorer {
     half_life: Duration,
     pairs: BTreeMap<PairKey, (Components, Totals)>,
+    /// Score multipliers from measured channel performance, by (src, dst).
+    performance: HashMap<(String, String), f64>,
 }
 
 impl Scorer {
@@ -134,7 +144,14 @@ impl Scorer {
         Self {
             half_life,
             pairs: BTreeMap::new(),
+            performance: HashMap::new(),
         }
+    }
+
+    /// Replaces the per-pair performance multipliers (see
+    /// [`crate::feedback::performance`]); pairs not named get 1.
+    pub fn set_performance(&mut self, factors: HashMap<(String, String), f64>) {
+        self.performance = factors;
     }
 
     /// Changes the half-life (config reload).
@@ -204,9 +221,15 @@ impl Scorer {
                     latency: c.latency_p50_ns.map_or(0.5, |l| mid_rank(&latencies, l)),
                     errors: (c.error_ratio / ERROR_CEILING).min(1.0),
                 };
+                let performance = self
+                    .performance
+                    .get(&(key.src.clone(), key.dst.clone()))
+                    .copied()
+                    .unwrap_or(1.0);
                 PairScore {
                     key: key.clone(),
-                    score: combine(&normalized),
+                    score: (combine(&normalized) * performance).clamp(0.0, 1.0),
+                    performance,
                     components: *c,
                     normalized,
                     totals: *totals,
@@ -320,5 +343,25 @@ mod tests {
         assert_eq!(mid_rank(&[1.0, 2.0, 3.0], 1.0), 0.0);
         assert_eq!(mid_rank(&[1.0, 2.0, 3.0], 3.0), 1.0);
         assert_eq!(mid_rank(&[2.0, 2.0], 2.0), 0.5);
+    }
+
+    #[test]
+    fn measured_performance_moves_only_its_own_pair() {
+        let mut scorer = Scorer::new(Duration::from_secs(60));
+        let mut tick = BTreeMap::new();
+        tick.insert(key("web", "db"), figures(10, 10_000, 0, Some(100_000)));
+        tick.insert(key("web", "cache"), figures(10, 10_000, 0, Some(100_000)));
+        scorer.update(Duration::from_secs(1), &tick);
+        let before = scorer.scores();
+        let mut factors = HashMap::new();
+        factors.insert(("web".to_owned(), "db".to_owned()), 0.5);
+        scorer.set_performance(factors);
+        let after = scorer.scores();
+        let get = |scores: &[PairScore], dst: &str| {
+            scores.iter().find(|s| s.key.dst == dst).unwrap().clone()
+        };
+        assert!((get(&after, "db").score - get(&before, "db").score * 0.5).abs() < 1e-9);
+        assert_eq!(get(&after, "db").performance, 0.5);
+        assert_eq!(get(&after, "cache").score, get(&before, "cache").score);
     }
 }

@@ -58,6 +58,17 @@ pub fn socketpair(kind: libc::c_int, extra: libc::c_int) -> io::Result<(OwnedFd,
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// The inode number behind `fd` (what the probes key a pipe or socket by).
+pub fn inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: an all-zero stat is a valid value for fstat to overwrite.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes into the stat we own; the fd is borrowed live.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.st_ino)
+}
+
 /// `F_SETPIPE_SZ`; returns the capacity the kernel actually set (a power of
 /// two pages, at least the request).
 pub fn set_pipe_size(fd: BorrowedFd<'_>, bytes: u32) -> io::Result<u32> {

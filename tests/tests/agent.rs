@@ -430,6 +430,124 @@ fn the_agent_brokers_pre_created_channels_and_counts_them() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+impl Agent {
+    /// `resonance explain SRC DST --json`, if the agent knows the pair.
+    fn explain(&self, src: &str, dst: &str) -> Option<Value> {
+        let output = Command::new(resonance_bin())
+            .args(["explain", src, dst, "--json", "--control-socket"])
+            .arg(&self.control)
+            .output()
+            .ok()?;
+        if !output.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&output.stdout).ok()
+    }
+}
+
+/// Writes `total` bytes in page-sized writes into `fd`, made non-blocking,
+/// until the pipe is full; returns how many went in.
+fn write_until_full(fd: &std::os::fd::OwnedFd, total: usize) -> usize {
+    use std::{io::Write, os::fd::AsRawFd};
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    let mut file = std::fs::File::from(fd.try_clone().expect("dup of the write end"));
+    let page = [0x5au8; 4096];
+    let mut written = 0;
+    while written < total {
+        match file.write(&page[..page.len().min(total - written)]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("writing into the channel: {e}"),
+        }
+    }
+    written
+}
+
+/// The loop closed by the agent's own probes: a writer floods each pipe the
+/// broker hands it and never says so; the probes see its writes find the
+/// pipe full, and the pair's next pipe is larger, until the burst fits and
+/// the writer stops blocking. Nobody reads, so only a full buffer stops a
+/// write (the responder's ends wait in its queue and keep each pipe open).
+#[test]
+fn a_writer_flooding_brokered_pipes_gets_larger_ones_from_the_probes_alone() {
+    use resonance_client::{ChannelKind, Client, Want};
+    let _serial = serial();
+    let dir = scratch("flood");
+    let agent = start_agent(&dir);
+    let socket = dir.join("broker.sock");
+    let responder = Client::connect_to(&socket, "flood-db").expect("responder connects");
+    responder.register("flood-db").expect("registering");
+    let requester = Client::connect_to(&socket, "flood-web").expect("requester connects");
+    const BURST: usize = 256 << 10;
+    let want = Want {
+        kind: Some(ChannelKind::Pipe),
+        burst: 0,
+    };
+    let capacity_in_force = || -> Option<u64> {
+        agent.explain("flood-web", "flood-db")?["broker"]["capacity"].as_u64()
+    };
+    let mut history = Vec::new();
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        let before = capacity_in_force();
+        let channel = requester
+            .open_on_demand("flood-db", want)
+            .expect("opening on demand");
+        let written = write_until_full(&channel.fd, BURST);
+        let blocked = written < BURST;
+        history.push((channel.config.capacity, written, blocked));
+        held.push(channel);
+        if !blocked {
+            break;
+        }
+        // No report: only the probes can tell the agent.
+        let grown = wait_for(Duration::from_secs(10), || {
+            capacity_in_force().filter(|now| Some(*now) != before)
+        });
+        assert!(
+            grown.is_some(),
+            "the agent never resized after a full pipe: {history:?}\n{:#}\n{}",
+            agent.explain("flood-web", "flood-db").unwrap_or_default(),
+            agent.log_text()
+        );
+    }
+    let capacities: Vec<u32> = history.iter().map(|h| h.0).collect();
+    assert!(
+        capacities.windows(2).all(|w| w[1] == 2 * w[0]),
+        "each pipe doubles the last: {history:?}"
+    );
+    assert_eq!(capacities.first(), Some(&(64 << 10)), "{history:?}");
+    assert!(
+        history.last().is_some_and(|h| !h.2 && h.1 == BURST),
+        "the writer stopped blocking: {history:?}"
+    );
+    let explained = agent.explain("flood-web", "flood-db").expect("explain");
+    let broker = &explained["broker"];
+    assert_eq!(broker["reports"], 0, "{explained:#}");
+    assert!(
+        broker["capacity_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("probes: ")),
+        "{explained:#}"
+    );
+    let (_, scrape) = http_get(agent.metrics, "/metrics").expect("scraping /metrics");
+    let blocked_writes: u64 = scrape
+        .lines()
+        .filter(|l| l.starts_with("resonance_broker_blocked_writes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        blocked_writes >= (history.len() as u64 - 1),
+        "{blocked_writes} blocked writes on /metrics\n{scrape}"
+    );
+    drop(held);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_malformed_control_request_gets_an_error_and_the_agent_keeps_serving() {
     let _serial = serial();

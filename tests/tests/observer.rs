@@ -323,3 +323,37 @@ fn without_privileges_observe_says_what_is_missing_and_fails() {
         "{stderr}"
     );
 }
+
+/// Pipe writes that find the pipe too full: counted when a burst outgrows
+/// a small pipe whose reader is late, and never when the pipe holds it.
+#[test]
+fn writes_into_a_full_pipe_count_as_blocked_and_writes_that_fit_do_not() {
+    use resonance::{ChannelKind, Direction};
+    let _serial = serial();
+    let blocked_writes = |capacity: &str| -> u64 {
+        let mut observer = resonance_tests::start_observer();
+        let child = traffic(&["pipe-burst", capacity, "32768", "4096"])
+            .spawn()
+            .expect("starting pipe-burst");
+        let writer = child.id();
+        wait(child, "pipe-burst").expect("pipe-burst");
+        let flows = observer.flows();
+        let sends: Vec<_> = flows
+            .iter()
+            .filter(|f| f.pid == writer && f.dir == Direction::Send && f.kind == ChannelKind::Pipe)
+            .collect();
+        assert_eq!(sends.len(), 1, "{flows:#?}");
+        assert_eq!(sends[0].bytes, 32_768, "{sends:#?}");
+        assert_eq!(sends[0].ops, 8, "{sends:#?}");
+        sends[0].blocked
+    };
+    // Two one-page slots: the third 4 KiB write finds none free while the
+    // reader sleeps.
+    let small = blocked_writes("8192");
+    assert!(
+        (1..=6).contains(&small),
+        "blocked writes into 8 KiB: {small}"
+    );
+    // Sixteen slots hold all eight pages.
+    assert_eq!(blocked_writes("65536"), 0);
+}

@@ -30,7 +30,8 @@ pub fn connect_enter(ctx: TracePointContext) -> u32 {
     let in_flight = InFlight {
         op: Op::Connect,
         kind: 0,
-        pad: [0; 2],
+        blocked: 0,
+        pad: 0,
         fd: fd as i32,
         // SAFETY: the helper has no preconditions.
         start_ns: unsafe { bpf_ktime_get_ns() },

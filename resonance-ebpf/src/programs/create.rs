@@ -81,7 +81,8 @@ fn remember(ctx: &TracePointContext, op: Op, pointer_arg: usize) {
     let in_flight = InFlight {
         op,
         kind: 0,
-        pad: [0; 2],
+        blocked: 0,
+        pad: 0,
         fd: -1,
         // SAFETY: the helper has no preconditions.
         start_ns: unsafe { bpf_ktime_get_ns() },

@@ -8,7 +8,7 @@ use resonance_common::{ChannelKind, Direction};
 use super::{arg, observed_task, ret};
 use crate::{
     emit::count_in_flight_full,
-    fdwalk::{Object, resolve},
+    fdwalk::{Object, pipe_would_block, resolve},
     flows::{account, turnaround},
     maps::{IN_FLIGHT, InFlight, Op},
 };
@@ -48,13 +48,20 @@ fn enter(ctx: &TracePointContext, op: Op) {
     };
     // SAFETY: the helper has no preconditions.
     let start_ns = unsafe { bpf_ktime_get_ns() };
-    if op == Op::Send && !object.kind.is_one_way() {
-        turnaround(object, start_ns);
+    let mut blocked = 0;
+    if op == Op::Send {
+        if object.kind.is_one_way() {
+            // write's count, or writev's buffer count (see pipe_would_block).
+            blocked = u8::from(pipe_would_block(object.inode, arg(ctx, 2).unwrap_or(0)));
+        } else {
+            turnaround(object, start_ns);
+        }
     }
     let in_flight = InFlight {
         op,
         kind: object.kind as u8,
-        pad: [0; 2],
+        blocked,
+        pad: 0,
         fd: fd as i32,
         start_ns,
         end: object.end,
@@ -89,6 +96,7 @@ fn exit(ctx: &TracePointContext) {
         kind,
         end: in_flight.end,
         peer: in_flight.peer,
+        inode: 0,
     };
     // A stream socket's peer can change while the syscall blocks (the
     // client went away); take the latest view for sends that succeeded.
@@ -100,5 +108,13 @@ fn exit(ctx: &TracePointContext) {
     }
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    account(tgid, object, dir, ret, in_flight.start_ns, now);
+    account(
+        tgid,
+        object,
+        dir,
+        ret,
+        in_flight.blocked != 0,
+        in_flight.start_ns,
+        now,
+    );
 }

@@ -36,6 +36,8 @@ pub struct FlowRecord {
     pub bytes: u64,
     /// Errors.
     pub errors: u64,
+    /// Pipe writes that found the pipe too full to take them at once.
+    pub blocked: u64,
     /// Monotonic ns of the first syscall.
     pub first_ns: u64,
     /// Monotonic ns of the latest syscall.
@@ -302,6 +304,7 @@ mod tests {
             ops: bytes / 10,
             bytes,
             errors: 0,
+            blocked: 0,
             first_ns: 100 + u64::from(pid),
             last_ns: 200 + u64::from(pid),
             syscall: Histogram::default(),

@@ -1,7 +1,7 @@
 //! The broker's counters, registered into the agent's Prometheus registry
 //! (or a private one when the broker runs alone).
 
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Broker metric families. Pair labels are the requester's name and the
 /// service; both come from processes allowed to connect, and a pair only
@@ -23,6 +23,14 @@ pub struct BrokerMetrics {
     /// Feedback adjustments, by pair, `what` (`capacity`, `threshold`)
     /// and `direction` (`up`, `down`).
     pub adjustments: IntCounterVec,
+    /// Channels the probes watched to the end that carried data, by pair.
+    pub used: IntCounterVec,
+    /// Channels the probes watched to the end that carried nothing, by pair.
+    pub unused: IntCounterVec,
+    /// Writes the probes saw find a brokered pipe full, by pair.
+    pub blocked_writes: IntCounterVec,
+    /// Delivery to first syscall on a brokered channel, seconds.
+    pub first_use: Histogram,
     /// Policy denials, by action and service.
     pub denials: IntCounterVec,
     /// Connections closed for bad input, by reason.
@@ -84,6 +92,32 @@ impl BrokerMetrics {
                 "Per-pair feedback adjustments of channel capacity or threshold.",
                 &["src", "dst", "what", "direction"],
             )?,
+            used: vec(
+                "resonance_broker_channels_used_total",
+                "Brokered channels that carried data, as the probes saw them.",
+                pair,
+            )?,
+            unused: vec(
+                "resonance_broker_channels_unused_total",
+                "Brokered channels the probes never saw used.",
+                pair,
+            )?,
+            blocked_writes: vec(
+                "resonance_broker_blocked_writes_total",
+                "Writes the probes saw find a brokered pipe too full to take them.",
+                pair,
+            )?,
+            first_use: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "resonance_broker_first_use_seconds",
+                        "Time from handing a channel out to its first use, seen by the probes.",
+                    )
+                    .buckets(prometheus::exponential_buckets(1e-5, 4.0, 12)?),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
             denials: vec(
                 "resonance_broker_denials_total",
                 "Requests the policy denied.",

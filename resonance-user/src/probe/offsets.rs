@@ -67,6 +67,10 @@ pub fn read_offsets(path: &Path) -> Result<Offsets, OffsetError> {
         inode_mode: layout.offset("inode", &["i_mode"])?,
         inode_ino: layout.offset("inode", &["i_ino"])?,
         inode_sb: layout.offset("inode", &["i_sb"])?,
+        inode_pipe: layout.offset("inode", &["i_pipe"])?,
+        pipe_head: layout.offset("pipe_inode_info", &["head"])?,
+        pipe_tail: layout.offset("pipe_inode_info", &["tail"])?,
+        pipe_max_usage: layout.offset("pipe_inode_info", &["max_usage"])?,
         sb_magic: layout.offset("super_block", &["s_magic"])?,
         sb_dev: layout.offset("super_block", &["s_dev"])?,
         socket_type: layout.offset("socket", &["type"])?,
@@ -80,6 +84,20 @@ pub fn read_offsets(path: &Path) -> Result<Offsets, OffsetError> {
         sock_dport: layout.offset("sock", &["__sk_common", "skc_dport"])?,
         sock_num: layout.offset("sock", &["__sk_common", "skc_num"])?,
     };
+    // The programs read the pipe's ring indices and limit in one 16-byte
+    // read from `head`.
+    let pipe_words = offsets.pipe_head..offsets.pipe_head + 16;
+    for (field, offset) in [
+        ("tail", offsets.pipe_tail),
+        ("max_usage", offsets.pipe_max_usage),
+    ] {
+        if !pipe_words.contains(&offset) || offset % 4 != 0 {
+            return Err(OffsetError::NoField {
+                strukt: "pipe_inode_info".to_owned(),
+                field: format!("{field} within 16 bytes of head"),
+            });
+        }
+    }
     if let Ok(field) = std::env::var(CORRUPT_OFFSET_ENV) {
         corrupt(&mut offsets, &field)?;
         log::warn!("{CORRUPT_OFFSET_ENV}={field}: offset deliberately wrong, for testing");
@@ -97,6 +115,7 @@ pub fn corrupt(offsets: &mut Offsets, field: &str) -> Result<(), OffsetError> {
         "file_inode" => &mut offsets.file_inode,
         "inode_mode" => &mut offsets.inode_mode,
         "inode_ino" => &mut offsets.inode_ino,
+        "inode_pipe" => &mut offsets.inode_pipe,
         "socket_sk" => &mut offsets.socket_sk,
         "unix_peer" => &mut offsets.unix_peer,
         "sock_family" => &mut offsets.sock_family,
@@ -226,5 +245,8 @@ mod tests {
         // The inode follows the socket inside socket_alloc.
         assert!(offsets.socket_to_inode > 0 && offsets.socket_to_inode < 4096);
         assert!(offsets.task_files > 0 && offsets.task_real_parent > 0);
+        // The ring indices follow the mutex and two wait queues.
+        assert!(offsets.pipe_head > 0 && offsets.pipe_tail > offsets.pipe_head);
+        assert!(offsets.pipe_max_usage > offsets.pipe_tail);
     }
 }

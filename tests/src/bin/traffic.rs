@@ -45,6 +45,9 @@ fn main() -> Result<()> {
         "pipe-pingpong" => pipe_pingpong(number(1)?),
         // pipe-stream BYTES: 64 KiB writes through one pipe
         "pipe-stream" => pipe_stream(number(1)?),
+        // pipe-burst CAPACITY BURST WRITE: BURST bytes in WRITE-byte writes
+        // into a pipe of CAPACITY bytes whose reader starts 100 ms late
+        "pipe-burst" => pipe_burst(number(1)?, number(2)?, number(3)?),
         other => bail!("unknown traffic kind {other}"),
     }
 }
@@ -227,4 +230,42 @@ fn pipe_stream(bytes: u64) -> Result<()> {
     )?;
     println!("{}", start.elapsed().as_nanos());
     Ok(())
+}
+
+fn pipe_burst(capacity: u64, burst: u64, write: u64) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let (mut reader, mut writer) = std::io::pipe()?;
+    let capacity = libc::c_int::try_from(capacity).context("capacity too large")?;
+    // SAFETY: fcntl on a pipe fd we own.
+    if unsafe { libc::fcntl(writer.as_raw_fd(), libc::F_SETPIPE_SZ, capacity) } < 0 {
+        bail!(
+            "F_SETPIPE_SZ {capacity}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    fork_child(
+        || {
+            sleep(Duration::from_millis(100));
+            let mut buffer = vec![0u8; 65_536];
+            let mut got = 0u64;
+            while got < burst {
+                let n = reader.read(&mut buffer)?;
+                if n == 0 {
+                    bail!("pipe closed after {got} bytes");
+                }
+                got += n as u64;
+            }
+            Ok(())
+        },
+        || {
+            let chunk = vec![b'b'; usize::try_from(write)?];
+            let mut left = burst;
+            while left > 0 {
+                let n = left.min(write) as usize;
+                writer.write_all(&chunk[..n])?;
+                left -= n as u64;
+            }
+            Ok(())
+        },
+    )
 }
