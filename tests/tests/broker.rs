@@ -508,3 +508,79 @@ fn inverted_threshold_bounds_are_refused() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A periodic pattern that stops: the broker keeps preparing the channels
+/// the model still expects from the period, they expire unused, the pair's
+/// threshold rises with the waste and the waste rate falls, both measured
+/// within eleven seconds of the stop.
+#[test]
+fn a_pattern_that_stops_raises_its_threshold_and_its_waste_falls() {
+    let _serial = serial();
+    let broker = start_broker("stop", |s| {
+        s.ttl = Duration::from_millis(200);
+        s.threshold = 0.5;
+    });
+    let _responder = broker.responder("responder");
+    const OPENS: u64 = 30;
+    let requester = {
+        let path = broker.path.clone();
+        let binary = broker.dir.join("requester");
+        std::thread::spawn(move || {
+            Command::new(binary)
+                .arg("--socket")
+                .arg(&path)
+                .args(["--count", "30", "--interval-ms", "300", "--warmup", "0"])
+                // Stays connected, doing nothing, after the pattern stops.
+                .args(["--linger-ms", "12000"])
+                .output()
+                .expect("running the requester")
+        })
+    };
+    let m = &broker.metrics;
+    let stopped = wait_for(Duration::from_secs(30), || {
+        (total(&m.hits) + total(&m.misses) >= OPENS).then(std::time::Instant::now)
+    })
+    .expect("the requester's opens were never all served");
+    let at_stop = broker
+        .view
+        .pair("requester", "responder")
+        .expect("the pair's feedback")
+        .threshold;
+    let waste_at = |after: Duration| {
+        std::thread::sleep((stopped + after).saturating_duration_since(std::time::Instant::now()));
+        total(&m.waste)
+    };
+    let w0 = total(&m.waste);
+    let w3 = waste_at(Duration::from_secs(3));
+    let w8 = waste_at(Duration::from_secs(8));
+    let w11 = waste_at(Duration::from_secs(11));
+    let snapshot = broker
+        .view
+        .pair("requester", "responder")
+        .expect("the pair's feedback");
+    let output = requester.join().expect("requester thread");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let early = w3 - w0;
+    let late = w11 - w8;
+    assert!(
+        early > 0,
+        "the stopped pattern wasted nothing at first: {snapshot:?}"
+    );
+    // Waste per second in the last three seconds is below the first three's.
+    assert!(
+        late < early,
+        "waste did not fall: {early} then {late}; {snapshot:?}"
+    );
+    assert!(
+        snapshot.threshold > at_stop,
+        "the threshold did not rise from {at_stop}: {snapshot:?}"
+    );
+    println!(
+        "stopped pattern: waste {early} in the first 3 s, {late} in 8-11 s; threshold {at_stop:.2} -> {:.2} ({})",
+        snapshot.threshold, snapshot.threshold_reason
+    );
+}

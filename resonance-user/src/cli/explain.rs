@@ -77,9 +77,10 @@ fn render(explain: &Value) -> String {
     }
     for score in &scores {
         out.push_str(&format!(
-            "score ({}): {}  interactions/s {}  bytes/s {}  latency p50 ns {}  errors {}\n",
+            "score ({}): {} (performance x{})  interactions/s {}  bytes/s {}  latency p50 ns {}  errors {}\n",
             show(get(score, &["kind"])),
             show(get(score, &["score"])),
+            show(get(score, &["performance"])),
             show(get(score, &["components", "interactions_per_s"])),
             show(get(score, &["components", "bytes_per_s"])),
             show(get(score, &["components", "latency_p50_ns"])),
@@ -115,6 +116,33 @@ fn render(explain: &Value) -> String {
         b("last_writer_blocked"),
         b("reports")
     ));
+    let m = |path: &[&str]| {
+        let mut full = vec!["last_measured"];
+        full.extend_from_slice(path);
+        show(get(&broker, &full))
+    };
+    if get(&broker, &["last_measured"]).is_null() {
+        out.push_str("measured: no channel of this pair measured by the probes yet\n");
+    } else {
+        out.push_str(&format!(
+            "last measured channel {} ({} bytes capacity): {} bytes sent, {} received, {} errors, {} writes found it full, first use {} ns after delivery, wait p50 {} ns, turnaround p50 {} ns\n",
+            m(&["channel"]),
+            m(&["capacity"]),
+            m(&["measure", "sent"]),
+            m(&["measure", "received"]),
+            m(&["measure", "errors"]),
+            m(&["measure", "blocked_writes"]),
+            m(&["time_to_first_use_ns"]),
+            m(&["measure", "wait_p50_ns"]),
+            m(&["measure", "turnaround_p50_ns"]),
+        ));
+    }
+    out.push_str(&format!(
+        "performance: x{} ({}); {} of the measured channels unused\n",
+        show(get(&broker, &["performance", "factor"])),
+        show(get(&broker, &["performance", "reason"])),
+        b("measured_unused")
+    ));
     out.push_str(&format!(
         "channels: {} created, {} hits, {} waste, {} misses; recent {}\n",
         b("created"),
@@ -139,8 +167,23 @@ mod tests {
                                        "latency_p50_ns": null, "error_ratio": 0.0}}],
             "broker": {"threshold": 0.6, "threshold_reason": "raised from 0.50 to 0.60: 3 of the last 4 channels wasted",
                        "capacity": 8192, "capacity_reason": "the writer blocked", "created": 3,
-                       "hits": 1, "waste": 3, "misses": 0, "recent": ["waste"]}
+                       "hits": 1, "waste": 3, "misses": 0, "recent": ["waste"],
+                       "last_measured": {"channel": 7, "capacity": 8192, "time_to_first_use_ns": 1500,
+                                         "measure": {"sent": 9000, "received": 9000, "errors": 0,
+                                                     "blocked_writes": 2, "wait_p50_ns": 40000,
+                                                     "turnaround_p50_ns": null}},
+                       "performance": {"factor": 0.8, "reason": "of the last 1 used channels: 0 clean"},
+                       "measured_unused": 0}
         }));
+        assert!(
+            text.contains("channel 7 (8192 bytes capacity): 9000 bytes sent"),
+            "{text}"
+        );
+        assert!(text.contains("2 writes found it full"), "{text}");
+        assert!(
+            text.contains("performance: x0.800 (of the last 1"),
+            "{text}"
+        );
         assert!(text.starts_with("web -> db\n"), "{text}");
         assert!(text.contains("score (unix_stream): 0.750"), "{text}");
         assert!(text.contains("threshold: 0.600 (raised"), "{text}");
@@ -152,5 +195,6 @@ mod tests {
             render(&serde_json::json!({"src": "a", "dst": "b", "scores": [], "broker": null}));
         assert!(text.contains("score: not observed"), "{text}");
         assert!(text.contains("broker: never served this pair"), "{text}");
+        assert!(!text.contains("measured"), "{text}");
     }
 }
