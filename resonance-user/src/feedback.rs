@@ -166,6 +166,8 @@ pub struct MeasuredChannel {
     pub measure: ChannelMeasure,
     /// Delivery to first syscall, ns (`None`: never used).
     pub time_to_first_use_ns: Option<u64>,
+    /// Bytes written per second while it was in use.
+    pub throughput_bytes_per_s: Option<f64>,
 }
 
 impl MeasuredChannel {
@@ -621,6 +623,7 @@ mod tests {
                 turnaround_p50_ns: None,
             },
             time_to_first_use_ns: Some(5),
+            throughput_bytes_per_s: None,
         }
     }
 

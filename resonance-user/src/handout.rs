@@ -957,6 +957,7 @@ impl Core {
             capacity: watch.watched.capacity,
             measure,
             time_to_first_use_ns: first_use,
+            throughput_bytes_per_s: measure.throughput_bytes_per_s(),
         };
         let before = self.pair_feedback(&pair).current_capacity(default);
         if let Some(decision) = self.pair_feedback(&pair).channel_done(record, default, max) {

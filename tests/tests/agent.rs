@@ -421,6 +421,53 @@ fn the_agent_brokers_pre_created_channels_and_counts_them() {
     assert!(broker["hits"].as_u64().unwrap_or(0) >= 150, "{explained:#}");
     let threshold = broker["threshold"].as_f64().unwrap_or(-1.0);
     assert!((0.3..=0.95).contains(&threshold), "{explained:#}");
+    // The probes measured the handed-out socketpairs themselves: once the
+    // channels fall silent they are filed with the pair, used, with the
+    // requester's turnaround and the bytes each carried.
+    let measured = wait_for(Duration::from_secs(20), || {
+        let explained = agent.explain("requester", "responder")?;
+        let last = explained["broker"]["last_measured"].clone();
+        (last["measure"]["sent"].as_u64()? > 0).then_some(explained)
+    });
+    let Some(measured) = measured else {
+        panic!(
+            "no brokered channel measured by the probes: {:#}",
+            agent.explain("requester", "responder").unwrap_or_default()
+        );
+    };
+    let last = &measured["broker"]["last_measured"];
+    assert!(
+        last["measure"]["turnaround_p50_ns"].as_u64() > Some(0),
+        "{measured:#}"
+    );
+    assert!(last["time_to_first_use_ns"].is_u64(), "{measured:#}");
+    assert_eq!(
+        last["measure"]["sent"], last["measure"]["received"],
+        "every byte written was read: {measured:#}"
+    );
+    let factor = measured["broker"]["performance"]["factor"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(factor > 1.0, "clean channels raise the score: {measured:#}");
+    let used_channels = || -> Option<u64> {
+        let (_, scrape) = http_get(agent.metrics, "/metrics").ok()?;
+        Some(
+            scrape
+                .lines()
+                .filter(|l| l.starts_with("resonance_broker_channels_used_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum(),
+        )
+    };
+    // Each channel is filed 5 s after its last use.
+    let used = wait_for(Duration::from_secs(20), || {
+        used_channels().filter(|n| *n >= 150)
+    });
+    assert!(
+        used.is_some(),
+        "{:?} channels measured used on /metrics",
+        used_channels()
+    );
     assert!(
         explained["scores"]
             .as_array()

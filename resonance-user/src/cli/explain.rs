@@ -125,13 +125,14 @@ fn render(explain: &Value) -> String {
         out.push_str("measured: no channel of this pair measured by the probes yet\n");
     } else {
         out.push_str(&format!(
-            "last measured channel {} ({} bytes capacity): {} bytes sent, {} received, {} errors, {} writes found it full, first use {} ns after delivery, wait p50 {} ns, turnaround p50 {} ns\n",
+            "last measured channel {} ({} bytes capacity): {} bytes sent, {} received, {} errors, {} writes found it full, {} bytes/s, first use {} ns after delivery, wait p50 {} ns, turnaround p50 {} ns\n",
             m(&["channel"]),
             m(&["capacity"]),
             m(&["measure", "sent"]),
             m(&["measure", "received"]),
             m(&["measure", "errors"]),
             m(&["measure", "blocked_writes"]),
+            m(&["throughput_bytes_per_s"]),
             m(&["time_to_first_use_ns"]),
             m(&["measure", "wait_p50_ns"]),
             m(&["measure", "turnaround_p50_ns"]),
