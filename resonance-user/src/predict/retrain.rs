@@ -341,8 +341,10 @@ pub struct Drift {
 /// level is a moving average of the window's rate, taken once per window
 /// length and only while no drift is seen (a fall must not lower the bar
 /// it is measured against). A drift is reported when the rolling rate is
-/// more than `margin` below the usual level; the level is then forgotten
-/// and relearnt, so a lasting new level stops counting as drift.
+/// more than `margin` below the usual level, plus two standard errors of a
+/// rate over that many opens (so chance dips of a small window do not
+/// count); the level is then forgotten and relearnt, so a lasting new
+/// level stops counting as drift.
 #[derive(Clone, Debug)]
 pub struct DriftDetector {
     window_ns: u64,
@@ -404,8 +406,9 @@ impl DriftDetector {
     pub fn check(&mut self, now: u64) -> Option<Drift> {
         self.trim(now);
         let rate = self.rate()?;
+        let noise = |usual: f64| 2.0 * (usual * (1.0 - usual) / self.recent.len() as f64).sqrt();
         if let Some(usual) = self.usual
-            && rate < usual - self.margin
+            && rate < usual - self.margin - noise(usual)
         {
             self.usual = None;
             self.next_fold = now.saturating_add(self.window_ns);
