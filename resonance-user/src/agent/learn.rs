@@ -341,20 +341,31 @@ impl Learning {
             .retrains
             .with_label_values(&[decision.reason.as_str(), decision.outcome.as_str()])
             .inc();
-        for (label, eval) in [
-            ("current", &decision.current),
-            ("candidate", &decision.candidate),
-        ] {
-            self.metrics
-                .holdout_score
-                .with_label_values(&[label])
-                .set(eval.score);
-            self.metrics
-                .holdout_hit_rate
-                .with_label_values(&[label])
-                .set(eval.hit_rate);
+        // A holdout too small for a verdict (an idle broker) says nothing
+        // about either model: the gauges keep the last real comparison.
+        let judged = decision.current.interactions >= self.retrain.min_holdout;
+        if judged {
+            for (label, eval) in [
+                ("current", &decision.current),
+                ("candidate", &decision.candidate),
+            ] {
+                self.metrics
+                    .holdout_score
+                    .with_label_values(&[label])
+                    .set(eval.score);
+                self.metrics
+                    .holdout_hit_rate
+                    .with_label_values(&[label])
+                    .set(eval.hit_rate);
+            }
         }
-        log::info!(
+        let level = if judged {
+            log::Level::Info
+        } else {
+            log::Level::Debug
+        };
+        log::log!(
+            level,
             "broker model: {} retraining on {} opens, {}: {}",
             decision.reason.as_str(),
             decision.trained_on,
