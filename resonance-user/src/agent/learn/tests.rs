@@ -191,3 +191,70 @@ fn learning_counter(registry: &Registry, reason: &str, outcome: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// With the schedule off, a fall of the opens' hit rate starts a drift
+/// trial whose candidate learns only the opens since the fall began, from
+/// the store.
+#[test]
+fn a_falling_hit_rate_starts_a_drift_retrain() {
+    let dir = TempDir::new("drift");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    let settings = BrokerSettings {
+        socket: dir.0.join("broker.sock"),
+        ..BrokerSettings::default()
+    };
+    let registry = Registry::new();
+    let broker = Broker::bind(&settings, &registry).unwrap();
+    let predict = PredictSettings {
+        retrain_every: Duration::ZERO,
+        drift_window: Duration::from_secs(20),
+        holdout: Duration::from_secs(20),
+        ..PredictSettings::default()
+    };
+    let (tx, rx) = mpsc::channel();
+    let mut learning =
+        Learning::new(broker.view(), rx, &predict, &settings, &dir.0, &registry).unwrap();
+    let mut store = Store::open(&dir.0.join("resonance.db"), StoreConfig::default()).unwrap();
+    let decided = || {
+        ["swapped", "kept", "failed"]
+            .iter()
+            .map(|outcome| learning_counter(&registry, "drift", outcome))
+            .sum::<u64>()
+    };
+    // Two opens a second, all hits for five minutes, then all misses.
+    let fall = T0 + 300 * S;
+    let mut now = T0;
+    let mut next_open = T0;
+    while decided() == 0 && now < T0 + 420 * S {
+        while next_open <= now {
+            let mut first = open(next_open, "poller", "app");
+            first.hit = next_open < fall;
+            let mut second = open(next_open + 500_000_000, "app", "db");
+            second.hit = next_open < fall;
+            tx.send(first).unwrap();
+            tx.send(second).unwrap();
+            next_open += S;
+        }
+        learning.step(&mut store, now);
+        store.flush().unwrap();
+        if learning.running.is_some() {
+            std::thread::sleep(Duration::from_millis(20));
+        } else {
+            now += S;
+        }
+    }
+    assert_eq!(decided(), 1, "no drift decision by {} s", (now - T0) / S);
+    assert_eq!(learning_counter(&registry, "drift", "failed"), 0);
+    assert_eq!(learning_counter(&registry, "schedule", "swapped"), 0);
+    assert_eq!(learning_counter(&registry, "schedule", "kept"), 0);
+    // Seen within the 20 s window after the fall, decided a holdout later.
+    assert!(
+        (fall + 20 * S..=fall + 45 * S).contains(&now),
+        "decided {} s after the fall",
+        (now as i64 - fall as i64) / S as i64
+    );
+}
