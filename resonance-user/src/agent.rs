@@ -5,7 +5,10 @@
 //! the flows' deltas into per-service-pair figures, scores them and
 //! publishes them to the metrics and the control socket. SIGTERM/SIGINT stop
 //! it cleanly (probes detached, last tick published, sockets removed);
-//! SIGHUP reloads the config.
+//! SIGHUP reloads the config. With the broker on, [`learn::Learning`]
+//! keeps the broker's model retrained and saved in the state folder.
+
+pub mod learn;
 
 use std::{
     collections::BTreeMap,
@@ -55,6 +58,8 @@ pub struct Agent {
     store: Store,
     last_tick: Instant,
     last_stats: ObserverStats,
+    /// The broker's model upkeep, when the broker runs.
+    learning: Option<learn::Learning>,
 }
 
 impl Agent {
@@ -81,6 +86,7 @@ impl Agent {
             store,
             last_tick: Instant::now(),
             last_stats: ObserverStats::default(),
+            learning: None,
             config,
             source,
             observer,
@@ -144,14 +150,24 @@ impl Agent {
             task.abort();
             let _ = task.await;
         }
+        if let Some(learning) = &self.learning {
+            match learning.save() {
+                Ok(()) => log::info!(
+                    "saved the broker model to {}",
+                    learning.model_path().display()
+                ),
+                Err(error) => log::error!("saving the broker model failed: {error:#}"),
+            }
+        }
         let _ = std::fs::remove_file(&self.config.control_socket);
         log::info!("stopped; probes detached");
         Ok(())
     }
 
-    /// Starts the channel broker when the config enables it. A broker that
+    /// Starts the channel broker when the config enables it, with the model
+    /// saved in the state folder if there is a usable one. A broker that
     /// cannot bind is logged and skipped: observing must not depend on it.
-    fn start_broker(&self) -> Option<tokio::task::JoinHandle<()>> {
+    fn start_broker(&mut self) -> Option<tokio::task::JoinHandle<()>> {
         if !self.config.broker.enabled {
             return None;
         }
@@ -159,6 +175,24 @@ impl Agent {
             Ok(broker) => {
                 log::info!("serving the channel broker on {}", broker.path().display());
                 self.shared.lock().unwrap_or_else(|p| p.into_inner()).broker = Some(broker.view());
+                let view = broker.view();
+                let path = self.config.state_dir.join(learn::MODEL_FILE_NAME);
+                if let Some(model) = learn::load_model(&path) {
+                    view.with_model(|serving| *serving = model);
+                }
+                match learn::Learning::new(
+                    view,
+                    broker.opens(),
+                    &self.config.predict,
+                    &self.config.broker,
+                    &self.config.state_dir,
+                    self.metrics.registry(),
+                ) {
+                    Ok(learning) => self.learning = Some(learning),
+                    Err(error) => {
+                        log::error!("the broker's model will not be retrained or saved: {error:#}")
+                    }
+                }
                 Some(tokio::spawn(broker.run()))
             }
             Err(error) => {
@@ -195,6 +229,9 @@ impl Agent {
         self.metrics.record_scores(&scores);
         self.publish_health();
         self.shared.lock().unwrap_or_else(|p| p.into_inner()).scores = scores;
+        if let Some(learning) = &mut self.learning {
+            learning.step(&mut self.store, now_ns);
+        }
     }
 
     /// Hands the broker what the probes saw on its channels, and takes the
@@ -284,6 +321,9 @@ impl Agent {
                 }
                 self.namer = ServiceNamer::new(new.services.clone());
                 self.scorer.set_half_life(new.score.half_life);
+                if let Some(learning) = &mut self.learning {
+                    learning.reconfigure(&new.predict);
+                }
                 log::info!("SIGHUP: reloaded {}", self.source.path.display());
                 self.config = Config {
                     metrics_listen: self.config.metrics_listen,

@@ -9,7 +9,7 @@ use std::{
 
 use serde::{Deserialize, Deserializer};
 
-use crate::store::StoreConfig;
+use crate::{predict::retrain::RetrainConfig, store::StoreConfig};
 
 /// Where the config is read from unless `--config` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/resonance/resonance.toml";
@@ -46,6 +46,8 @@ pub struct Config {
     pub services: Vec<ServiceRule>,
     /// The channel broker.
     pub broker: BrokerSettings,
+    /// Retraining and persistence of the broker's model.
+    pub predict: PredictSettings,
 }
 
 impl Default for Config {
@@ -62,6 +64,68 @@ impl Default for Config {
             store: StoreConfig::default(),
             services: Vec::new(),
             broker: BrokerSettings::default(),
+            predict: PredictSettings::default(),
+        }
+    }
+}
+
+/// Retraining and persistence of the broker's prediction model
+/// (`[predict]`; see `crate::predict::retrain` for the rules).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PredictSettings {
+    /// Whether the model is retrained at all.
+    pub retrain: bool,
+    /// Scheduled retraining period (`0s`: on drift only).
+    #[serde(deserialize_with = "duration")]
+    pub retrain_every: Duration,
+    /// History a scheduled candidate learns.
+    #[serde(deserialize_with = "duration")]
+    pub retrain_window: Duration,
+    /// How long candidate and serving model are compared before a swap.
+    #[serde(deserialize_with = "duration")]
+    pub holdout: Duration,
+    /// Span of the rolling hit rate of the opens (and the history a
+    /// drift-triggered candidate learns).
+    #[serde(deserialize_with = "duration")]
+    pub drift_window: Duration,
+    /// Fall of the rolling hit rate below its usual level that is a drift.
+    pub drift_margin: f64,
+    /// Opens the rolling window needs before it can signal a drift.
+    pub drift_min_opens: usize,
+    /// How often the model is saved to the state folder (also on stop).
+    #[serde(deserialize_with = "duration")]
+    pub save_every: Duration,
+}
+
+impl Default for PredictSettings {
+    fn default() -> Self {
+        let retrain = RetrainConfig::default();
+        Self {
+            retrain: true,
+            retrain_every: Duration::from_nanos(retrain.every_ns),
+            retrain_window: Duration::from_nanos(retrain.window_ns),
+            holdout: Duration::from_nanos(retrain.holdout_ns),
+            drift_window: Duration::from_nanos(retrain.drift_window_ns),
+            drift_margin: retrain.drift_margin,
+            drift_min_opens: retrain.drift_min_samples,
+            save_every: Duration::from_secs(300),
+        }
+    }
+}
+
+impl PredictSettings {
+    /// The retraining rules these settings describe.
+    pub fn retrain_config(&self) -> RetrainConfig {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        RetrainConfig {
+            every_ns: ns(self.retrain_every),
+            window_ns: ns(self.retrain_window),
+            holdout_ns: ns(self.holdout).max(1),
+            drift_window_ns: ns(self.drift_window).max(1),
+            drift_margin: self.drift_margin,
+            drift_min_samples: self.drift_min_opens,
+            ..RetrainConfig::default()
         }
     }
 }
@@ -270,6 +334,21 @@ impl Config {
                 name: rule.name.clone(),
             });
         }
+        if !(0.0..1.0).contains(&config.predict.drift_margin) {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!(
+                    "predict.drift_margin {} must be in [0, 1)",
+                    config.predict.drift_margin
+                ),
+            });
+        }
+        if config.predict.holdout.is_zero() || config.predict.save_every.is_zero() {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                message: "predict.holdout and predict.save_every must be positive".to_owned(),
+            });
+        }
         if u32::from_str_radix(&config.broker.mode, 8).is_err() {
             return Err(ConfigError::Parse {
                 path: path.to_owned(),
@@ -319,6 +398,31 @@ mod tests {
         assert_eq!(config.flush_interval, Duration::from_secs(2));
         assert_eq!(config.metrics.max_pairs, 7);
         assert_eq!(config.services[0].name, "web");
+    }
+
+    #[test]
+    fn predict_settings_are_read_and_checked() {
+        let text = r#"
+            [predict]
+            retrain_every = "2m"
+            holdout = "10s"
+            drift_margin = 0.2
+        "#;
+        let config = Config::parse(text, Path::new("x")).unwrap();
+        let retrain = config.predict.retrain_config();
+        assert_eq!(retrain.every_ns, 120_000_000_000);
+        assert_eq!(retrain.holdout_ns, 10_000_000_000);
+        assert_eq!(retrain.drift_margin, 0.2);
+        assert_eq!(
+            retrain.window_ns,
+            RetrainConfig::default().window_ns,
+            "unset keys keep their defaults"
+        );
+        let error =
+            Config::parse("[predict]\ndrift_margin = 1.5", Path::new("r.toml")).unwrap_err();
+        assert!(error.to_string().contains("drift_margin"), "{error}");
+        let error = Config::parse("[predict]\nholdout = \"0s\"", Path::new("r.toml")).unwrap_err();
+        assert!(error.to_string().contains("holdout"), "{error}");
     }
 
     #[test]

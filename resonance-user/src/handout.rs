@@ -140,6 +140,19 @@ pub struct Core {
     /// Channels handed out, until the probes' figures on them are final.
     watched: HashMap<u64, Watch>,
     model: Model,
+    /// Where every open the model learns is also sent (the agent stores
+    /// them and retrains the model from them), once [`Broker::opens`] asked.
+    opens: Option<std::sync::mpsc::Sender<Open>>,
+}
+
+/// An open the broker's model learnt: the interaction start, and whether a
+/// prepared channel served it.
+#[derive(Clone, Debug)]
+pub struct Open {
+    /// The start, as the model saw it (kind `"channel"`).
+    pub event: TraceEvent,
+    /// Served by a pre-created channel.
+    pub hit: bool,
 }
 
 /// The running broker.
@@ -228,6 +241,7 @@ impl Broker {
                 calibration_horizon_ns: settings.ttl.as_nanos() as u64,
                 ..ModelConfig::default()
             }),
+            opens: None,
             settings: settings.clone(),
         };
         Ok(Self {
@@ -253,6 +267,15 @@ impl Broker {
     /// The socket path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// From now on, every open the broker's model learns is also sent to
+    /// the returned receiver (replacing an earlier one). Nothing blocks if
+    /// it is not read, but it grows: drain it.
+    pub fn opens(&self) -> std::sync::mpsc::Receiver<Open> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        lock(&self.core).opens = Some(tx);
+        rx
     }
 
     /// Serves until the task is dropped or aborted; the socket file is
@@ -297,6 +320,12 @@ impl std::fmt::Debug for BrokerView {
 }
 
 impl BrokerView {
+    /// Runs `f` on the broker's model under the broker's lock (a copy for
+    /// retraining, a swap, a save); keep it short, opens wait meanwhile.
+    pub fn with_model<R>(&self, f: impl FnOnce(&mut Model) -> R) -> R {
+        f(&mut lock(&self.0).model)
+    }
+
     /// The feedback of requester `src` → service `dst` with the broker
     /// model's current prediction for it; `None` if the broker never
     /// served the pair.
@@ -601,8 +630,8 @@ impl Core {
         Some(idle)
     }
 
-    fn observe(&mut self, pair: &Pair) {
-        self.model.observe(&TraceEvent {
+    fn observe(&mut self, pair: &Pair, hit: bool) {
+        let event = TraceEvent {
             ts_ns: now_ns(),
             src: pair.0.clone(),
             dst: pair.1.clone(),
@@ -610,7 +639,14 @@ impl Core {
             bytes: 0,
             latency_ns: 0,
             error: false,
-        });
+        };
+        self.model.observe(&event);
+        if let Some(opens) = &self.opens
+            && opens.send(Open { event, hit }).is_err()
+        {
+            // The agent stopped listening: stop sending.
+            self.opens = None;
+        }
     }
 
     fn handle(&mut self, id: u64, message: Message) -> Result<(), Reject> {
@@ -671,7 +707,7 @@ impl Core {
                     && let Some(idle) = self.forget(channel)
                 {
                     self.count(&self.metrics.hits, &idle.pair);
-                    self.observe(&idle.pair);
+                    self.observe(&idle.pair, true);
                     self.outcome(&idle.pair, Outcome::Hit, idle.memory);
                 }
             }
@@ -760,7 +796,7 @@ impl Core {
         self.requesters.insert(pair.0.clone(), id);
         self.wants.insert(pair.clone(), want);
         self.count(&self.metrics.misses, &pair);
-        self.observe(&pair);
+        self.observe(&pair, false);
         let memory = alloc::memory(&self.config_for(&pair, want));
         self.outcome(&pair, Outcome::Miss, memory);
         if let Err(error) = self.hand_out(&pair, id, responder, req, want) {

@@ -20,6 +20,7 @@
 
 pub mod calibrate;
 pub mod markov;
+pub mod retrain;
 pub mod samples;
 pub mod table;
 

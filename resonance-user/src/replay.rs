@@ -9,6 +9,11 @@
 //! - [`baseline::RatioPreconnect`]: Envoy-style, channels per pair in
 //!   proportion to its recent rate, topped up on traffic.
 //!
+//! With [`ReplayConfig::retrain`], the model is also retrained as the agent
+//! retrains its own (see [`crate::predict::retrain`]): trials start on the
+//! schedule or when the rolling hit rate of the model's starts falls, in
+//! event time, and every decision is in [`Report::retrains`].
+//!
 //! Everything is ordered by event time and pair order of first appearance,
 //! so the same trace and settings give the same report.
 
@@ -19,7 +24,10 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::{
-    predict::{Model, ModelConfig, PairKey},
+    predict::{
+        Model, ModelConfig, PairKey,
+        retrain::{self, Decision, Reason, RetrainConfig, Trigger},
+    },
     trace::TraceEvent,
 };
 use baseline::{RatioPreconnect, StaticPool};
@@ -33,6 +41,8 @@ pub struct ReplayConfig {
     pub ttl_ns: u64,
     /// Model tuning.
     pub model: ModelConfig,
+    /// Retraining, when enabled.
+    pub retrain: Option<RetrainConfig>,
 }
 
 /// Default creation threshold.
@@ -46,6 +56,7 @@ impl Default for ReplayConfig {
             threshold: DEFAULT_THRESHOLD,
             ttl_ns: DEFAULT_TTL_NS,
             model: ModelConfig::default(),
+            retrain: None,
         }
     }
 }
@@ -74,7 +85,7 @@ pub struct Figures {
     pub brier_score: f64,
 }
 
-/// Hits of the model in one 30-second slice of the trace.
+/// The model's outcome in one 30-second slice of the trace.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Bucket {
     /// Offset of the slice from the first event, in seconds.
@@ -83,6 +94,8 @@ pub struct Bucket {
     pub interactions: u64,
     /// Of which hits.
     pub hits: u64,
+    /// Channels that expired unused in the slice.
+    pub wasted: u64,
 }
 
 /// Width of a timeline slice.
@@ -108,6 +121,8 @@ pub struct Report {
     pub pairs: Vec<PairFigures>,
     /// Reliability of the model's probabilities (the Brier samples, binned).
     pub calibration: Vec<CalibrationBin>,
+    /// Retraining decisions in order (empty unless retraining is enabled).
+    pub retrains: Vec<Decision>,
 }
 
 /// The model's outcome for one pair.
@@ -288,6 +303,8 @@ struct Predictive {
     channels: Vec<Option<u64>>,
     tally: Tally,
     per_pair: Vec<PairFigures>,
+    /// When each wasted channel expired, for the timeline.
+    wasted_at: Vec<u64>,
 }
 
 impl Predictive {
@@ -297,6 +314,7 @@ impl Predictive {
                 *channel = None;
                 self.tally.wasted += 1;
                 figures.wasted += 1;
+                self.wasted_at.push(now);
             }
         }
     }
@@ -328,6 +346,65 @@ impl Predictive {
     }
 }
 
+/// Retraining of the replayed model, in event time.
+struct Retraining {
+    config: RetrainConfig,
+    trigger: Trigger,
+    /// The running trial: why, when it started, the model as it was then.
+    trial: Option<(Reason, u64, Model)>,
+    decisions: Vec<Decision>,
+}
+
+impl Retraining {
+    fn new(config: RetrainConfig) -> Self {
+        Self {
+            trigger: Trigger::new(&config),
+            config,
+            trial: None,
+            decisions: Vec::new(),
+        }
+    }
+
+    /// At `now`, with `events` the whole trace: finishes the running trial
+    /// once its holdout has passed (swapping the model if the candidate is
+    /// not worse), or starts one if due.
+    fn step(&mut self, now: u64, events: &[TraceEvent], model: &mut Model, replay: &ReplayConfig) {
+        let slice = |from: u64, to: u64| {
+            let start = events.partition_point(|e| e.ts_ns < from);
+            let end = events.partition_point(|e| e.ts_ns <= to);
+            &events[start..end.max(start)]
+        };
+        if let Some((reason, started, _)) = &self.trial {
+            let (reason, started) = (*reason, *started);
+            if now < started.saturating_add(self.config.holdout_ns) {
+                return;
+            }
+            let Some((_, _, baseline)) = self.trial.take() else {
+                return;
+            };
+            let (from, to) = retrain::training_span(&self.config, reason, started);
+            let history = slice(from, to.saturating_sub(1));
+            let trial = retrain::Trial {
+                reason,
+                started_ns: started,
+                end_ns: now,
+                threshold: replay.threshold,
+                ttl_ns: replay.ttl_ns.max(1),
+                min_holdout: self.config.min_holdout,
+            };
+            let verdict = retrain::run_trial(baseline, history, slice(started, now), &trial);
+            if let Some(candidate) = verdict.candidate {
+                *model = candidate;
+            }
+            self.decisions.push(verdict.decision);
+            return;
+        }
+        if let Some((reason, _)) = self.trigger.check(now) {
+            self.trial = Some((reason, now, model.clone()));
+        }
+    }
+}
+
 /// Runs the model and both baselines over `events` (sorted by time).
 pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
     let ttl = config.ttl_ns.max(1);
@@ -340,6 +417,7 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
         }),
         channels: vec![None; count],
         tally: Tally::default(),
+        wasted_at: Vec::new(),
         per_pair: pairs
             .keys
             .iter()
@@ -354,6 +432,7 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
     let mut static_pool = StaticPool::new(count, ttl);
     let mut ratio = RatioPreconnect::new(count, ttl);
     let mut timeline: Vec<Bucket> = Vec::new();
+    let mut retraining = config.retrain.clone().map(Retraining::new);
 
     let first = events.first().map_or(0, |event| event.ts_ns);
     let last = events.last().map_or(0, |event| event.ts_ns);
@@ -402,6 +481,9 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
                 &mut ratio,
                 &mut next_brier,
             );
+            if let Some(retraining) = &mut retraining {
+                retraining.step(next_tick, events, &mut predictive.model, config);
+            }
             next_tick += tick;
         }
         seen = seen.max(pair + 1);
@@ -426,11 +508,20 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
         timeline[slot].interactions += 1;
         timeline[slot].hits += u64::from(lead.is_some());
         predictive.model.observe(event);
+        if let Some(retraining) = &mut retraining {
+            retraining.trigger.drift.record(now, lead.is_some());
+        }
         predictive.create_due(&pairs, now, config);
         static_pool.interaction(pair, now);
         ratio.interaction(pair, now);
     }
     predictive.expire(last, ttl);
+    for &at in &predictive.wasted_at {
+        let slot = (at.saturating_sub(first) / BUCKET_NS) as usize;
+        if let Some(bucket) = timeline.get_mut(slot) {
+            bucket.wasted += 1;
+        }
+    }
     let pending = predictive.channels.iter().flatten().count() as u64;
     let calibration = predictive.tally.calibration();
     Report {
@@ -442,5 +533,6 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
         timeline,
         pairs: predictive.per_pair,
         calibration,
+        retrains: retraining.map(|r| r.decisions).unwrap_or_default(),
     }
 }

@@ -10,7 +10,10 @@
 //! past theirs; [`Store::history`] and [`Store::totals`] (module `query`)
 //! read both resolutions back as [`BucketRow`]s and [`Totals`]. Histograms
 //! are stored as compact BLOBs (module `codec`); the tables are created by
-//! numbered migrations (module `schema`). Only this module and its children
+//! numbered migrations (module `schema`). Separately, [`Store::add_start`]
+//! keeps single interaction starts (the broker's opens, which its model
+//! retrains from), written by the same flushes and kept for
+//! `starts_retention` (module `starts`). Only this module and its children
 //! write SQL. [`StoreConfig`] sets bucket widths and retentions.
 //!
 //! The agent owns one [`Store::open`] handle and calls `flush` and
@@ -28,6 +31,7 @@ mod codec;
 mod query;
 mod retention;
 mod schema;
+mod starts;
 mod write;
 
 use std::{
@@ -96,6 +100,9 @@ pub struct StoreConfig {
     /// Age after which coarse buckets are deleted.
     #[serde(deserialize_with = "crate::config::duration")]
     pub coarse_retention: Duration,
+    /// Age after which single interaction starts are deleted.
+    #[serde(deserialize_with = "crate::config::duration")]
+    pub starts_retention: Duration,
 }
 
 impl Default for StoreConfig {
@@ -105,6 +112,7 @@ impl Default for StoreConfig {
             fine_retention: Duration::from_secs(86_400),
             coarse_bucket: Duration::from_secs(60),
             coarse_retention: Duration::from_secs(30 * 86_400),
+            starts_retention: Duration::from_secs(3 * 3600),
         }
     }
 }
@@ -263,8 +271,23 @@ pub struct MaintainStats {
     pub coarse_deleted: usize,
     /// Pairs (and their services) forgotten because no bucket is left.
     pub pairs_deleted: usize,
+    /// Interaction starts deleted past their retention.
+    pub starts_deleted: usize,
     /// Wall time, transaction included.
     pub duration: Duration,
+}
+
+/// One interaction start, as [`Store::add_start`] keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Start {
+    /// When it started, Unix epoch ns.
+    pub ts_ns: u64,
+    /// Initiating service.
+    pub src: String,
+    /// Receiving service.
+    pub dst: String,
+    /// Channel kind (`"channel"` for the broker's opens).
+    pub kind: String,
 }
 
 /// Which table a bucket came from.
@@ -345,6 +368,8 @@ pub struct Store {
     batch: batch::Batch,
     /// Row ids of pairs already in the file, so flushes skip the lookups.
     pair_ids: HashMap<batch::PairKey, i64>,
+    /// Starts added since the last successful flush.
+    starts: Vec<Start>,
 }
 
 impl Store {
@@ -403,6 +428,7 @@ impl Store {
             config,
             batch: batch::Batch::default(),
             pair_ids: HashMap::new(),
+            starts: Vec::new(),
         })
     }
 
@@ -446,6 +472,7 @@ impl Store {
             config,
             batch: batch::Batch::default(),
             pair_ids: HashMap::new(),
+            starts: Vec::new(),
         })
     }
 
@@ -465,9 +492,9 @@ impl Store {
         self.batch.add(sample, self.fine_s);
     }
 
-    /// (pair, bucket) rows waiting for the next flush.
+    /// (pair, bucket) rows and starts waiting for the next flush.
     pub fn pending_rows(&self) -> usize {
-        self.batch.len()
+        self.batch.len() + self.starts.len()
     }
 
     /// Writes everything added since the last successful flush in one
@@ -475,7 +502,7 @@ impl Store {
     /// written and the samples stay in memory for the next attempt.
     pub fn flush(&mut self) -> Result<FlushStats, StoreError> {
         let started = Instant::now();
-        if self.batch.is_empty() {
+        if self.batch.is_empty() && self.starts.is_empty() {
             return Ok(FlushStats {
                 rows: 0,
                 duration: started.elapsed(),
@@ -507,12 +534,14 @@ impl Store {
                 sums,
             )?;
         }
+        starts::insert(&tx, path, &self.starts)?;
         tx.commit()
             .map_err(sql_error(path, "committing the flush transaction"))?;
-        let written = rows.len();
+        let written = rows.len() + self.starts.len();
         drop(rows);
         self.pair_ids.extend(new_ids);
         self.batch.clear();
+        self.starts.clear();
         Ok(FlushStats {
             rows: written,
             duration: started.elapsed(),

@@ -28,6 +28,11 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn start_agent(dir: &Path) -> Agent {
+    start_agent_with(dir, &[])
+}
+
+/// An agent with extra command-line arguments (e.g. `--config`).
+fn start_agent_with(dir: &Path, extra: &[&std::ffi::OsStr]) -> Agent {
     let control = dir.join("control.sock");
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let log = dir.join("agent.log");
@@ -43,6 +48,7 @@ fn start_agent(dir: &Path) -> Agent {
         .arg("--broker-socket")
         .arg(dir.join("broker.sock"))
         .args(["--tick", "200ms", "--flush-interval", "500ms"])
+        .args(extra)
         .stderr(log_file)
         .spawn()
         .expect("starting resonance run");
@@ -620,6 +626,162 @@ fn a_malformed_control_request_gets_an_error_and_the_agent_keeps_serving() {
         ask(&agent.control, &Request::Pairs).is_ok(),
         "{}",
         agent.log_text()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sum of a counter family's samples whose labels contain `label`.
+fn counter_sum(scrape: &str, family: &str, label: &str) -> u64 {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(family) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn stop(agent: &mut Agent) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.process.0.id() as i32, libc::SIGTERM) };
+    let status = agent.process.0.wait().expect("waiting for the agent");
+    assert!(
+        status.success(),
+        "agent exit {status}:\n{}",
+        agent.log_text()
+    );
+}
+
+#[test]
+fn the_broker_model_is_retrained_saved_and_survives_a_restart() {
+    let _serial = serial();
+    let dir = scratch("model");
+    let config = dir.join("resonance.toml");
+    std::fs::write(
+        &config,
+        "[predict]\nretrain_every = \"2s\"\nholdout = \"1s\"\nsave_every = \"1s\"\n",
+    )
+    .expect("writing the config");
+    let args = [std::ffi::OsStr::new("--config"), config.as_os_str()];
+    let mut agent = start_agent_with(&dir, &args);
+    let socket = dir.join("broker.sock");
+    let mut responder = Command::new(resonance_tests::helper_bin("responder"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--service", "responder"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the responder example");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(responder.stdout.take().expect("responder stdout")),
+        &mut ready,
+    )
+    .expect("reading the responder's ready line");
+    let responder = Reaped(responder);
+    let output = Command::new(resonance_tests::helper_bin("requester"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--count", "200", "--interval-ms", "25", "--warmup", "30"])
+        .output()
+        .expect("running the requester example");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    drop(responder);
+
+    // Scheduled trials ran (every 2 s, decided after a 1 s holdout) and are
+    // counted; a trial whose holdout saw the requester decided on it.
+    let trials = wait_for(Duration::from_secs(20), || {
+        let (_, scrape) = http_get(agent.metrics, "/metrics").ok()?;
+        let decided = counter_sum(
+            &scrape,
+            "resonance_model_retrains_total",
+            "reason=\"schedule\"",
+        );
+        let failed = counter_sum(
+            &scrape,
+            "resonance_model_retrains_total",
+            "outcome=\"failed\"",
+        );
+        (decided >= 2 && scrape.contains("resonance_model_holdout_hit_rate{model=\"candidate\"}"))
+            .then_some((decided, failed, scrape))
+    });
+    let Some((decided, failed, scrape)) = trials else {
+        panic!("no scheduled retraining on /metrics:\n{}", agent.log_text())
+    };
+    assert_eq!(failed, 0, "{scrape}");
+    assert!(decided >= 2);
+    assert!(
+        agent.log_text().contains("schedule retraining on"),
+        "{}",
+        agent.log_text()
+    );
+
+    // Saved every second and on stop; the opens are in the store.
+    let state = dir.join("state");
+    let model_file = state.join("broker-model.json");
+    stop(&mut agent);
+    assert!(
+        agent.log_text().contains("saved the broker model"),
+        "{}",
+        agent.log_text()
+    );
+    let saved = resonance::predict::Model::load(&model_file).expect("loading the saved model");
+    let pair = resonance::predict::PairKey {
+        src: "requester".into(),
+        dst: "responder".into(),
+        kind: "channel".into(),
+    };
+    assert!(
+        saved.pair_id(&pair).is_some(),
+        "tracked: {}",
+        saved.tracked()
+    );
+    let store =
+        resonance::store::Store::open_read_only(&state.join(resonance::store::DB_FILE_NAME))
+            .expect("opening the store");
+    let starts = store.starts(0, u64::MAX).expect("reading starts");
+    let opens = starts
+        .iter()
+        .filter(|s| s.src == "requester" && s.dst == "responder" && s.kind == "channel")
+        .count();
+    assert!(opens >= 200, "{opens} opens stored");
+    drop(store);
+
+    // The next agent starts from the saved model.
+    let mut again = start_agent_with(&dir, &args);
+    let loaded = wait_for(Duration::from_secs(10), || {
+        again
+            .log_text()
+            .contains("loaded the broker model from")
+            .then_some(())
+    });
+    assert!(loaded.is_some(), "{}", again.log_text());
+    assert!(
+        again
+            .log_text()
+            .contains(&format!("({} pairs)", saved.tracked())),
+        "{}",
+        again.log_text()
+    );
+    stop(&mut again);
+
+    // A damaged file is set aside and the agent starts with a fresh model.
+    std::fs::write(&model_file, b"{\"config\":").expect("damaging the model");
+    let mut damaged = start_agent_with(&dir, &args);
+    assert!(
+        damaged
+            .log_text()
+            .contains("the saved broker model is unusable"),
+        "{}",
+        damaged.log_text()
+    );
+    assert!(state.join("broker-model.json.unreadable").exists());
+    stop(&mut damaged);
+    assert!(
+        resonance::predict::Model::load(&model_file).is_ok(),
+        "the fresh model was saved on stop"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    predict::ModelConfig,
+    predict::{ModelConfig, retrain::RetrainConfig},
     replay::{DEFAULT_THRESHOLD, DEFAULT_TTL_NS, Figures, ReplayConfig, replay},
     trace::read_trace,
 };
@@ -37,6 +37,26 @@ pub struct Args {
     /// Most pairs the model tracks at once (least recently seen evicted).
     #[arg(long, default_value_t = ModelConfig::default().max_contexts)]
     pub max_contexts: usize,
+    /// Retrain the model as the agent does: on a schedule and when the
+    /// rolling hit rate falls (the `--retrain-*`, `--holdout` and
+    /// `--drift-*` flags tune it).
+    #[arg(long)]
+    pub retrain: bool,
+    /// Scheduled retraining period, in trace time (0s: drift only).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    pub retrain_every: Duration,
+    /// History a scheduled candidate learns.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    pub retrain_window: Duration,
+    /// How long candidate and serving model are compared before a swap.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub holdout: Duration,
+    /// Span of the rolling hit rate (and what a drift candidate learns).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub drift_window: Duration,
+    /// Fall of the rolling hit rate below its usual level that is a drift.
+    #[arg(long, default_value_t = RetrainConfig::default().drift_margin)]
+    pub drift_margin: f64,
 }
 
 /// A part of the model that `--disable` switches off.
@@ -80,6 +100,7 @@ pub fn run(args: Args) -> Result<()> {
             calibrate: !args.disable.contains(&Component::Calibration),
             ..ModelConfig::default()
         },
+        retrain: args.retrain.then(|| retrain_config(&args)).transpose()?,
     };
     let report = replay(&trace.events, &config);
     if args.json {
@@ -108,6 +129,26 @@ pub fn run(args: Args) -> Result<()> {
         ("ratio_preconnect", &report.ratio_preconnect),
     ] {
         print_row(name, figures);
+    }
+    if !report.retrains.is_empty() {
+        println!();
+        let first = trace.events.first().map_or(0, |event| event.ts_ns);
+        println!(
+            "{:>8} {:<9} {:<8} {:>8} {:>8} {:>8} {:>8}",
+            "at_s", "reason", "outcome", "trained", "cur_hit", "new_hit", "holdout"
+        );
+        for decision in &report.retrains {
+            println!(
+                "{:>8.0} {:<9} {:<8} {:>8} {:>8.3} {:>8.3} {:>8}",
+                decision.decided_ns.saturating_sub(first) as f64 / 1e9,
+                decision.reason.as_str(),
+                decision.outcome.as_str(),
+                decision.trained_on,
+                decision.current.hit_rate,
+                decision.candidate.hit_rate,
+                decision.current.interactions
+            );
+        }
     }
     if args.calibration {
         println!();
@@ -140,6 +181,30 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn retrain_config(args: &Args) -> Result<RetrainConfig> {
+    let ns = |flag: &str, d: Duration| {
+        u64::try_from(d.as_nanos()).with_context(|| format!("--{flag} is too long"))
+    };
+    if !(0.0..1.0).contains(&args.drift_margin) {
+        bail!(
+            "--drift-margin must be in [0, 1), got {}",
+            args.drift_margin
+        );
+    }
+    let config = RetrainConfig {
+        every_ns: ns("retrain-every", args.retrain_every)?,
+        window_ns: ns("retrain-window", args.retrain_window)?,
+        holdout_ns: ns("holdout", args.holdout)?,
+        drift_window_ns: ns("drift-window", args.drift_window)?,
+        drift_margin: args.drift_margin,
+        ..RetrainConfig::default()
+    };
+    if config.holdout_ns == 0 || config.drift_window_ns == 0 {
+        bail!("--holdout and --drift-window must be positive");
+    }
+    Ok(config)
 }
 
 fn print_row(name: &str, figures: &Figures) {

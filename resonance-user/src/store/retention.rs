@@ -1,6 +1,7 @@
 //! Retention: fine buckets past `fine_retention` are summed into coarse
 //! buckets and deleted, coarse buckets past `coarse_retention` are deleted,
-//! and pairs without buckets are forgotten. One transaction, so a crash
+//! and pairs without buckets are forgotten; so are single interaction
+//! starts past `starts_retention`. One transaction, so a crash
 //! midway changes nothing; running it twice does nothing the second time.
 
 use std::{collections::BTreeMap, time::Instant};
@@ -11,7 +12,7 @@ use super::{
     MaintainStats, Resolution, Store, StoreError,
     batch::Sums,
     query::{StoredSums, to_sql_int},
-    sql_error, write,
+    sql_error, starts, write,
 };
 
 impl Store {
@@ -99,6 +100,10 @@ impl Store {
             params![],
         )
         .map_err(sql_error(path, "forgetting services without pairs"))?;
+        let starts_cutoff = now_ns.saturating_sub(
+            u64::try_from(self.config.starts_retention.as_nanos()).unwrap_or(u64::MAX),
+        );
+        let starts_deleted = starts::expire(&tx, path, starts_cutoff)?;
         tx.commit()
             .map_err(sql_error(path, "committing the maintenance transaction"))?;
         if pairs_deleted > 0 {
@@ -110,6 +115,7 @@ impl Store {
             coarse_written: rolled.len(),
             coarse_deleted,
             pairs_deleted,
+            starts_deleted,
             duration: started.elapsed(),
         })
     }

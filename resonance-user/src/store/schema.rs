@@ -47,6 +47,14 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (pair, start_s)
      ) WITHOUT ROWID;
      CREATE INDEX buckets_coarse_start ON buckets_coarse(start_s);",
+    // 2: interaction starts (the broker's opens), for retraining its model.
+    "CREATE TABLE starts (
+         ts_ns INTEGER NOT NULL,
+         src   TEXT NOT NULL,
+         dst   TEXT NOT NULL,
+         kind  TEXT NOT NULL
+     );
+     CREATE INDEX starts_ts ON starts(ts_ns);",
 ];
 
 /// The schema version this build writes and understands.

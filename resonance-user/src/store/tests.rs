@@ -241,6 +241,7 @@ fn maintain_rolls_up_exactly_and_expires_coarse() {
         fine_retention: Duration::from_secs(3600),
         coarse_bucket: Duration::from_secs(60),
         coarse_retention: Duration::from_secs(7200),
+        ..StoreConfig::default()
     };
     let mut store = Store::open(&dir.db(), config).unwrap();
     let now_s = BASE_S + 3 * 3600;
@@ -617,4 +618,77 @@ fn flush_of_a_thousand_pairs_writes_a_thousand_rows() {
 fn a_store_can_move_to_another_thread() {
     fn assert_send<T: Send>() {}
     assert_send::<Store>();
+}
+
+fn start(ts_ns: u64, src: &str) -> Start {
+    Start {
+        ts_ns,
+        src: src.to_owned(),
+        dst: "db".to_owned(),
+        kind: "channel".to_owned(),
+    }
+}
+
+#[test]
+fn starts_are_flushed_read_back_in_order_and_expire_on_their_own_retention() {
+    let dir = TempDir::new("starts");
+    let config = StoreConfig {
+        starts_retention: Duration::from_secs(3600),
+        ..StoreConfig::default()
+    };
+    let base = BASE_S * S;
+    let mut store = Store::open(&dir.db(), config.clone()).unwrap();
+    // Added out of order, across two flushes.
+    for (offset_s, src) in [(30, "b"), (10, "a"), (20, "c")] {
+        store.add_start(start(base + offset_s * S, src));
+    }
+    assert!(store.starts(0, u64::MAX).unwrap().is_empty(), "not flushed");
+    assert_eq!(store.pending_rows(), 3);
+    let stats = store.flush().unwrap();
+    assert_eq!(stats.rows, 3);
+    store.add_start(start(base + 7200 * S, "late"));
+    store.flush().unwrap();
+    drop(store);
+
+    let mut store = Store::open(&dir.db(), config).unwrap();
+    let names = |starts: Vec<Start>| -> Vec<String> { starts.into_iter().map(|s| s.src).collect() };
+    assert_eq!(
+        names(store.starts(base, base + 3600 * S).unwrap()),
+        ["a", "c", "b"]
+    );
+    assert_eq!(
+        names(store.starts(base + 20 * S, base + 30 * S).unwrap()),
+        ["c"],
+        "from inclusive, to exclusive"
+    );
+    let all = store.starts(0, u64::MAX).unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[3], start(base + 7200 * S, "late"));
+
+    // An hour after "late", only it is within the retention.
+    let stats = store.maintain(base + 7200 * S + 3599 * S).unwrap();
+    assert_eq!(stats.starts_deleted, 3);
+    assert_eq!(names(store.starts(0, u64::MAX).unwrap()), ["late"]);
+    // Bucket history is untouched by the starts' retention.
+    assert_eq!(stats.fine_rolled, 0);
+}
+
+#[test]
+fn a_version_1_store_gains_the_starts_table() {
+    let dir = TempDir::new("migrate-starts");
+    drop(Store::open(&dir.db(), StoreConfig::default()).unwrap());
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    conn.execute_batch("DROP TABLE starts; PRAGMA user_version = 1;")
+        .unwrap();
+    drop(conn);
+    assert!(matches!(
+        Store::open_read_only(&dir.db()).err(),
+        Some(StoreError::OlderSchema { found: 1, .. })
+    ));
+    let mut store = Store::open(&dir.db(), StoreConfig::default()).unwrap();
+    store.add_start(start(BASE_S * S, "api"));
+    store.flush().unwrap();
+    assert_eq!(store.starts(0, u64::MAX).unwrap().len(), 1);
+    drop(store);
+    assert!(Store::open_read_only(&dir.db()).is_ok());
 }
