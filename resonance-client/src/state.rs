@@ -11,7 +11,7 @@
 //! a hit neither allocates nor makes a system call.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     os::fd::{AsRawFd, OwnedFd},
 };
 
@@ -43,6 +43,9 @@ pub(crate) struct State {
     /// Responder ends not yet accepted.
     pub incoming: VecDeque<Channel>,
     replies: HashMap<u64, Reply>,
+    /// Requests whose caller stopped waiting (a dropped future): their
+    /// replies are dropped on arrival instead of kept forever.
+    abandoned: HashSet<u64>,
     /// Ids of pushed ends taken and not yet reported.
     claims: Vec<u64>,
     /// Why the connection ended, once it has.
@@ -58,6 +61,7 @@ impl Default for State {
             waiting: 0,
             incoming: VecDeque::new(),
             replies: HashMap::new(),
+            abandoned: HashSet::new(),
             claims: Vec::with_capacity(CLAIM_BATCH),
             closed: None,
             stats: ClientStats::default(),
@@ -109,6 +113,15 @@ impl State {
     /// The reply to request `req`, if it arrived.
     pub fn take_reply(&mut self, req: u64) -> Option<Reply> {
         self.replies.remove(&req)
+    }
+
+    /// The caller of `req` stopped waiting: drop its reply now or when it
+    /// arrives. (Only async callers can stop waiting.)
+    #[cfg(feature = "tokio")]
+    pub fn abandon(&mut self, req: u64) {
+        if self.replies.remove(&req).is_none() {
+            self.abandoned.insert(req);
+        }
     }
 
     /// Applies one frame from the broker. An error is why the connection
@@ -190,7 +203,10 @@ impl State {
     }
 
     fn reply(&mut self, req: u64, reply: Reply) {
-        self.replies.insert(req, reply);
+        // An abandoned request's channel closes here.
+        if !self.abandoned.remove(&req) {
+            self.replies.insert(req, reply);
+        }
     }
 
     /// Drops pushed end `id` if it is still unused: in the inbox (or the
