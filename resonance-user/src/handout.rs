@@ -19,6 +19,7 @@
 //! [`resonance_client::proto`].
 
 pub mod metrics;
+pub mod pairs;
 pub mod policy;
 
 use std::{
@@ -77,8 +78,7 @@ pub enum HandoutError {
     Metrics(#[from] prometheus::Error),
 }
 
-/// A pair: requester name, service.
-type Pair = (String, String);
+use pairs::{Pair, PairMap};
 
 enum Out {
     Frame(Message, Option<OwnedFd>),
@@ -116,9 +116,11 @@ pub struct Core {
     requesters: HashMap<String, u64>,
     idle: HashMap<u64, Idle>,
     usage: Usage<Pair>,
-    wants: HashMap<Pair, Want>,
-    /// Measurements and adapted settings per pair served.
-    feedback: HashMap<Pair, PairFeedback>,
+    /// What each pair's requester declared (bounded: `max_pairs`).
+    wants: PairMap<Want>,
+    /// Measurements and adapted settings per pair served (bounded:
+    /// `max_pairs`, least recently updated forgotten first).
+    feedback: PairMap<PairFeedback>,
     model: Model,
 }
 
@@ -175,7 +177,7 @@ impl Broker {
         }
         let listener = tokio::net::UnixListener::bind(&path).map_err(socket_error)?;
         sys::set_socket_access(&path, mode, gid).map_err(socket_error)?;
-        let metrics = BrokerMetrics::new(registry)?;
+        let metrics = BrokerMetrics::new(registry, settings.metric_pairs)?;
         let max_capacity =
             sys::pipe_max_size().min(u32::try_from(settings.max_buffer_memory).unwrap_or(u32::MAX));
         let core = Core {
@@ -199,8 +201,8 @@ impl Broker {
             requesters: HashMap::new(),
             idle: HashMap::new(),
             usage: Usage::default(),
-            wants: HashMap::new(),
-            feedback: HashMap::new(),
+            wants: PairMap::new(settings.max_pairs),
+            feedback: PairMap::new(settings.max_pairs),
             model: Model::new(ModelConfig {
                 // The calibration learns one horizon; the broker's is the TTL.
                 calibrate: false,
@@ -296,6 +298,11 @@ impl BrokerView {
             snapshot.expected_lead_ns = Some(score.expected_lead_ns);
         }
         Some(snapshot)
+    }
+
+    /// Pairs whose feedback the broker holds (at most `max_pairs`).
+    pub fn pairs(&self) -> usize {
+        lock(&self.0).feedback.len()
     }
 }
 
@@ -540,8 +547,7 @@ impl Core {
     }
 
     fn count(&self, vec: &prometheus::IntCounterVec, pair: &Pair) {
-        vec.with_label_values(&[pair.0.as_str(), pair.1.as_str()])
-            .inc();
+        self.metrics.count(vec, &pair.0, &pair.1);
     }
 
     fn forget(&mut self, channel: u64) -> Option<Idle> {
@@ -661,10 +667,7 @@ impl Core {
 
     fn deny(&mut self, id: u64, req: u64, action: &str, service: &str, why: String) {
         log::warn!("broker: denied: {why}");
-        self.metrics
-            .denials
-            .with_label_values(&[action, service])
-            .inc();
+        self.metrics.denied(action, service);
         self.send(
             id,
             Message::Error {
@@ -875,8 +878,7 @@ impl Core {
     fn pair_feedback(&mut self, pair: &Pair) -> &mut PairFeedback {
         let base = self.base_threshold();
         self.feedback
-            .entry(pair.clone())
-            .or_insert_with(|| PairFeedback::new(base))
+            .get_or_insert_with(pair, || PairFeedback::new(base))
     }
 
     /// The configuration of the pair's next channel: planned from what the
@@ -913,9 +915,7 @@ impl Core {
             change.reason
         );
         self.metrics
-            .adjustments
-            .with_label_values(&[pair.0.as_str(), pair.1.as_str(), "threshold", direction])
-            .inc();
+            .adjusted(&pair.0, &pair.1, "threshold", direction);
     }
 
     /// A requester's usage report: sizes the pair's next channels. Pairs
@@ -948,9 +948,7 @@ impl Core {
             decision.reason
         );
         self.metrics
-            .adjustments
-            .with_label_values(&[pair.0.as_str(), pair.1.as_str(), "capacity", direction])
-            .inc();
+            .adjusted(&pair.0, &pair.1, "capacity", direction);
     }
 
     fn expire(&mut self) {
