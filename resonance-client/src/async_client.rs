@@ -10,18 +10,20 @@
 //! same local lookup as in the blocking client, a miss awaits the broker's
 //! answer without holding a thread.
 //!
-//! Must be created inside a tokio runtime (the reader task is spawned on
-//! it). Dropping the last clone shuts the socket down, which ends the task.
+//! Must be created inside a tokio runtime with I/O enabled (the reader task
+//! is spawned on it; tokio's timers are not needed). Dropping the last
+//! clone shuts the socket down, which ends the task.
 
 use std::{
     io,
-    os::fd::{AsFd, AsRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     pin::pin,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use tokio::{io::unix::AsyncFd, sync::Notify};
@@ -197,7 +199,8 @@ impl AsyncClient {
                 )));
             }
         };
-        tokio::spawn(read_loop(Arc::clone(&shared), reader));
+        let timer = FlushTimer::new()?;
+        tokio::spawn(read_loop(Arc::clone(&shared), reader, timer));
         Ok(Self {
             handle: Arc::new(Handle { shared, welcome }),
         })
@@ -320,11 +323,83 @@ impl AsyncClient {
     }
 }
 
+/// The claim flush timer: a timerfd on the runtime rather than
+/// `tokio::time`, so the client also works on a runtime built without
+/// `enable_time` (tokio's timers panic there, which would kill the reader
+/// task and leave every waiter hanging).
+struct FlushTimer(AsyncFd<OwnedFd>);
+
+impl FlushTimer {
+    fn new() -> io::Result<Self> {
+        // SAFETY: timerfd_create returns a new descriptor or -1.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: just created and owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: an OwnedFd keeps its descriptor open until dropped.
+        unsafe { AsyncFd::register(fd) }
+            .map(Self)
+            .map_err(|e| e.into_parts().1)
+    }
+
+    /// Fires once, `after` from now (re-arming resets it).
+    fn arm(&self, after: Duration) -> io::Result<()> {
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs() as libc::time_t,
+                tv_nsec: after.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: a live itimerspec for our own timerfd.
+        let rc =
+            unsafe { libc::timerfd_settime(self.0.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits until the timer fired since it was last armed.
+    async fn expired(&self) -> io::Result<()> {
+        loop {
+            let mut ready = self.0.readable().await?;
+            let mut ticks: u64 = 0;
+            // SAFETY: reading 8 bytes into a live u64 from our timerfd.
+            let n = unsafe {
+                libc::read(
+                    self.0.as_raw_fd(),
+                    (&mut ticks as *mut u64).cast(),
+                    size_of::<u64>(),
+                )
+            };
+            if n == size_of::<u64>() as isize {
+                return Ok(());
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::WouldBlock {
+                return Err(error);
+            }
+            ready.clear_ready();
+        }
+    }
+}
+
 /// The reader task: the async twin of the blocking client's reader thread
 /// (same claim rule: with no pushed end waiting it only waits for the
-/// socket; while some wait it also wakes every [`CLAIM_FLUSH`] to report
-/// the ones taken, so a hit wakes nobody).
-async fn read_loop(shared: Arc<Shared>, mut reader: FrameReader) {
+/// socket; while some wait it also wakes every [`CLAIM_FLUSH`], on a
+/// [`FlushTimer`], to report the ones taken, so a hit wakes nobody).
+async fn read_loop(shared: Arc<Shared>, mut reader: FrameReader, timer: FlushTimer) {
     let mut claims = Vec::with_capacity(32);
     let why = 'connection: loop {
         let stocked = shared.lock().swap_claims(&mut claims);
@@ -336,11 +411,17 @@ async fn read_loop(shared: Arc<Shared>, mut reader: FrameReader) {
             }
         }
         let filled = if stocked {
+            if let Err(error) = timer.arm(CLAIM_FLUSH) {
+                break format!("claim timer: {error}");
+            }
             // Cancelling `fill` loses nothing: it only reads synchronously,
             // after readiness, within one poll.
             tokio::select! {
                 filled = shared.fill(&mut reader) => filled,
-                () = tokio::time::sleep(CLAIM_FLUSH) => continue,
+                expired = timer.expired() => match expired {
+                    Ok(()) => continue,
+                    Err(error) => break format!("claim timer: {error}"),
+                },
             }
         } else {
             shared.fill(&mut reader).await

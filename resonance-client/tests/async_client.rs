@@ -137,3 +137,38 @@ async fn a_closed_connection_fails_waiters_instead_of_hanging() {
     assert!(client.closed().is_some());
     assert!(client.open("x", Want::default()).await.is_err());
 }
+
+#[test]
+fn claims_are_flushed_on_a_runtime_without_timers() {
+    // Only I/O enabled: the client must not rely on tokio's timer driver.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("runtime");
+    let broker = FakeBroker::new("async-no-timers");
+    let accepting = broker.accept_later();
+    runtime.block_on(async {
+        let client = AsyncClient::connect_to(&broker.path(), "tester")
+            .await
+            .expect("connecting");
+        let broker_side = std::thread::spawn(move || {
+            let mut conn = accepting.join().expect("accept thread");
+            let peer = conn.push(7, 0, Role::Requester, "b");
+            (conn.recv(), conn, peer)
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while client.prepared("b") == 0 {
+            assert!(std::time::Instant::now() < deadline, "no pushed end");
+            tokio::task::yield_now().await;
+        }
+        let channel = client.open("b", Want::default()).await.expect("open");
+        assert!(channel.prepared);
+        // The claim goes out on the flush timer while the runtime runs.
+        while !broker_side.is_finished() {
+            assert!(std::time::Instant::now() < deadline, "no claim");
+            tokio::task::yield_now().await;
+        }
+        let (claim, _conn, _peer) = broker_side.join().expect("broker side");
+        assert_eq!(claim, Message::Claimed { channel: 7 });
+    });
+}
