@@ -49,6 +49,7 @@ use crate::{
     trace::TraceEvent,
 };
 pub use metrics::BrokerMetrics;
+use pairs::{Pair, PairMap};
 use policy::{Identity, Policy};
 
 /// A client has this long to say `Hello`.
@@ -77,8 +78,6 @@ pub enum HandoutError {
     #[error("registering broker metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
-
-use pairs::{Pair, PairMap};
 
 enum Out {
     Frame(Message, Option<OwnedFd>),

@@ -9,7 +9,7 @@
 //! same cap fold into `service="_other"`.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
 };
 
@@ -20,7 +20,10 @@ use crate::metrics::OTHER;
 /// Labels already given out, shared by every clone of the metrics.
 #[derive(Default)]
 struct Admitted {
-    pairs: HashSet<(String, String)>,
+    /// Services by requester, so a lookup needs no allocation.
+    pairs: HashMap<String, HashSet<String>>,
+    /// Pairs in `pairs`.
+    count: usize,
     services: HashSet<String>,
 }
 
@@ -137,12 +140,20 @@ impl BrokerMetrics {
     /// cap.
     pub fn pair_labels<'a>(&self, src: &'a str, dst: &'a str) -> [&'a str; 2] {
         let mut admitted = self.admitted();
-        let key = (src.to_owned(), dst.to_owned());
-        if admitted.pairs.contains(&key) {
+        if admitted
+            .pairs
+            .get(src)
+            .is_some_and(|dsts| dsts.contains(dst))
+        {
             return [src, dst];
         }
-        if admitted.pairs.len() < self.max_pairs {
-            admitted.pairs.insert(key);
+        if admitted.count < self.max_pairs {
+            admitted.count += 1;
+            admitted
+                .pairs
+                .entry(src.to_owned())
+                .or_default()
+                .insert(dst.to_owned());
             return [src, dst];
         }
         [OTHER, OTHER]
