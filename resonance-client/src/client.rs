@@ -5,12 +5,12 @@
 //! into the inbox (keyed by the target service, taken by [`Client::open`]),
 //! responder ends into the incoming queue ([`Client::incoming`],
 //! [`Client::try_incoming`], with [`Client::incoming_fd`] for epoll loops).
-//! It also answers revocations and, every [`CLAIM_FLUSH`], tells the agent
-//! which pushed ends were taken: that notice is kept off the `open()` path so
-//! a hit costs no system call.
+//! It also answers revocations and tells the agent which pushed ends were
+//! taken, at most [`CLAIM_FLUSH`] later: that notice is kept off the
+//! `open()` path so a hit costs no system call. With no pushed end waiting
+//! the thread sleeps until the broker speaks (see `read_loop`).
 
 use std::{
-    collections::{HashMap, VecDeque},
     io,
     os::{
         fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
@@ -27,6 +27,7 @@ use std::{
 
 use crate::{
     proto::{ChannelConfig, ChannelUsage, Message, Peer, Role, Want, code},
+    state::State,
     wire::{self, FrameReader, WireError},
 };
 
@@ -34,7 +35,8 @@ use crate::{
 pub const DEFAULT_SOCKET: &str = "/run/resonance/broker.sock";
 /// Environment variable overriding [`DEFAULT_SOCKET`].
 pub const SOCKET_ENV: &str = "RESONANCE_BROKER_SOCKET";
-/// Longest delay before the agent hears of a hit.
+/// Longest delay before the agent hears of a hit (the reader wakes this
+/// often only while pushed ends wait in the inbox).
 pub const CLAIM_FLUSH: Duration = Duration::from_millis(5);
 
 /// What a client call can fail with.
@@ -116,16 +118,6 @@ pub struct ClientStats {
     pub misses: u64,
     /// Pushed ends dropped on the agent's request.
     pub revoked: u64,
-}
-
-#[derive(Default)]
-struct State {
-    inbox: HashMap<String, VecDeque<Channel>>,
-    incoming: VecDeque<Channel>,
-    replies: HashMap<u64, Result<Option<Channel>, ClientError>>,
-    claims: Vec<u64>,
-    closed: Option<String>,
-    stats: ClientStats,
 }
 
 struct Inner {
@@ -264,11 +256,7 @@ impl Client {
 
     /// Takes a pushed end for `service` if one waits in the inbox.
     pub fn take_prepared(&self, service: &str) -> Option<Channel> {
-        let mut state = self.inner.lock();
-        let channel = state.inbox.get_mut(service)?.pop_front()?;
-        state.claims.push(channel.id);
-        state.stats.hits += 1;
-        Some(channel)
+        self.inner.lock().take_prepared(service)
     }
 
     /// Asks the broker for a new channel, ignoring the inbox.
@@ -298,11 +286,7 @@ impl Client {
 
     /// Pushed ends waiting in the inbox for `service`.
     pub fn prepared(&self, service: &str) -> usize {
-        self.inner
-            .lock()
-            .inbox
-            .get(service)
-            .map_or(0, VecDeque::len)
+        self.inner.lock().prepared(service)
     }
 
     /// Blocks until a channel is opened to this process; `None` once the
@@ -362,7 +346,7 @@ impl Client {
     fn wait_reply(&self, req: u64) -> Result<Option<Channel>, ClientError> {
         let mut state = self.inner.lock();
         loop {
-            if let Some(reply) = state.replies.remove(&req) {
+            if let Some(reply) = state.take_reply(req) {
                 return reply;
             }
             if let Some(why) = &state.closed {
@@ -398,23 +382,39 @@ pub fn default_name() -> String {
         .unwrap_or_else(|| "client".to_owned())
 }
 
+/// The reader thread: moves the broker's frames into the shared state and
+/// reports claims.
+///
+/// While no pushed end waits in the inbox nothing can be claimed without the
+/// broker speaking first, so the thread blocks in `poll` with no timeout: an
+/// idle client costs nothing, and `Drop` wakes the thread by shutting the
+/// socket down. While pushed ends wait, it wakes every [`CLAIM_FLUSH`] to
+/// report the ones taken: waking it from `open()` instead would put a
+/// system call and a cross-thread wake-up (tens of microseconds when the
+/// woken thread preempts the caller) on the hit path.
 fn read_loop(inner: &Inner, mut reader: FrameReader) {
-    let why = loop {
-        let claims = std::mem::take(&mut inner.lock().claims);
-        for channel in claims {
+    let mut claims = Vec::with_capacity(32);
+    let why = 'connection: loop {
+        let stocked = inner.lock().swap_claims(&mut claims);
+        for channel in claims.drain(..) {
             // A failed send means the connection broke; the read below
             // notices and ends the loop.
             if inner.send(&Message::Claimed { channel }).is_err() {
                 break;
             }
         }
+        let timeout = if stocked {
+            CLAIM_FLUSH.as_millis() as libc::c_int
+        } else {
+            -1
+        };
         let mut pfd = libc::pollfd {
             fd: inner.socket.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
         // SAFETY: one live pollfd.
-        let ready = unsafe { libc::poll(&mut pfd, 1, CLAIM_FLUSH.as_millis() as libc::c_int) };
+        let ready = unsafe { libc::poll(&mut pfd, 1, timeout) };
         if ready <= 0 {
             continue;
         }
@@ -424,121 +424,31 @@ fn read_loop(inner: &Inner, mut reader: FrameReader) {
                 other => break other.to_string(),
             }
         }
-        let outcome = loop {
-            match reader.next_frame() {
-                Ok(Some((message, fd))) => {
-                    if let Err(why) = handle(inner, message, fd) {
-                        break Err(why);
-                    }
-                }
-                Ok(None) => break Ok(()),
-                Err(error) => break Err(error.to_string()),
+        loop {
+            let (message, fd) = match reader.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => break 'connection error.to_string(),
+            };
+            let effect = match inner.lock().apply(message, fd) {
+                Ok(effect) => effect,
+                Err(why) => break 'connection why,
+            };
+            if effect.incoming {
+                inner.signal_event();
             }
-        };
-        if let Err(why) = outcome {
-            break why;
+            if effect.wake {
+                inner.changed.notify_all();
+            }
+            if let Some(answer) = effect.answer
+                && let Err(error) = inner.send(&answer)
+            {
+                break 'connection error.to_string();
+            }
         }
     };
-    let mut state = inner.lock();
-    state.closed = Some(why);
+    inner.lock().close(why);
     // Waiters must not hang: every pending request fails.
     inner.changed.notify_all();
-    drop(state);
     inner.signal_event();
-}
-
-fn handle(inner: &Inner, message: Message, fd: Option<OwnedFd>) -> Result<(), String> {
-    match (message, fd) {
-        (
-            Message::Channel {
-                channel,
-                req,
-                role,
-                service,
-                peer,
-                config,
-            },
-            Some(fd),
-        ) => {
-            let end = Channel {
-                fd,
-                id: channel,
-                service: service.clone(),
-                role,
-                peer,
-                config,
-                prepared: req == 0,
-            };
-            let mut state = inner.lock();
-            match (req, role) {
-                (0, Role::Requester) => state.inbox.entry(service).or_default().push_back(end),
-                (req, Role::Requester) => {
-                    state.replies.insert(req, Ok(Some(end)));
-                }
-                (_, Role::Responder) => {
-                    state.incoming.push_back(end);
-                    inner.signal_event();
-                }
-            }
-            inner.changed.notify_all();
-        }
-        (Message::Ok { req }, None) => {
-            inner.lock().replies.insert(req, Ok(None));
-            inner.changed.notify_all();
-        }
-        (
-            Message::Error {
-                req: 0,
-                code,
-                message,
-            },
-            None,
-        ) => {
-            return Err(format!("broker error {code}: {message}"));
-        }
-        (Message::Error { req, code, message }, None) => {
-            inner
-                .lock()
-                .replies
-                .insert(req, Err(ClientError::Refused { code, message }));
-            inner.changed.notify_all();
-        }
-        (Message::Revoke { channel }, None) => {
-            let dropped = revoke(&mut inner.lock(), channel);
-            inner
-                .send(&Message::RevokeAck { channel, dropped })
-                .map_err(|e| e.to_string())?;
-        }
-        (other, _) => return Err(format!("unexpected message from the broker: {other:?}")),
-    }
-    Ok(())
-}
-
-/// Drops pushed end `id` if it is still unused: in the inbox and with no
-/// data waiting in it (a channel that carries data is never revoked).
-fn revoke(state: &mut State, id: u64) -> bool {
-    let carries_data = |channel: &Channel| {
-        let mut pending: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one int to a live variable.
-        let rc = unsafe { libc::ioctl(channel.fd.as_raw_fd(), libc::FIONREAD, &mut pending) };
-        rc == 0 && pending > 0
-    };
-    for queue in state.inbox.values_mut() {
-        if let Some(pos) = queue.iter().position(|c| c.id == id) {
-            if carries_data(&queue[pos]) {
-                return false;
-            }
-            queue.remove(pos);
-            state.stats.revoked += 1;
-            return true;
-        }
-    }
-    if let Some(pos) = state.incoming.iter().position(|c| c.id == id)
-        && !carries_data(&state.incoming[pos])
-    {
-        state.incoming.remove(pos);
-        state.stats.revoked += 1;
-        return true;
-    }
-    false
 }

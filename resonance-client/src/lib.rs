@@ -8,9 +8,10 @@
 //! configuration the agent chose and the peer's identity ([`Channel`]).
 //!
 //! The agent pushes ends ahead of time for pairs it predicts will talk: a
-//! background reader thread moves them from the socket into a local inbox,
-//! so `open()` on a hit is a local lookup without any system call. On a miss
-//! `open()` asks the broker and waits for the end.
+//! background reader (a thread, or a task for the async client) moves them
+//! from the socket into a local inbox, so `open()` on a hit is a local
+//! lookup without any system call or allocation. On a miss `open()` asks
+//! the broker and waits for the end.
 //!
 //! [`proto`] is the wire protocol (shared with the agent), [`wire`] moves
 //! frames and file descriptors over a Unix socket, [`client`] is the
@@ -18,6 +19,7 @@
 
 pub mod client;
 pub mod proto;
+mod state;
 pub mod wire;
 
 #[cfg(feature = "tokio")]

@@ -168,6 +168,13 @@ pub struct BrokerSettings {
     pub default_capacity: u32,
     /// Whether ends are handed out with `O_NONBLOCK`.
     pub nonblocking: bool,
+    /// Requester → service pairs whose feedback and declared wants are
+    /// kept; beyond it the least recently updated pair is forgotten.
+    pub max_pairs: usize,
+    /// Pairs (and denied services) that get their own metric labels; later
+    /// ones fold into `_other`, as `metrics.max_pairs` does for the
+    /// agent's pair metrics.
+    pub metric_pairs: usize,
     /// Who may register or open which service, beyond the defaults (a
     /// service is registered by one uid at a time; opening is allowed
     /// within the registrant's uid).
@@ -192,6 +199,8 @@ impl Default for BrokerSettings {
             max_buffer_memory: 64 << 20,
             default_capacity: 64 << 10,
             nonblocking: false,
+            max_pairs: 1024,
+            metric_pairs: 100,
             rules: Vec::new(),
         }
     }

@@ -19,6 +19,7 @@
 //! [`resonance_client::proto`].
 
 pub mod metrics;
+pub mod pairs;
 pub mod policy;
 
 use std::{
@@ -50,6 +51,7 @@ use crate::{
     trace::TraceEvent,
 };
 pub use metrics::BrokerMetrics;
+use pairs::{Pair, PairMap};
 use policy::{Identity, Policy};
 
 /// A client has this long to say `Hello`.
@@ -85,9 +87,6 @@ pub enum HandoutError {
     #[error("registering broker metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
-
-/// A pair: requester name, service.
-type Pair = (String, String);
 
 enum Out {
     Frame(Message, Option<OwnedFd>),
@@ -134,9 +133,11 @@ pub struct Core {
     requesters: HashMap<String, u64>,
     idle: HashMap<u64, Idle>,
     usage: Usage<Pair>,
-    wants: HashMap<Pair, Want>,
-    /// Measurements and adapted settings per pair served.
-    feedback: HashMap<Pair, PairFeedback>,
+    /// What each pair's requester declared (bounded: `max_pairs`).
+    wants: PairMap<Want>,
+    /// Measurements and adapted settings per pair served (bounded:
+    /// `max_pairs`, least recently updated forgotten first).
+    feedback: PairMap<PairFeedback>,
     /// Channels handed out, until the probes' figures on them are final.
     watched: HashMap<u64, Watch>,
     model: Model,
@@ -208,7 +209,7 @@ impl Broker {
         }
         let listener = tokio::net::UnixListener::bind(&path).map_err(socket_error)?;
         sys::set_socket_access(&path, mode, gid).map_err(socket_error)?;
-        let metrics = BrokerMetrics::new(registry)?;
+        let metrics = BrokerMetrics::new(registry, settings.metric_pairs)?;
         let max_capacity =
             sys::pipe_max_size().min(u32::try_from(settings.max_buffer_memory).unwrap_or(u32::MAX));
         let core = Core {
@@ -232,8 +233,8 @@ impl Broker {
             requesters: HashMap::new(),
             idle: HashMap::new(),
             usage: Usage::default(),
-            wants: HashMap::new(),
-            feedback: HashMap::new(),
+            wants: PairMap::new(settings.max_pairs),
+            feedback: PairMap::new(settings.max_pairs),
             watched: HashMap::new(),
             model: Model::new(ModelConfig {
                 // The calibration learns one horizon; the broker's is the TTL.
@@ -371,6 +372,11 @@ impl BrokerView {
             .iter()
             .filter_map(|(pair, f)| Some((pair.clone(), f.performance()?)))
             .collect()
+    }
+
+    /// Pairs whose feedback the broker holds (at most `max_pairs`).
+    pub fn pairs(&self) -> usize {
+        lock(&self.0).feedback.len()
     }
 }
 
@@ -615,11 +621,11 @@ impl Core {
     }
 
     fn count(&self, vec: &prometheus::IntCounterVec, pair: &Pair) {
-        self.count_by(vec, pair, 1);
+        self.metrics.count(vec, &pair.0, &pair.1);
     }
 
     fn count_by(&self, vec: &prometheus::IntCounterVec, pair: &Pair, n: u64) {
-        vec.with_label_values(&[pair.0.as_str(), pair.1.as_str()])
+        vec.with_label_values(&self.metrics.pair_labels(&pair.0, &pair.1))
             .inc_by(n);
     }
 
@@ -747,10 +753,7 @@ impl Core {
 
     fn deny(&mut self, id: u64, req: u64, action: &str, service: &str, why: String) {
         log::warn!("broker: denied: {why}");
-        self.metrics
-            .denials
-            .with_label_values(&[action, service])
-            .inc();
+        self.metrics.denied(action, service);
         self.send(
             id,
             Message::Error {
@@ -1010,14 +1013,7 @@ impl Core {
     fn adjusted(&self, pair: &Pair, what: &str, up: bool, reason: &str) {
         log::info!("broker: {} -> {} {what}: {reason}", pair.0, pair.1);
         self.metrics
-            .adjustments
-            .with_label_values(&[
-                pair.0.as_str(),
-                pair.1.as_str(),
-                what,
-                if up { "up" } else { "down" },
-            ])
-            .inc();
+            .adjusted(&pair.0, &pair.1, what, if up { "up" } else { "down" });
     }
 
     /// Revokes expired channels, then prepares channels for predicted pairs.
@@ -1102,8 +1098,7 @@ impl Core {
     fn pair_feedback(&mut self, pair: &Pair) -> &mut PairFeedback {
         let base = self.base_threshold();
         self.feedback
-            .entry(pair.clone())
-            .or_insert_with(|| PairFeedback::new(base))
+            .get_or_insert_with(pair, || PairFeedback::new(base))
     }
 
     /// The configuration of the pair's next channel: planned from what the
@@ -1140,9 +1135,7 @@ impl Core {
             change.reason
         );
         self.metrics
-            .adjustments
-            .with_label_values(&[pair.0.as_str(), pair.1.as_str(), "threshold", direction])
-            .inc();
+            .adjusted(&pair.0, &pair.1, "threshold", direction);
     }
 
     /// A requester's usage report: sizes the pair's next channels. Pairs
@@ -1175,9 +1168,7 @@ impl Core {
             decision.reason
         );
         self.metrics
-            .adjustments
-            .with_label_values(&[pair.0.as_str(), pair.1.as_str(), "capacity", direction])
-            .inc();
+            .adjusted(&pair.0, &pair.1, "capacity", direction);
     }
 
     fn expire(&mut self) {

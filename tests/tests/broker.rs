@@ -584,3 +584,56 @@ fn a_pattern_that_stops_raises_its_threshold_and_its_waste_falls() {
         snapshot.threshold, snapshot.threshold_reason
     );
 }
+
+/// Label sets of a pair family and the value of the `_other` one.
+fn label_sets(vec: &prometheus::IntCounterVec) -> (usize, u64) {
+    use prometheus::core::Collector;
+    let metrics: Vec<_> = vec
+        .collect()
+        .into_iter()
+        .flat_map(|family| family.get_metric().to_vec())
+        .collect();
+    let other = metrics
+        .iter()
+        .filter(|m| m.get_label().iter().all(|l| l.value() == "_other"))
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum();
+    (metrics.len(), other)
+}
+
+#[test]
+fn pairs_beyond_the_caps_fold_into_other_and_old_pair_state_is_forgotten() {
+    use resonance_client::{Client, Want};
+    let _serial = serial();
+    const PAIRS: usize = 8;
+    let broker = start_broker("caps", |s| {
+        s.threshold = 2.0;
+        s.metric_pairs = 3;
+        s.max_pairs = 4;
+    });
+    let responder = Client::connect_to(&broker.path, "caps-db").expect("responder connects");
+    responder.register("caps-db").expect("registering");
+    let mut held = Vec::new();
+    for n in 0..PAIRS {
+        let requester =
+            Client::connect_to(&broker.path, &format!("caps-r{n}")).expect("requester connects");
+        for _ in 0..2 {
+            let channel = requester
+                .open_on_demand("caps-db", Want::default())
+                .expect("opening on demand");
+            held.push(channel);
+        }
+    }
+    let m = &broker.metrics;
+    // Three pairs keep their labels; the other five share `_other`, two
+    // opens each.
+    assert_eq!(label_sets(&m.misses), (4, 2 * (PAIRS as u64 - 3)));
+    assert_eq!(label_sets(&m.created), (4, 2 * (PAIRS as u64 - 3)));
+    assert_eq!(total(&m.misses), 2 * PAIRS as u64);
+    // Per-pair state keeps the four most recent pairs.
+    assert_eq!(broker.view.pairs(), 4);
+    assert!(broker.view.pair("caps-r0", "caps-db").is_none());
+    assert!(broker.view.pair("caps-r3", "caps-db").is_none());
+    assert!(broker.view.pair("caps-r4", "caps-db").is_some());
+    assert!(broker.view.pair("caps-r7", "caps-db").is_some());
+}

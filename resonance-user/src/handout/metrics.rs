@@ -1,7 +1,31 @@
 //! The broker's counters, registered into the agent's Prometheus registry
 //! (or a private one when the broker runs alone).
+//!
+//! Label cardinality is bounded as for the agent's pair metrics
+//! ([`crate::metrics`]): the first `max_pairs` pairs labelled keep their own
+//! `src`/`dst` labels, later ones fold into `src="_other"`,
+//! `dst="_other"`, so a counter never jumps between series. Denials are
+//! labelled by service, which a client can invent: services beyond the
+//! same cap fold into `service="_other"`.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::metrics::OTHER;
+
+/// Labels already given out, shared by every clone of the metrics.
+#[derive(Default)]
+struct Admitted {
+    /// Services by requester, so a lookup needs no allocation.
+    pairs: HashMap<String, HashSet<String>>,
+    /// Pairs in `pairs`.
+    count: usize,
+    services: HashSet<String>,
+}
 
 /// Broker metric families. Pair labels are the requester's name and the
 /// service; both come from processes allowed to connect, and a pair only
@@ -39,11 +63,15 @@ pub struct BrokerMetrics {
     pub idle: IntGauge,
     /// Connected clients.
     pub connections: IntGauge,
+    max_pairs: usize,
+    admitted: Arc<Mutex<Admitted>>,
 }
 
 impl BrokerMetrics {
-    /// Creates the families and registers them into `registry`.
-    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+    /// Creates the families and registers them into `registry`; at most
+    /// `max_pairs` pairs (and as many denied services) get labels of their
+    /// own.
+    pub fn new(registry: &Registry, max_pairs: usize) -> Result<Self, prometheus::Error> {
         let vec =
             |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
                 let v = IntCounterVec::new(Opts::new(name, help), labels)?;
@@ -133,7 +161,65 @@ impl BrokerMetrics {
                 "Pre-created channels waiting to be claimed.",
             )?,
             connections: gauge("resonance_broker_connections", "Connected broker clients.")?,
+            max_pairs,
+            admitted: Arc::default(),
         })
+    }
+
+    fn admitted(&self) -> std::sync::MutexGuard<'_, Admitted> {
+        self.admitted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The `src`, `dst` labels of a pair: its own, or `_other` beyond the
+    /// cap.
+    pub fn pair_labels<'a>(&self, src: &'a str, dst: &'a str) -> [&'a str; 2] {
+        let mut admitted = self.admitted();
+        if admitted
+            .pairs
+            .get(src)
+            .is_some_and(|dsts| dsts.contains(dst))
+        {
+            return [src, dst];
+        }
+        if admitted.count < self.max_pairs {
+            admitted.count += 1;
+            admitted
+                .pairs
+                .entry(src.to_owned())
+                .or_default()
+                .insert(dst.to_owned());
+            return [src, dst];
+        }
+        [OTHER, OTHER]
+    }
+
+    /// Counts one event of a pair family.
+    pub fn count(&self, vec: &IntCounterVec, src: &str, dst: &str) {
+        vec.with_label_values(&self.pair_labels(src, dst)).inc();
+    }
+
+    /// Counts a feedback adjustment of a pair.
+    pub fn adjusted(&self, src: &str, dst: &str, what: &str, direction: &str) {
+        let [src, dst] = self.pair_labels(src, dst);
+        self.adjustments
+            .with_label_values(&[src, dst, what, direction])
+            .inc();
+    }
+
+    /// Counts a denial of `action` on `service`.
+    pub fn denied(&self, action: &str, service: &str) {
+        let service = {
+            let mut admitted = self.admitted();
+            if admitted.services.contains(service) {
+                service
+            } else if admitted.services.len() < self.max_pairs {
+                admitted.services.insert(service.to_owned());
+                service
+            } else {
+                OTHER
+            }
+        };
+        self.denials.with_label_values(&[action, service]).inc();
     }
 
     /// Sum of a pair counter over every label set (for tests and logs).

@@ -8,8 +8,11 @@
 //!   of time (already in the requester's inbox and in B's epoll set).
 //!
 //! *acquire* runs from "I want to talk to B" until the requester holds a
-//! descriptor it can write to; *rtt* adds one 64-byte request and its
-//! answer. B is the `responder` example in every variant; each broker runs
+//! descriptor it can write to (`connect` or `open` returned); *rtt* adds
+//! one 64-byte request and its answer. What the requester holds besides
+//! the descriptor (a [`resonance_client::Channel`]'s names and peer) is
+//! freed with the stream after the trial, as an application frees it when
+//! it closes the channel, not before its first write. B is the `responder` example in every variant; each broker runs
 //! in its own process (this binary with `--role broker`).
 
 use std::{
@@ -22,7 +25,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use resonance::{config::BrokerSettings, handout::Broker};
-use resonance_client::Client;
+use resonance_client::{Channel, Client, Peer};
 
 const TRIALS: usize = 3000;
 const WARMUP: usize = 100;
@@ -128,9 +131,42 @@ fn exchange(stream: &mut UnixStream, i: usize) -> Result<()> {
     Ok(())
 }
 
+/// A channel as the requester holds it during a trial.
+struct Acquired {
+    stream: UnixStream,
+    hit: bool,
+    /// The rest of a broker channel, freed after the trial.
+    _held: Option<(String, Peer)>,
+}
+
+impl Acquired {
+    fn connected(stream: UnixStream) -> Self {
+        Self {
+            stream,
+            hit: false,
+            _held: None,
+        }
+    }
+
+    fn opened(channel: Channel) -> Self {
+        let Channel {
+            fd,
+            service,
+            peer,
+            prepared,
+            ..
+        } = channel;
+        Self {
+            stream: UnixStream::from(fd),
+            hit: prepared,
+            _held: Some((service, peer)),
+        }
+    }
+}
+
 fn measure(
     variant: &'static str,
-    mut acquire: impl FnMut() -> Result<(UnixStream, bool)>,
+    mut acquire: impl FnMut() -> Result<Acquired>,
     mut before: impl FnMut(),
 ) -> Result<Figures> {
     let mut figures = Figures {
@@ -145,11 +181,12 @@ fn measure(
         // epoll_wait each time, as in a real first contact.
         std::thread::sleep(Duration::from_micros(500));
         let t0 = Instant::now();
-        let (mut stream, hit) = acquire()?;
+        let mut acquired = acquire()?;
         let t1 = Instant::now();
-        exchange(&mut stream, i)?;
+        exchange(&mut acquired.stream, i)?;
         let t2 = Instant::now();
-        drop(stream);
+        let hit = acquired.hit;
+        drop(acquired);
         if i >= WARMUP {
             figures.acquire.push((t1 - t0).as_nanos() as u64);
             figures.rtt.push((t2 - t0).as_nanos() as u64);
@@ -200,23 +237,17 @@ fn run(dir: &Path, json: bool) -> Result<()> {
 
     let a = measure(
         "connect_accept",
-        || Ok((UnixStream::connect(&listen)?, false)),
+        || Ok(Acquired::connected(UnixStream::connect(&listen)?)),
         || {},
     )?;
     let b = measure(
         "broker_on_demand",
-        || {
-            let channel = client_b.open("b")?;
-            Ok((UnixStream::from(channel.fd), channel.prepared))
-        },
+        || Ok(Acquired::opened(client_b.open("b")?)),
         || {},
     )?;
     let c = measure(
         "broker_prepared",
-        || {
-            let channel = client_c.open("b")?;
-            Ok((UnixStream::from(channel.fd), channel.prepared))
-        },
+        || Ok(Acquired::opened(client_c.open("b")?)),
         || {
             // Steady state: the pushed end is out of the socket and in the
             // inbox before the requester asks (give the agent up to 100 ms).
