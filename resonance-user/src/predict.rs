@@ -11,7 +11,9 @@
 //!   [`ModelConfig::window_ns`], with their delays ([`samples::Samples`]);
 //! - a [`markov::Markov`] chain (orders 1 and 2) over the interaction stream;
 //! - per-pair timing: the inter-arrival gaps of each pair, so periodic and
-//!   steady pairs are predicted with no trigger at all.
+//!   steady pairs are predicted with no trigger at all; gaps longer than
+//!   the horizon are also kept apart, so the think time between bursts is
+//!   still known at the end of a long burst.
 //!
 //! Follower probabilities are Dirichlet-smoothed with a prior share scaled
 //! by the pair's resonance score ([`Model::set_prior`]). Memory is bounded by
@@ -179,6 +181,11 @@ struct PairState {
     seen: u64,
     /// Inter-arrival gaps.
     gaps: Samples,
+    /// Inter-arrival gaps longer than the calibration horizon (pauses):
+    /// kept apart so a burst of short gaps does not push the think time
+    /// between bursts out of memory.
+    #[serde(default)]
+    pauses: Samples,
     /// What follows this pair within the window.
     follow: Table,
     /// Followers already credited since this pair's latest occurrence.
@@ -287,7 +294,11 @@ impl Model {
         }
         if let Some(Some(state)) = self.pairs.get_mut(id as usize) {
             if let Some(last) = state.last_ts {
-                state.gaps.push(ts.saturating_sub(last));
+                let gap = ts.saturating_sub(last);
+                state.gaps.push(gap);
+                if gap > self.config.calibration_horizon_ns {
+                    state.pauses.push(gap);
+                }
             }
             state.last_ts = Some(ts.max(state.last_ts.unwrap_or(0)));
             state.seen += 1;
@@ -344,6 +355,7 @@ impl Model {
             last_ts: None,
             seen: 0,
             gaps: Samples::default(),
+            pauses: Samples::default(),
             follow: Table::default(),
             credited: Vec::new(),
         };
@@ -486,13 +498,22 @@ impl Model {
         }
         let elapsed = now.saturating_sub(last);
         let mass = state.gaps.window(elapsed, horizon);
+        // Quiet for longer than every recent gap: a burst of short gaps may
+        // have pushed the think time between bursts out of them, so the
+        // pauses, kept apart, say how long this silence lasts.
+        let pauses = state.pauses.window(elapsed, horizon);
+        let mass = if mass.above == 0 && pauses.above > 0 {
+            pauses
+        } else {
+            mass
+        };
         let shrink = self.config.timing_shrink;
         if mass.above > 0 {
             let above = mass.above as f64;
             let p = mass.within as f64 / above * above / (above + shrink);
             return (p, mass.mean_lead_ns);
         }
-        // Quiet for longer than any gap seen: a steady pair may simply be
+        // Quiet for longer than any gap remembered: a steady pair may be
         // late (censored exponential estimate); past twice the longest gap
         // the pair is taken to have stopped, so no more channels are wasted
         // on it.

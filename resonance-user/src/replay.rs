@@ -1,9 +1,11 @@
 //! Preallocation simulated over a trace, in event time. [`replay`] drives
 //! three strategies over the same events and clock ticks and returns a
 //! [`Report`] of [`Figures`] for each:
-//! - the predictive [`Model`]: when [`Model::due`] names a pair with no
-//!   channel ready, one is created; a start of that pair within the TTL
-//!   consumes it (a hit), otherwise it expires as waste;
+//! - the predictive [`Model`] ([`predictive::Predictive`]): when
+//!   [`Model::due`] names a pair with no channel ready, one is created; a
+//!   start of that pair within the TTL consumes it (a hit), otherwise it
+//!   expires as waste, and is replaced at that moment if the pair is still
+//!   due;
 //! - [`baseline::StaticPool`]: one idle channel per pair seen in the last
 //!   five minutes, replaced on use and on expiry;
 //! - [`baseline::RatioPreconnect`]: Envoy-style, channels per pair in
@@ -18,6 +20,7 @@
 //! so the same trace and settings give the same report.
 
 pub mod baseline;
+pub mod predictive;
 
 use std::collections::HashMap;
 
@@ -31,6 +34,7 @@ use crate::{
     trace::TraceEvent,
 };
 use baseline::{RatioPreconnect, StaticPool};
+use predictive::Predictive;
 
 /// Settings of a replay.
 #[derive(Clone, Debug)]
@@ -297,55 +301,6 @@ impl Pairs {
     }
 }
 
-/// Model strategy state: at most one channel per pair.
-struct Predictive {
-    model: Model,
-    channels: Vec<Option<u64>>,
-    tally: Tally,
-    per_pair: Vec<PairFigures>,
-    /// When each wasted channel expired, for the timeline.
-    wasted_at: Vec<u64>,
-}
-
-impl Predictive {
-    fn expire(&mut self, now: u64, ttl: u64) {
-        for (channel, figures) in self.channels.iter_mut().zip(&mut self.per_pair) {
-            if channel.is_some_and(|created| created.saturating_add(ttl) < now) {
-                *channel = None;
-                self.tally.wasted += 1;
-                figures.wasted += 1;
-                self.wasted_at.push(now);
-            }
-        }
-    }
-
-    fn create_due(&mut self, pairs: &Pairs, now: u64, config: &ReplayConfig) {
-        let step = (config.ttl_ns / 8).max(1);
-        let ready = |id| {
-            self.model
-                .key(id)
-                .and_then(|key| pairs.index.get(key))
-                .is_some_and(|&pair| self.channels[pair].is_none())
-        };
-        for due in self
-            .model
-            .due(now, config.ttl_ns, config.threshold, step, ready)
-        {
-            let Some(key) = self.model.key(due.pair) else {
-                continue;
-            };
-            let Some(&pair) = pairs.index.get(key) else {
-                continue;
-            };
-            if self.channels[pair].is_none() {
-                self.channels[pair] = Some(now);
-                self.tally.created += 1;
-                self.per_pair[pair].created += 1;
-            }
-        }
-    }
-}
-
 /// Retraining of the replayed model, in event time.
 struct Retraining {
     config: RetrainConfig,
@@ -410,25 +365,11 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
     let ttl = config.ttl_ns.max(1);
     let (mut pairs, ids) = Pairs::new(events);
     let count = pairs.keys.len();
-    let mut predictive = Predictive {
-        model: Model::new(ModelConfig {
-            calibration_horizon_ns: ttl,
-            ..config.model.clone()
-        }),
-        channels: vec![None; count],
-        tally: Tally::default(),
-        wasted_at: Vec::new(),
-        per_pair: pairs
-            .keys
-            .iter()
-            .map(|key| PairFigures {
-                src: key.src.clone(),
-                dst: key.dst.clone(),
-                kind: key.kind.clone(),
-                ..PairFigures::default()
-            })
-            .collect(),
-    };
+    let model = Model::new(ModelConfig {
+        calibration_horizon_ns: ttl,
+        ..config.model.clone()
+    });
+    let mut predictive = Predictive::new(model, &pairs.keys);
     let mut static_pool = StaticPool::new(count, ttl);
     let mut ratio = RatioPreconnect::new(count, ttl);
     let mut timeline: Vec<Bucket> = Vec::new();
@@ -449,9 +390,9 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
                  static_pool: &mut StaticPool,
                  ratio: &mut RatioPreconnect,
                  next_brier: &mut u64| {
-        predictive.expire(now, ttl);
+        predictive.expire(&pairs.keys, now, config);
         predictive.model.tick(now);
-        predictive.create_due(pairs, now, config);
+        predictive.create_due(&|key| pairs.index.get(key).copied(), now, config);
         if now >= *next_brier {
             *next_brier = now + brier_every;
             let scores = predictive.model.scores(now, ttl);
@@ -487,17 +428,8 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
             next_tick += tick;
         }
         seen = seen.max(pair + 1);
-        predictive.expire(now, ttl);
-        let lead = match predictive.channels[pair] {
-            Some(created) if created < now => {
-                predictive.channels[pair] = None;
-                Some(now - created)
-            }
-            _ => None,
-        };
-        predictive.tally.start(lead);
-        predictive.per_pair[pair].interactions += 1;
-        predictive.per_pair[pair].hits += u64::from(lead.is_some());
+        predictive.expire(&pairs.keys, now, config);
+        let lead = predictive.start(pair, now);
         let slot = ((now - first) / BUCKET_NS) as usize;
         if timeline.len() <= slot {
             timeline.resize_with(slot + 1, Bucket::default);
@@ -511,18 +443,18 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
         if let Some(retraining) = &mut retraining {
             retraining.trigger.drift.record(now, lead.is_some());
         }
-        predictive.create_due(&pairs, now, config);
+        predictive.create_due(&|key| pairs.index.get(key).copied(), now, config);
         static_pool.interaction(pair, now);
         ratio.interaction(pair, now);
     }
-    predictive.expire(last, ttl);
+    predictive.expire(&pairs.keys, last, config);
     for &at in &predictive.wasted_at {
         let slot = (at.saturating_sub(first) / BUCKET_NS) as usize;
         if let Some(bucket) = timeline.get_mut(slot) {
             bucket.wasted += 1;
         }
     }
-    let pending = predictive.channels.iter().flatten().count() as u64;
+    let pending = predictive.pending();
     let calibration = predictive.tally.calibration();
     Report {
         threshold: config.threshold,

@@ -46,17 +46,24 @@ fn cron_beats_static_pool_on_both_counts() {
 
 // On web, pipelines and drift every pair recurs within five minutes, so the
 // static pool (a channel always ready, replaced on expiry) serves nearly
-// every start, paying with a waste ratio of 0.13 to 0.33. The model spends
-// a channel only when a start within the TTL is likely, so it misses starts
-// that nothing announces (requests in the quiet shoulders of the day, the
-// first pipeline of a round after a think time wider than the TTL). What is
-// achieved: waste at least two times lower (2.5x on pipelines, 4x or more
-// on web and drift), hit rate within two points of the pool's.
+// every start (0.998 to 0.999), paying with a waste ratio of 0.13 to 0.33.
+// The model spends a channel only when a start within the TTL is at least as
+// likely as the threshold says, so it misses what nothing announces: a
+// pair's second and third starts, before it has any timing (the pool needs
+// one sighting), requests in the quiet shoulders of the day and the 35 %
+// database follower (probabilities of 0.1 to 0.6), and the first pipeline of
+// a round after a 2 to 8 s think time, when waiting for a likelier moment to
+// make the channel (Model::due) waited too long. Even at a threshold of 0.2
+// the model stays below the pool (web 12,521 hits against 12,526, pipelines
+// 0.993 at waste 0.272). What is achieved, seed 1: hit rate 0.991 / 0.991 /
+// 0.993 against 0.998 / 0.999 / 0.999, at waste 0.035 / 0.131 / 0.030
+// against 0.207 / 0.331 / 0.134; so the hit rate is asserted within one
+// point of the pool's, and the waste at least two times lower.
 fn assert_close_to_static_hits(name: &str, report: &Report) {
     let model = &report.model;
     let pool = &report.static_pool;
     assert!(
-        model.hit_rate >= pool.hit_rate - 0.02,
+        model.hit_rate >= pool.hit_rate - 0.01,
         "{name}: {model:?} vs {pool:?}"
     );
     assert!(

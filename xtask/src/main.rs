@@ -106,7 +106,9 @@ fn main() -> Result<()> {
         Command::Test => {
             let env = bootstrap::ensure(&root)?;
             // The agent tests check a live scrape with promtool and have a
-            // real Prometheus server scrape the agent.
+            // real Prometheus server scrape the agent; the real-trace test
+            // records PostgreSQL + pgbench and redis-server +
+            // redis-benchmark.
             debian::ensure(TEST_PACKAGES)?;
             lint(&root, &env)?;
             cmd::cargo(
@@ -216,8 +218,10 @@ fn corrupted_offset_is_caught_on_host(
     Ok(())
 }
 
-/// Debian packages the test suite runs besides the build's own.
-const TEST_PACKAGES: &[&str] = &["prometheus"];
+/// Debian packages the test suite runs besides the build's own:
+/// `prometheus` (promtool and the server), `postgresql` (initdb, postgres,
+/// pgbench), `redis-server` and `redis-tools` (redis-benchmark).
+const TEST_PACKAGES: &[&str] = &["prometheus", "postgresql", "redis-server", "redis-tools"];
 
 /// fmt and clippy for the host crates, and clippy for the eBPF crate with
 /// its own nightly and target.

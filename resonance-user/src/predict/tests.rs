@@ -90,6 +90,31 @@ fn periodic_pair_is_due_only_near_its_time() {
 }
 
 #[test]
+fn think_time_between_bursts_is_remembered() {
+    // Bursts of 20 starts 250 ms apart with 11 s of think time between
+    // them: the 16 recent gaps are all short by the end of a burst.
+    let mut model = Model::new(ModelConfig {
+        calibrate: false,
+        ..ModelConfig::default()
+    });
+    let mut last = 0;
+    for burst in 0..4 {
+        for round in 0..20 {
+            last = burst * 16 * S + round * 250 * MS;
+            model.observe(&event(last, "a", "b"));
+        }
+    }
+    let horizon = 5 * S;
+    // Ten seconds into the silence the next burst, due at 11.25 s, is
+    // expected from the three think times seen.
+    let p = probability(&model, last + 10 * S, horizon, "a", "b");
+    assert!(p >= 0.6, "{p}");
+    // Past every think time seen, by more than twice the short gaps: stopped.
+    let late = probability(&model, last + 12 * S, horizon, "a", "b");
+    assert!(late < 0.01, "{late}");
+}
+
+#[test]
 fn changed_behaviour_is_relearned() {
     let mut model = Model::default();
     let mut ts = 0;

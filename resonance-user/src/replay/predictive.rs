@@ -1,0 +1,195 @@
+//! The model's strategy in the replay: a channel for every pair
+//! [`Model::due`] names that has none ready, consumed by a start of that
+//! pair within the TTL (a hit) or expiring unused (waste). An expired
+//! channel whose pair is still due at the moment it expires is replaced
+//! then, as the broker's next preparation pass would, rather than at the
+//! replay's next clock tick: a pair that is late but still expected keeps
+//! a channel without a gap a start could fall into.
+
+use crate::predict::{Model, PairId, PairKey};
+
+use super::{PairFigures, ReplayConfig, Tally};
+
+/// The model's channels and outcomes, one channel at most per pair.
+pub struct Predictive {
+    /// The model, fed every event after its outcome is scored.
+    pub model: Model,
+    /// Creation time of each pair's ready channel.
+    channels: Vec<Option<u64>>,
+    /// Running figures.
+    pub tally: Tally,
+    /// Figures per pair, in replay order.
+    pub per_pair: Vec<PairFigures>,
+    /// When each wasted channel expired, for the timeline.
+    pub wasted_at: Vec<u64>,
+}
+
+impl Predictive {
+    /// The strategy for the trace's pairs (`keys`, in replay order).
+    pub fn new(model: Model, keys: &[PairKey]) -> Self {
+        Self {
+            model,
+            channels: vec![None; keys.len()],
+            tally: Tally::default(),
+            per_pair: keys
+                .iter()
+                .map(|key| PairFigures {
+                    src: key.src.clone(),
+                    dst: key.dst.clone(),
+                    kind: key.kind.clone(),
+                    ..PairFigures::default()
+                })
+                .collect(),
+            wasted_at: Vec::new(),
+        }
+    }
+
+    /// Plays the expiries up to `now`. The model has seen nothing since
+    /// each expiry (events are replayed after expiring), so asking it at
+    /// the expiry time does not look ahead.
+    pub fn expire(&mut self, keys: &[PairKey], now: u64, config: &ReplayConfig) {
+        let ttl = config.ttl_ns.max(1);
+        for (pair, key) in keys.iter().enumerate().take(self.channels.len()) {
+            while let Some(created) = self.channels[pair] {
+                let expiry = created.saturating_add(ttl);
+                if expiry >= now {
+                    break;
+                }
+                self.channels[pair] = None;
+                self.tally.wasted += 1;
+                self.per_pair[pair].wasted += 1;
+                self.wasted_at.push(expiry);
+                let still_due = self
+                    .model
+                    .pair_id(key)
+                    .is_some_and(|id| self.still_due(id, expiry, config));
+                if still_due {
+                    self.make(pair, expiry);
+                }
+            }
+        }
+    }
+
+    /// Whether the pair clears the threshold at `at` (no lookahead: it was
+    /// already judged worth a channel, and waiting now could only miss).
+    fn still_due(&self, id: PairId, at: u64, config: &ReplayConfig) -> bool {
+        self.model.score(id, at, config.ttl_ns).probability >= config.threshold
+    }
+
+    fn make(&mut self, pair: usize, now: u64) {
+        self.channels[pair] = Some(now);
+        self.tally.created += 1;
+        self.per_pair[pair].created += 1;
+    }
+
+    /// A start of `pair` at `now`: consumes its channel if one was made
+    /// before; returns the lead time of a hit.
+    pub fn start(&mut self, pair: usize, now: u64) -> Option<u64> {
+        let lead = match self.channels[pair] {
+            Some(created) if created < now => {
+                self.channels[pair] = None;
+                Some(now - created)
+            }
+            _ => None,
+        };
+        self.tally.start(lead);
+        self.per_pair[pair].interactions += 1;
+        self.per_pair[pair].hits += u64::from(lead.is_some());
+        lead
+    }
+
+    /// Creates a channel for every pair the model says is due at `now` and
+    /// that has none; `index` maps a pair to its replay number.
+    pub fn create_due(
+        &mut self,
+        index: &impl Fn(&PairKey) -> Option<usize>,
+        now: u64,
+        config: &ReplayConfig,
+    ) {
+        let step = (config.ttl_ns / 8).max(1);
+        let replay_pair = |model: &Model, id: PairId| model.key(id).and_then(index);
+        let ready =
+            |id| replay_pair(&self.model, id).is_some_and(|pair| self.channels[pair].is_none());
+        let due = self
+            .model
+            .due(now, config.ttl_ns, config.threshold, step, ready);
+        for due in due {
+            if let Some(pair) = replay_pair(&self.model, due.pair)
+                && self.channels[pair].is_none()
+            {
+                self.make(pair, now);
+            }
+        }
+    }
+
+    /// Channels still ready (neither used nor expired).
+    pub fn pending(&self) -> u64 {
+        self.channels.iter().flatten().count() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{predict::ModelConfig, trace::TraceEvent};
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_late_pair_keeps_a_channel_until_judged_stopped() {
+        let key = PairKey {
+            src: "a".to_owned(),
+            dst: "b".to_owned(),
+            kind: "pipe".to_owned(),
+        };
+        let config = ReplayConfig::default();
+        // Raw probabilities, so the figures below follow from the timing
+        // rule alone.
+        let model = Model::new(ModelConfig {
+            calibrate: false,
+            ..ModelConfig::default()
+        });
+        let mut strategy = Predictive::new(model, std::slice::from_ref(&key));
+        let index = |_: &PairKey| Some(0);
+        // A start every 4 s, each one served by the channel made after the
+        // one before.
+        let mut last = 0;
+        for n in 0..20 {
+            last = n * 4 * S;
+            strategy.expire(std::slice::from_ref(&key), last, &config);
+            strategy.start(0, last);
+            strategy.model.observe(&TraceEvent {
+                ts_ns: last,
+                src: key.src.clone(),
+                dst: key.dst.clone(),
+                kind: key.kind.clone(),
+                bytes: 0,
+                latency_ns: 0,
+                error: false,
+            });
+            strategy.create_due(&index, last, &config);
+        }
+        assert_eq!(strategy.pending(), 1, "a channel after the last start");
+        let created = strategy.tally.created;
+        // The TTL passes with no start: the pair is late, not yet stopped
+        // (quiet for less than twice its longest gap), so the channel is
+        // replaced the moment it expires.
+        strategy.expire(
+            std::slice::from_ref(&key),
+            last + config.ttl_ns + 1,
+            &config,
+        );
+        assert_eq!(strategy.tally.wasted, 1);
+        assert_eq!(strategy.tally.created, created + 1, "replaced at expiry");
+        assert_eq!(strategy.pending(), 1);
+        // Quiet for 10 s, more than twice the 4 s gap: taken as stopped.
+        strategy.expire(
+            std::slice::from_ref(&key),
+            last + 2 * config.ttl_ns + 1,
+            &config,
+        );
+        assert_eq!(strategy.tally.wasted, 2);
+        assert_eq!(strategy.tally.created, created + 1);
+        assert_eq!(strategy.pending(), 0);
+    }
+}
