@@ -64,7 +64,12 @@ pub fn run(args: Args) -> Result<()> {
         config.tick = tick;
     }
     let agent = Agent::new(config, source)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // The agent's loop runs on this thread; the broker, the control socket
+    // and /metrics are spawned onto two workers, so a slow tick (a store
+    // flush, a large join) never delays handing a channel out.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("resonance-worker")
         .enable_all()
         .build()
         .context("starting the async runtime")?;
