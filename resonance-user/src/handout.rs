@@ -1123,19 +1123,7 @@ impl Core {
         let Some(change) = self.pair_feedback(pair).outcome(outcome, cost, min, max) else {
             return;
         };
-        let direction = if change.threshold > before {
-            "up"
-        } else {
-            "down"
-        };
-        log::info!(
-            "broker: {} -> {} threshold {}",
-            pair.0,
-            pair.1,
-            change.reason
-        );
-        self.metrics
-            .adjusted(&pair.0, &pair.1, "threshold", direction);
+        self.adjusted(pair, "threshold", change.threshold > before, &change.reason);
     }
 
     /// A requester's usage report: sizes the pair's next channels. Pairs
@@ -1146,29 +1134,12 @@ impl Core {
         let Some(feedback) = self.feedback.get_mut(&pair) else {
             return;
         };
-        let before = feedback
-            .capacity
-            .as_ref()
-            .map(|d| d.capacity)
-            .or(feedback.last_capacity)
-            .unwrap_or(default);
+        let before = feedback.current_capacity(default);
         let Some(decision) = feedback.report(usage, default, max) else {
             return;
         };
-        let direction = if decision.capacity > before {
-            "up"
-        } else {
-            "down"
-        };
-        log::info!(
-            "broker: {} -> {} capacity {} after channel {channel}: {}",
-            pair.0,
-            pair.1,
-            decision.capacity,
-            decision.reason
-        );
-        self.metrics
-            .adjusted(&pair.0, &pair.1, "capacity", direction);
+        let reason = format!("reported on channel {channel}: {}", decision.reason);
+        self.adjusted(&pair, "capacity", decision.capacity > before, &reason);
     }
 
     fn expire(&mut self) {
