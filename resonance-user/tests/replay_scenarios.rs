@@ -1,6 +1,7 @@
-//! The done-means targets of the predictive engine, replayed on every
-//! generated scenario at the default threshold and TTL, plus determinism
-//! and the CLI's handling of damaged traces.
+//! The done-means targets of the predictive engine, replayed on the
+//! generated scenarios at the default threshold and TTL, retraining on the
+//! two drift scenarios, plus determinism and the CLI's handling of damaged
+//! traces.
 
 use std::process::Command;
 
