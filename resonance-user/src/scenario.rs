@@ -1,7 +1,7 @@
 //! Synthetic traces for named scenarios ([`SCENARIOS`]), reproducible from a
 //! seed through a small [`SplitMix64`] generator. [`generate`] returns a
-//! [`Scenario`]: the events in time order and, for `drift`, when the
-//! behaviour changes.
+//! [`Scenario`]: the events in time order and, for the drift scenarios, when
+//! the behaviour changes.
 //!
 //! - `web`: proxy -> app -> cache and database over Unix sockets, request
 //!   bursts following a compressed diurnal rate (a "day" of one hour whose
@@ -12,13 +12,17 @@
 //!   time between rounds; two of them share a `sort | uniq` step.
 //! - `drift`: a steady web stack whose app, poller period and jobs change at
 //!   half time.
+//! - `drift-same-names`: a Consul agent health-checks ten services, each
+//!   on its own interval (15 to 24 s); at half time a deploy shortens every
+//!   interval by 40 %. The same ten `consul -> service` pairs before and
+//!   after: only their timing changes.
 
 use anyhow::{Result, bail};
 
 use crate::trace::TraceEvent;
 
 /// Names accepted by [`generate`].
-pub const SCENARIOS: &[&str] = &["web", "cron", "pipelines", "drift"];
+pub const SCENARIOS: &[&str] = &["web", "cron", "pipelines", "drift", "drift-same-names"];
 
 /// Trace start time (ns since the epoch), so traces look like recordings.
 pub const START_NS: u64 = 1_700_000_000_000_000_000;
@@ -31,7 +35,7 @@ const S: u64 = 1_000_000_000;
 pub struct Scenario {
     /// Interaction starts in time order.
     pub events: Vec<TraceEvent>,
-    /// When the behaviour changes (`drift` only).
+    /// When the behaviour changes (the drift scenarios only).
     pub change_ns: Option<u64>,
 }
 
@@ -88,6 +92,11 @@ pub fn generate(name: &str, seed: u64, duration_ns: Option<u64>) -> Result<Scena
             let duration = duration_ns.unwrap_or(40 * 60 * S);
             change_ns = Some(START_NS + duration / 2);
             drift(&mut rng, &mut out, duration);
+        }
+        "drift-same-names" => {
+            let duration = duration_ns.unwrap_or(45 * 60 * S);
+            change_ns = Some(START_NS + duration / 2);
+            drift_same_names(&mut rng, &mut out, duration);
         }
         other => bail!(
             "unknown scenario {other:?}; known: {}",
@@ -324,6 +333,45 @@ fn drift(rng: &mut SplitMix64, out: &mut Builder, duration: u64) {
     periodic(rng, out, &job, change, duration);
 }
 
+/// Services a Consul agent health-checks in `drift-same-names`.
+const CHECKED: [&str; 10] = [
+    "api",
+    "auth",
+    "billing",
+    "cart",
+    "catalog",
+    "checkout",
+    "inventory",
+    "search",
+    "sessions",
+    "users",
+];
+
+/// A Consul agent health-checks ten services, each on its own interval
+/// (drawn in 15..24 s, as check definitions differ), with up to 50 ms of
+/// jitter per check. At half time a deploy shortens every interval by 40 %
+/// (20 s becomes 12 s) and restarts the checks, so each one starts again
+/// at a new moment. Every pair keeps its name: what changes is only when
+/// the same pairs come.
+fn drift_same_names(rng: &mut SplitMix64, out: &mut Builder, duration: u64) {
+    out.end_ns = duration;
+    let change = duration / 2;
+    for service in CHECKED {
+        let before = rng.between(15 * S, 24 * S);
+        let after = before / 5 * 3;
+        for (from, to, interval) in [(0, change, before), (change, duration, after)] {
+            let mut at = from + rng.between(0, interval);
+            while at < to {
+                let check = at + rng.between(0, 50 * MS);
+                if check < to {
+                    out.push(rng, check, ("consul", service, "tcp"));
+                }
+                at += interval;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,5 +400,11 @@ mod tests {
         }
         assert!(generate("nope", 1, None).is_err());
         assert!(generate("drift", 1, None).unwrap().change_ns.is_some());
+        assert!(
+            generate("drift-same-names", 1, None)
+                .unwrap()
+                .change_ns
+                .is_some()
+        );
     }
 }

@@ -1,6 +1,7 @@
-//! The done-means targets of the predictive engine, replayed on every
-//! generated scenario at the default threshold and TTL, plus determinism
-//! and the CLI's handling of damaged traces.
+//! The done-means targets of the predictive engine, replayed on the
+//! generated scenarios at the default threshold and TTL, retraining on the
+//! two drift scenarios, plus determinism and the CLI's handling of damaged
+//! traces.
 
 use std::process::Command;
 
@@ -276,9 +277,9 @@ fn bounded_memory_degrades_gracefully() {
 /// retraining costs nothing: over the first two minutes after the change
 /// it serves at least as many starts as online learning alone (seed 1:
 /// 409 against 408 of 424), and every 30 s slice from two minutes after
-/// the change on is at 0.8 or better. The stale-context case where
-/// retraining does restore the hit rate is the unit test
-/// `a_candidate_that_learnt_the_new_behaviour_replaces_a_stale_model`.
+/// the change on is at 0.8 or better. The case where retraining does
+/// restore the hit rate, existing pairs changing their timing under the
+/// same names, is `retraining_restores_the_hit_rate_when_the_same_pairs_change`.
 #[test]
 fn drift_is_detected_and_retraining_does_not_cost_hits() {
     use resonance::predict::retrain::{Outcome, Reason, RetrainConfig};
@@ -350,6 +351,154 @@ fn drift_is_detected_and_retraining_does_not_cost_hits() {
         );
     }
     assert_eq!(retrained.model.interactions, online.model.interactions);
+    assert_eq!(
+        retrained.model.created,
+        retrained.model.hits + retrained.model.wasted + retrained.model.pending
+    );
+}
+
+/// Hits and starts of the timeline slices starting in `[from_s, to_s)`
+/// (seconds from the first event).
+fn slices(report: &Report, from_s: u64, to_s: u64) -> (u64, u64) {
+    report
+        .timeline
+        .iter()
+        .filter(|b| b.start_s >= from_s && b.start_s < to_s)
+        .fold((0, 0), |(h, n), b| (h + b.hits, n + b.interactions))
+}
+
+/// Retraining on `drift-same-names` (seed 1): ten Consul health checks,
+/// each on its own interval of 15 to 24 s, all shortened by 40 % at half
+/// time under the same names. The online model holds on to the old
+/// intervals: each check keeps its last 16 gaps, and a shorter new gap
+/// only wins the timing rule once it is most of them, i.e. after about ten
+/// checks (1.5 to 2.5 min). Its follower tables do not fill in, as the
+/// checks' intervals differ, so their mutual delays are spread out (with
+/// one interval shared by all checks they do: in such a variant, 12 or 20
+/// checks going from 15 s to 9 s, the online model stayed at 1.000 and
+/// wasted more instead, which is why the intervals here differ).
+/// A drift trial starts about 6 s after the change; its candidate learns
+/// the last 90 s (mostly the old intervals, but two to five gaps per
+/// check, not sixteen), plays the 30 s holdout against the serving model
+/// and wins it (score 0.30 against 0.24, hit rate 0.60 against 0.36), so
+/// from 36 s after the change the model in service relearns from a short
+/// memory.
+///
+/// Retraining settings: the drift rule of the `drift` test (margin 0.05)
+/// and a 90 s drift window (the default is 30 s), so a candidate learns
+/// enough checks per service to time them; holdout, schedule and the rest
+/// at their defaults.
+///
+/// Measured, hits / starts per 30 s slice from the change on, without and
+/// with retraining: 9/25 and 9/25, 10/27 and 18/27, 11/28 and 23/28, 14/27
+/// and 27/27, then 16/25 and 25/25, 20/28 and 28/28, 24/28 and 28/28; over
+/// the first two minutes 44/107 (0.411) against 77/107 (0.720), a margin
+/// of 0.31, asserted at 0.15. Every slice in the five minutes before is
+/// 1.000.
+///
+/// Not every seed gets there: over seeds 1 to 12 the drift trial swaps in
+/// its candidate on eight; on the other four the candidate, learnt from a
+/// few checks, also prepares channels on chance alignments of checks with
+/// different intervals, its waste outweighs its extra hits on the holdout,
+/// and the serving model is kept (so the run is as without retraining).
+/// The more checks, the more such alignments: with 16 or 24 checks (seed
+/// 1, 30 s and 60 s drift windows) the candidate lost its trial.
+#[test]
+fn retraining_restores_the_hit_rate_when_the_same_pairs_change() {
+    use resonance::predict::retrain::{Outcome, Reason, RetrainConfig};
+    let generated = scenario::generate("drift-same-names", 1, None).unwrap();
+    let first = generated.events.first().map_or(0, |event| event.ts_ns);
+    let change = generated.change_ns.unwrap();
+    let retrain = RetrainConfig {
+        drift_margin: 0.05,
+        drift_window_ns: 90_000_000_000,
+        ..RetrainConfig::default()
+    };
+    let online = replay(&generated.events, &ReplayConfig::default());
+    let retrained = replay(
+        &generated.events,
+        &ReplayConfig {
+            retrain: Some(retrain),
+            ..ReplayConfig::default()
+        },
+    );
+    let timelines = format!(
+        "without retraining {:?}\nwith retraining {:?}",
+        online.timeline, retrained.timeline
+    );
+    // Slices are counted from the first event; the first one starting at or
+    // after the change is the first "after" slice.
+    let change_s = (change - first).div_ceil(1_000_000_000);
+
+    // Before the change both runs serve nearly every check.
+    for report in [&online, &retrained] {
+        let (hits, starts) = slices(report, change_s - 300, change_s - 30);
+        assert!(starts > 100, "{starts}");
+        assert!(
+            hits as f64 >= 0.95 * starts as f64,
+            "before: {hits}/{starts}\n{timelines}"
+        );
+    }
+
+    // Right after it the online model is stale: its first minute falls.
+    let (hits, starts) = slices(&online, change_s, change_s + 60);
+    assert!(
+        (hits as f64) < 0.6 * starts as f64,
+        "first minute without retraining: {hits}/{starts}\n{timelines}"
+    );
+
+    // A drift trial noticed it and swapped in a better candidate.
+    let drift = retrained
+        .retrains
+        .iter()
+        .find(|d| d.reason == Reason::Drift && d.started_ns >= change);
+    let Some(drift) = drift else {
+        panic!("no drift trial after the change: {:#?}", retrained.retrains)
+    };
+    assert_eq!(drift.outcome, Outcome::Swapped, "{drift:#?}");
+    assert!(
+        drift.decided_ns <= change + 60_000_000_000,
+        "decided {} s after the change: {drift:#?}",
+        (drift.decided_ns - change) / 1_000_000_000
+    );
+    assert!(drift.candidate.score > drift.current.score, "{drift:#?}");
+    assert!(
+        drift.candidate.hit_rate > drift.current.hit_rate,
+        "{drift:#?}"
+    );
+
+    // The first two minutes after the change: retraining serves clearly
+    // more (measured 0.720 against 0.411).
+    let (online_hits, starts) = slices(&online, change_s, change_s + 120);
+    let (retrained_hits, retrained_starts) = slices(&retrained, change_s, change_s + 120);
+    assert_eq!(starts, retrained_starts);
+    assert!(starts > 80, "{starts}");
+    let (online_rate, retrained_rate) = (
+        online_hits as f64 / starts as f64,
+        retrained_hits as f64 / starts as f64,
+    );
+    assert!(
+        retrained_rate >= online_rate + 0.15,
+        "first two minutes after the change: {retrained_hits} with retraining, \
+         {online_hits} without, of {starts}\n{timelines}"
+    );
+
+    // From two minutes after the change on, every slice is back at 0.8 or
+    // better with retraining; without it, not yet.
+    let late = |report: &Report| -> Vec<(u64, u64, u64)> {
+        report
+            .timeline
+            .iter()
+            .filter(|b| b.start_s >= change_s + 120 && b.interactions >= 10)
+            .filter(|b| (b.hits as f64) < 0.8 * b.interactions as f64)
+            .map(|b| (b.start_s, b.hits, b.interactions))
+            .collect()
+    };
+    assert_eq!(late(&retrained), vec![], "{timelines}");
+    assert!(!late(&online).is_empty(), "{timelines}");
+
+    assert_eq!(retrained.model.interactions, online.model.interactions);
+    assert!(retrained.model.hits > online.model.hits);
     assert_eq!(
         retrained.model.created,
         retrained.model.hits + retrained.model.wasted + retrained.model.pending
