@@ -260,24 +260,26 @@ fn bounded_memory_degrades_gracefully() {
 }
 
 /// Retraining on the drift scenario (the app, cache, poller period and jobs
-/// change at half time), with a sensitive drift rule (5 points below the
+/// change at half time), with a sensitive drift rule (3 points below the
 /// usual hit rate over 30 s, 30 s holdout).
 ///
 /// What it shows, and what it cannot: the online model already recovers
-/// within the slice of the change (seed 1: 0.905 in the change slice, at
-/// least 0.96 in every later one), because the new behaviour arrives under
+/// within the slice of the change (seed 1: 0.937 in the change slice, at
+/// least 0.97 in every later one), because the new behaviour arrives under
 /// new service names, which fresh follower tables and gap rings learn as
-/// fast as a freshly trained model would. A slower decay does not change
-/// that (decays 0.9 to 0.9999 give the same timeline here): decay only
-/// slows relearning *within* an existing context, and here the contexts
-/// are new. So retraining cannot restore much on this trace; the test
-/// checks that the drift is noticed and acted on within 90 s, that the
-/// candidate it swaps in beat the stale model on its holdout, and that
-/// retraining costs nothing: over the first two minutes after the change
-/// it serves at least as many starts as online learning alone (seed 1:
-/// 409 against 408 of 424), and every 30 s slice from two minutes after
-/// the change on is at 0.8 or better. The stale-context case where
-/// retraining does restore the hit rate is the unit test
+/// fast as a freshly trained model would, and the evidence fallback keeps
+/// a channel for each new pair until its timing has two gaps. A slower
+/// decay does not change that: decay only slows relearning *within* an
+/// existing context, and here the contexts are new. (Since the fallback,
+/// the 5-point rule this test used before no longer sees a drift here: the
+/// change costs too little.) So retraining cannot restore much on this
+/// trace; the test checks that the drift is noticed and acted on within
+/// 90 s, that the candidate it swaps in beat the stale model on its
+/// holdout, and that retraining costs nothing: over the first two minutes
+/// after the change it serves at least as many starts as online learning
+/// alone (seed 1: 415 against 413 of 424), and every 30 s slice from two
+/// minutes after the change on is at 0.8 or better. The stale-context case
+/// where retraining does restore the hit rate is the unit test
 /// `a_candidate_that_learnt_the_new_behaviour_replaces_a_stale_model`.
 #[test]
 fn drift_is_detected_and_retraining_does_not_cost_hits() {
@@ -286,7 +288,7 @@ fn drift_is_detected_and_retraining_does_not_cost_hits() {
     let first = generated.events.first().map_or(0, |event| event.ts_ns);
     let change = generated.change_ns.unwrap();
     let retrain = RetrainConfig {
-        drift_margin: 0.05,
+        drift_margin: 0.03,
         drift_window_ns: 30_000_000_000,
         holdout_ns: 30_000_000_000,
         ..RetrainConfig::default()
