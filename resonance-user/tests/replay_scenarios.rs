@@ -32,33 +32,42 @@ fn assert_targets(name: &str, report: &Report) {
     );
 }
 
+/// The done-means in full, where the model meets them: on cron, for seeds
+/// 1 to 3, at least the static pool's hit rate with less waste than the
+/// pool and at most 0.15 (seed 1: 0.971 / 0.081 against 0.948 / 0.931).
 #[test]
 fn cron_beats_static_pool_on_both_counts() {
-    let (_, report) = run("cron", 1);
-    assert_targets("cron", &report);
-    // Jobs every ten minutes drop out of a five-minute pool; the model
-    // predicts them from their period.
-    assert!(
-        report.model.hit_rate >= report.static_pool.hit_rate,
-        "{report:?}"
-    );
+    for seed in 1..=3 {
+        let (_, report) = run("cron", seed);
+        let name = format!("cron seed {seed}");
+        assert_targets(&name, &report);
+        // Jobs every ten minutes drop out of a five-minute pool; the model
+        // predicts them from their period.
+        assert!(
+            report.model.hit_rate >= report.static_pool.hit_rate,
+            "{name}: {report:?}"
+        );
+    }
 }
 
 // On web, pipelines and drift every pair recurs within five minutes, so the
 // static pool (a channel always ready, replaced on expiry) serves nearly
 // every start (0.998 to 0.999), paying with a waste ratio of 0.13 to 0.33.
 // The model spends a channel only when a start within the TTL is at least as
-// likely as the threshold says, so it misses what nothing announces: a
-// pair's second and third starts, before it has any timing (the pool needs
-// one sighting), requests in the quiet shoulders of the day and the 35 %
-// database follower (probabilities of 0.1 to 0.6), and the first pipeline of
-// a round after a 2 to 8 s think time, when waiting for a likelier moment to
-// make the channel (Model::due) waited too long. Even at a threshold of 0.2
-// the model stays below the pool (web 12,521 hits against 12,526, pipelines
-// 0.993 at waste 0.272). What is achieved, seed 1: hit rate 0.991 / 0.991 /
-// 0.993 against 0.998 / 0.999 / 0.999, at waste 0.035 / 0.131 / 0.030
-// against 0.207 / 0.331 / 0.134; so the hit rate is asserted within one
-// point of the pool's, and the waste at least two times lower.
+// likely as the threshold says, or while a pair has fewer than two gaps (the
+// evidence fallback, which serves a pair's second start as the pool does),
+// so it misses what nothing announces: requests in the quiet shoulders of
+// the day and the 35 % database follower (probabilities of 0.1 to 0.6), and
+// the first pipeline of a round after the shortest (2 to 3 s) think times,
+// when waiting for a likelier moment to make the channel (Model::due)
+// waited too long. Keeping channels for those (a continuous channel for
+// pairs whose rate makes its waste share at most 1 - threshold, or no
+// waiting past the earliest plausible end of a pause) brings pipelines to
+// a waste of 0.20 to 0.26, over the 0.15 target. What is achieved, seed 1:
+// hit rate 0.991 / 0.992 / 0.995 against 0.998 / 0.999 / 0.999, at waste
+// 0.036 / 0.132 / 0.033 against 0.207 / 0.331 / 0.134; so the hit rate is
+// asserted within one point of the pool's, and the waste at least two times
+// lower.
 fn assert_close_to_static_hits(name: &str, report: &Report) {
     let model = &report.model;
     let pool = &report.static_pool;
