@@ -47,6 +47,10 @@ pub const LOOKAHEAD_STEPS: u64 = 4;
 /// How much more likely a later moment must be for [`Model::due`] to wait.
 pub const PEAK_MARGIN: f64 = 0.02;
 
+/// Gaps a pair needs before its own timing is trusted: until then
+/// [`Model::fallback`] keeps a channel for it while it was seen recently.
+pub const FALLBACK_GAPS: usize = 2;
+
 /// Index of an interned pair inside a model.
 pub type PairId = u32;
 
@@ -526,6 +530,27 @@ impl Model {
         (p, lead)
     }
 
+    /// Evidence fallback: whether `pair` has too few gaps for its timing to
+    /// mean anything (fewer than [`FALLBACK_GAPS`]) and was seen within the
+    /// window, so a channel is kept for it as the static pool would keep
+    /// one (not for a pair whose gaps outlast the window). Once its timing
+    /// has the gaps, the probabilities decide alone.
+    pub fn fallback(&self, pair: PairId, now: u64) -> bool {
+        let Some(state) = self.state(pair) else {
+            return false;
+        };
+        let Some(last) = state.last_ts else {
+            return false;
+        };
+        // A gap already longer than the window means the pair's next start
+        // would come after the channel kept for it: the fallback would only
+        // waste.
+        let window = self.config.window_ns;
+        state.gaps.len() < FALLBACK_GAPS
+            && state.gaps.max() <= window
+            && now.saturating_sub(last) <= window
+    }
+
     /// Predictions with probability at least `floor`, most likely first
     /// (ties by key, so the order is deterministic).
     pub fn predict_above(&self, now: u64, horizon: u64, floor: f64) -> Vec<Prediction> {
@@ -562,8 +587,9 @@ impl Model {
     /// `threshold`, unless a channel made within the next
     /// [`LOOKAHEAD_STEPS`] steps of `step` would clearly be worth more (a
     /// sharp periodic start is better covered by a channel made closer to
-    /// it than by one expiring just before it). `wanted` filters pairs, e.g.
-    /// those with no channel yet.
+    /// it than by one expiring just before it); and every pair
+    /// [`Model::fallback`] keeps. `wanted` filters pairs, e.g. those with
+    /// no channel yet.
     pub fn due(
         &self,
         now: u64,
@@ -613,7 +639,19 @@ impl Model {
                 (1.0 - meanwhile) * worth(later) <= best_now
             });
         }
-        let due: Vec<Due> = candidates.into_iter().map(|(due, _)| due).collect();
+        let mut due: Vec<Due> = candidates.into_iter().map(|(due, _)| due).collect();
+        // Pairs too new for their timing: kept whatever it says, and with no
+        // waiting for a better moment, which that timing cannot tell.
+        for (id, score) in current.iter().enumerate() {
+            let pair = id as PairId;
+            if self.fallback(pair, now) && wanted(pair) && !due.iter().any(|d| d.pair == pair) {
+                due.push(Due {
+                    pair,
+                    probability: score.probability,
+                    expected_lead_ns: score.expected_lead_ns,
+                });
+            }
+        }
         due
     }
 

@@ -33,33 +33,42 @@ fn assert_targets(name: &str, report: &Report) {
     );
 }
 
+/// The done-means in full, where the model meets them: on cron, for seeds
+/// 1 to 3, at least the static pool's hit rate with less waste than the
+/// pool and at most 0.15 (seed 1: 0.971 / 0.081 against 0.948 / 0.931).
 #[test]
 fn cron_beats_static_pool_on_both_counts() {
-    let (_, report) = run("cron", 1);
-    assert_targets("cron", &report);
-    // Jobs every ten minutes drop out of a five-minute pool; the model
-    // predicts them from their period.
-    assert!(
-        report.model.hit_rate >= report.static_pool.hit_rate,
-        "{report:?}"
-    );
+    for seed in 1..=3 {
+        let (_, report) = run("cron", seed);
+        let name = format!("cron seed {seed}");
+        assert_targets(&name, &report);
+        // Jobs every ten minutes drop out of a five-minute pool; the model
+        // predicts them from their period.
+        assert!(
+            report.model.hit_rate >= report.static_pool.hit_rate,
+            "{name}: {report:?}"
+        );
+    }
 }
 
 // On web, pipelines and drift every pair recurs within five minutes, so the
 // static pool (a channel always ready, replaced on expiry) serves nearly
 // every start (0.998 to 0.999), paying with a waste ratio of 0.13 to 0.33.
 // The model spends a channel only when a start within the TTL is at least as
-// likely as the threshold says, so it misses what nothing announces: a
-// pair's second and third starts, before it has any timing (the pool needs
-// one sighting), requests in the quiet shoulders of the day and the 35 %
-// database follower (probabilities of 0.1 to 0.6), and the first pipeline of
-// a round after a 2 to 8 s think time, when waiting for a likelier moment to
-// make the channel (Model::due) waited too long. Even at a threshold of 0.2
-// the model stays below the pool (web 12,521 hits against 12,526, pipelines
-// 0.993 at waste 0.272). What is achieved, seed 1: hit rate 0.991 / 0.991 /
-// 0.993 against 0.998 / 0.999 / 0.999, at waste 0.035 / 0.131 / 0.030
-// against 0.207 / 0.331 / 0.134; so the hit rate is asserted within one
-// point of the pool's, and the waste at least two times lower.
+// likely as the threshold says, or while a pair has fewer than two gaps (the
+// evidence fallback, which serves a pair's second start as the pool does),
+// so it misses what nothing announces: requests in the quiet shoulders of
+// the day and the 35 % database follower (probabilities of 0.1 to 0.6), and
+// the first pipeline of a round after the shortest (2 to 3 s) think times,
+// when waiting for a likelier moment to make the channel (Model::due)
+// waited too long. Keeping channels for those (a continuous channel for
+// pairs whose rate makes its waste share at most 1 - threshold, or no
+// waiting past the earliest plausible end of a pause) brings pipelines to
+// a waste of 0.20 to 0.26, over the 0.15 target. What is achieved, seed 1:
+// hit rate 0.991 / 0.992 / 0.995 against 0.998 / 0.999 / 0.999, at waste
+// 0.036 / 0.132 / 0.033 against 0.207 / 0.331 / 0.134; so the hit rate is
+// asserted within one point of the pool's, and the waste at least two times
+// lower.
 fn assert_close_to_static_hits(name: &str, report: &Report) {
     let model = &report.model;
     let pool = &report.static_pool;
@@ -261,25 +270,28 @@ fn bounded_memory_degrades_gracefully() {
 }
 
 /// Retraining on the drift scenario (the app, cache, poller period and jobs
-/// change at half time), with a sensitive drift rule (5 points below the
+/// change at half time), with a sensitive drift rule (3 points below the
 /// usual hit rate over 30 s, 30 s holdout).
 ///
 /// What it shows, and what it cannot: the online model already recovers
-/// within the slice of the change (seed 1: 0.905 in the change slice, at
-/// least 0.96 in every later one), because the new behaviour arrives under
+/// within the slice of the change (seed 1: 0.937 in the change slice, at
+/// least 0.97 in every later one), because the new behaviour arrives under
 /// new service names, which fresh follower tables and gap rings learn as
-/// fast as a freshly trained model would. A slower decay does not change
-/// that (decays 0.9 to 0.9999 give the same timeline here): decay only
-/// slows relearning *within* an existing context, and here the contexts
-/// are new. So retraining cannot restore much on this trace; the test
-/// checks that the drift is noticed and acted on within 90 s, that the
-/// candidate it swaps in beat the stale model on its holdout, and that
-/// retraining costs nothing: over the first two minutes after the change
-/// it serves at least as many starts as online learning alone (seed 1:
-/// 409 against 408 of 424), and every 30 s slice from two minutes after
-/// the change on is at 0.8 or better. The case where retraining does
-/// restore the hit rate, existing pairs changing their timing under the
-/// same names, is `retraining_restores_the_hit_rate_when_the_same_pairs_change`.
+/// fast as a freshly trained model would, and the evidence fallback keeps
+/// a channel for each new pair until its timing has two gaps. A slower
+/// decay does not change that: decay only slows relearning *within* an
+/// existing context, and here the contexts are new. (Since the fallback,
+/// the 5-point rule this test used before no longer sees a drift here: the
+/// change costs too little.) So retraining cannot restore much on this
+/// trace; the test checks that the drift is noticed and acted on within
+/// 90 s, that the candidate it swaps in beat the stale model on its
+/// holdout, and that retraining costs nothing: over the first two minutes
+/// after the change it serves at least as many starts as online learning
+/// alone (seed 1: 415 against 413 of 424), and every 30 s slice from two
+/// minutes after the change on is at 0.8 or better. The case where
+/// retraining does restore the hit rate, existing pairs changing their
+/// timing under the same names, is
+/// `retraining_restores_the_hit_rate_when_the_same_pairs_change`.
 #[test]
 fn drift_is_detected_and_retraining_does_not_cost_hits() {
     use resonance::predict::retrain::{Outcome, Reason, RetrainConfig};
@@ -287,7 +299,7 @@ fn drift_is_detected_and_retraining_does_not_cost_hits() {
     let first = generated.events.first().map_or(0, |event| event.ts_ns);
     let change = generated.change_ns.unwrap();
     let retrain = RetrainConfig {
-        drift_margin: 0.05,
+        drift_margin: 0.03,
         drift_window_ns: 30_000_000_000,
         holdout_ns: 30_000_000_000,
         ..RetrainConfig::default()

@@ -248,3 +248,44 @@ fn one_pair_score_matches_the_full_scores() {
     }
     assert!(confident > 0, "the comparison covered a real prediction");
 }
+
+#[test]
+fn a_new_pair_is_kept_until_its_timing_has_gaps() {
+    let horizon = 5 * S;
+    let threshold = 0.6;
+    let step = horizon / 8;
+    let due_pairs = |model: &Model, now: u64| -> Vec<PairId> {
+        model
+            .due(now, horizon, threshold, step, |_| true)
+            .iter()
+            .map(|due| due.pair)
+            .collect()
+    };
+    let mut model = Model::default();
+    model.observe(&event(0, "a", "b"));
+    let id = model.pair_id(&PairKey::of(&event(0, "a", "b"))).unwrap();
+    // Seen once: no gap, so no timing, and nothing follows it; its
+    // probability is below the threshold, but the fallback keeps it.
+    assert!(probability(&model, S, horizon, "a", "b") < threshold);
+    assert!(model.fallback(id, S));
+    assert_eq!(due_pairs(&model, S), vec![id]);
+    // Not once the window has passed.
+    assert!(!model.fallback(id, 31 * S));
+    assert!(due_pairs(&model, 31 * S).is_empty());
+    // One gap, within the window: still kept.
+    model.observe(&event(10 * S, "a", "b"));
+    assert_eq!(due_pairs(&model, 11 * S), vec![id]);
+    // Two gaps: the timing decides alone (10 s gaps, nothing due 1 s on).
+    model.observe(&event(20 * S, "a", "b"));
+    assert!(!model.fallback(id, 21 * S));
+    assert!(due_pairs(&model, 21 * S).is_empty());
+
+    // A pair whose first gap outlasted the window is not kept: the
+    // channel would expire before its next start.
+    let mut slow = Model::default();
+    slow.observe(&event(0, "a", "b"));
+    slow.observe(&event(40 * S, "a", "b"));
+    let id = slow.pair_id(&PairKey::of(&event(0, "a", "b"))).unwrap();
+    assert!(!slow.fallback(id, 41 * S));
+    assert!(due_pairs(&slow, 41 * S).is_empty());
+}

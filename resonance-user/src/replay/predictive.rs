@@ -71,9 +71,11 @@ impl Predictive {
     }
 
     /// Whether the pair clears the threshold at `at` (no lookahead: it was
-    /// already judged worth a channel, and waiting now could only miss).
+    /// already judged worth a channel, and waiting now could only miss), or
+    /// is kept by the evidence fallback.
     fn still_due(&self, id: PairId, at: u64, config: &ReplayConfig) -> bool {
         self.model.score(id, at, config.ttl_ns).probability >= config.threshold
+            || self.model.fallback(id, at)
     }
 
     fn make(&mut self, pair: usize, now: u64) {
@@ -134,6 +136,46 @@ mod tests {
     use crate::{predict::ModelConfig, trace::TraceEvent};
 
     const S: u64 = 1_000_000_000;
+
+    fn key() -> PairKey {
+        PairKey {
+            src: "a".to_owned(),
+            dst: "b".to_owned(),
+            kind: "pipe".to_owned(),
+        }
+    }
+
+    /// Replays starts of the one pair `key()` at `times`, as the replay
+    /// does: expiries, the start, learning, new channels.
+    fn play(strategy: &mut Predictive, times: &[u64], config: &ReplayConfig) {
+        let keys = [key()];
+        let index = |_: &PairKey| Some(0);
+        for &at in times {
+            strategy.expire(&keys, at, config);
+            strategy.start(0, at);
+            strategy.model.observe(&TraceEvent {
+                ts_ns: at,
+                src: keys[0].src.clone(),
+                dst: keys[0].dst.clone(),
+                kind: keys[0].kind.clone(),
+                bytes: 0,
+                latency_ns: 0,
+                error: false,
+            });
+            strategy.create_due(&index, at, config);
+        }
+    }
+
+    #[test]
+    fn a_new_pair_has_a_channel_for_its_second_start() {
+        let config = ReplayConfig::default();
+        let mut strategy = Predictive::new(Model::default(), &[key()]);
+        // Second start 7 s after the first: the channel made at the first
+        // expires at 5 s and, the pair still being kept, is replaced.
+        play(&mut strategy, &[0, 7 * S], &config);
+        assert_eq!(strategy.tally.hits, 1, "the second start is served");
+        assert_eq!(strategy.tally.wasted, 1);
+    }
 
     #[test]
     fn a_late_pair_keeps_a_channel_until_judged_stopped() {
