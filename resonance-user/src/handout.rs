@@ -46,7 +46,7 @@ use crate::{
     feedback::{
         ChannelMeasure, MeasuredChannel, Outcome, PairFeedback, Performance, Snapshot, Watched,
     },
-    predict::{Model, ModelConfig, PairKey},
+    predict::{Model, ModelConfig, PairKey, Prediction},
     sys::{self, Cred},
     trace::TraceEvent,
 };
@@ -1028,9 +1028,38 @@ impl Core {
         // Pairs adapt their thresholds within the bounds: ask the model
         // down to the lowest any pair may have, then hold each to its own.
         let floor = self.settings.threshold_min.min(self.base_threshold());
-        for prediction in self.model.predict_above(now, horizon, floor) {
+        let mut predictions: Vec<(Prediction, bool)> = self
+            .model
+            .predict_above(now, horizon, floor)
+            .into_iter()
+            .map(|p| (p, false))
+            .collect();
+        // Pairs too new for their timing get a channel whatever their
+        // probability, as the replay's strategy does (`Model::fallback`):
+        // a pair's second open is then a hit, as with a static pool.
+        for id in self.model.fallback_pairs(now) {
+            let Some(key) = self.model.key(id) else {
+                continue;
+            };
+            if predictions
+                .iter()
+                .any(|(p, _)| p.src == key.src && p.dst == key.dst)
+            {
+                continue;
+            }
+            let score = self.model.score(id, now, horizon);
+            let prediction = Prediction {
+                src: key.src.clone(),
+                dst: key.dst.clone(),
+                kind: key.kind.clone(),
+                probability: score.probability,
+                expected_lead_ns: score.expected_lead_ns,
+            };
+            predictions.push((prediction, true));
+        }
+        for (prediction, fallback) in predictions {
             let pair = (prediction.src, prediction.dst);
-            if prediction.probability < self.threshold_of(&pair) {
+            if !fallback && prediction.probability < self.threshold_of(&pair) {
                 continue;
             }
             let Some(&requester) = self.requesters.get(&pair.0) else {

@@ -551,6 +551,13 @@ impl Model {
             && now.saturating_sub(last) <= window
     }
 
+    /// Every tracked pair [`Model::fallback`] keeps a channel for at `now`.
+    pub fn fallback_pairs(&self, now: u64) -> Vec<PairId> {
+        (0..self.pairs.len() as PairId)
+            .filter(|&pair| self.fallback(pair, now))
+            .collect()
+    }
+
     /// Predictions with probability at least `floor`, most likely first
     /// (ties by key, so the order is deterministic).
     pub fn predict_above(&self, now: u64, horizon: u64, floor: f64) -> Vec<Prediction> {

@@ -146,9 +146,38 @@ fn total(vec: &prometheus::IntCounterVec) -> u64 {
 }
 
 fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0)
+    fd_targets().len()
+}
+
+/// What each of this process's descriptors points at, sorted.
+fn fd_targets() -> Vec<String> {
+    let mut targets: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|entry| {
+                    std::fs::read_link(entry.path())
+                        .map_or_else(|_| "?".to_owned(), |t| t.display().to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    targets.sort();
+    targets
+}
+
+/// The descriptor count once it holds still for 200 ms (what an earlier
+/// test left behind may still be closing).
+fn settled_fds() -> Vec<String> {
+    let mut last = fd_targets();
+    for _ in 0..25 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = fd_targets();
+        if now.len() == last.len() {
+            return now;
+        }
+        last = now;
+    }
+    last
 }
 
 #[test]
@@ -271,7 +300,8 @@ fn bad_input_closes_only_that_connection_and_leaks_no_descriptor() {
     let _responder = broker.responder("responder");
     let warm = summary(&broker.requester(&["--count", "3", "--interval-ms", "1"], None));
     assert_eq!(warm["verified"], 3);
-    let before = open_fds();
+    let before_targets = settled_fds();
+    let before = before_targets.len();
 
     // A Register whose string length runs past the frame.
     let mut garbage = b"\x10\x00\x00\x00\x01\x02\x00\x00garbage!\xff\xff\xff\xff".to_vec();
@@ -332,8 +362,9 @@ fn bad_input_closes_only_that_connection_and_leaks_no_descriptor() {
     });
     assert!(
         settled.is_some(),
-        "descriptors: {before} before, {} after",
-        open_fds()
+        "descriptors: {before} before, {} after\nbefore: {before_targets:?}\nafter: {:?}",
+        open_fds(),
+        fd_targets()
     );
 }
 
@@ -636,4 +667,32 @@ fn pairs_beyond_the_caps_fold_into_other_and_old_pair_state_is_forgotten() {
     assert!(broker.view.pair("caps-r3", "caps-db").is_none());
     assert!(broker.view.pair("caps-r4", "caps-db").is_some());
     assert!(broker.view.pair("caps-r7", "caps-db").is_some());
+}
+
+/// A pair's second open is a hit: right after its first open the model has
+/// no timing for it, so the evidence fallback keeps a channel for it, as a
+/// static pool would.
+#[test]
+fn a_new_pairs_second_open_finds_a_prepared_channel() {
+    use resonance_client::Client;
+    let _serial = serial();
+    let broker = start_broker("second", |_| {});
+    let responder = Client::connect_to(&broker.path, "second-db").expect("responder connects");
+    responder.register("second-db").expect("registering");
+    let requester = Client::connect_to(&broker.path, "second-web").expect("requester connects");
+    let first = requester.open("second-db").expect("first open");
+    assert!(
+        !first.prepared,
+        "nothing could be prepared before the first open"
+    );
+    // The broker prepares within a pass (every few ms); the push needs a
+    // moment to reach the requester's inbox.
+    std::thread::sleep(Duration::from_millis(300));
+    let second = requester.open("second-db").expect("second open");
+    assert!(second.prepared, "the second open was served on demand");
+    // The client tells the broker of its claims in the background.
+    let counted = wait_for(Duration::from_secs(5), || {
+        (total(&broker.metrics.hits) == 1).then_some(())
+    });
+    assert!(counted.is_some(), "the broker never counted the hit");
 }
