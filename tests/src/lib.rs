@@ -200,3 +200,26 @@ pub fn fork_child(
     }
     Ok(())
 }
+
+/// Writes `total` bytes in page-sized writes into `fd` (a pipe's write
+/// end), made non-blocking, until the pipe is full; returns how many went
+/// in.
+pub fn write_until_full(fd: &std::os::fd::OwnedFd, total: usize) -> usize {
+    use std::{io::Write, os::fd::AsRawFd};
+    // SAFETY: fcntl on a descriptor the caller owns.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    let mut file = std::fs::File::from(fd.try_clone().expect("dup of the write end"));
+    let page = [0x5au8; 4096];
+    let mut written = 0;
+    while written < total {
+        match file.write(&page[..page.len().min(total - written)]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("writing into the channel: {e}"),
+        }
+    }
+    written
+}

@@ -10,7 +10,9 @@ use std::{
 };
 
 use resonance::control::{Request, ask};
-use resonance_tests::{Reaped, free_port, http_get, resonance_bin, serial, traffic_bin, wait_for};
+use resonance_tests::{
+    Reaped, free_port, http_get, resonance_bin, serial, traffic_bin, wait_for, write_until_full,
+};
 use serde_json::Value;
 
 struct Agent {
@@ -345,15 +347,12 @@ fn sigkill_mid_traffic_leaves_a_store_that_opens_with_history_up_to_the_last_flu
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn the_agent_brokers_pre_created_channels_and_counts_them() {
-    let _serial = serial();
-    let dir = scratch("broker");
-    let agent = start_agent(&dir);
-    let socket = dir.join("broker.sock");
+/// The responder example serving `responder` on the agent's broker, once
+/// it says it is ready.
+fn start_responder(socket: &Path) -> Reaped {
     let mut responder = Command::new(resonance_tests::helper_bin("responder"))
         .arg("--socket")
-        .arg(&socket)
+        .arg(socket)
         .args(["--service", "responder"])
         .stdout(Stdio::piped())
         .spawn()
@@ -364,10 +363,15 @@ fn the_agent_brokers_pre_created_channels_and_counts_them() {
         &mut ready,
     )
     .expect("reading the responder's ready line");
-    let _responder = Reaped(responder);
+    Reaped(responder)
+}
+
+/// The requester example: 200 opens 25 ms apart, 30 of them warm-up; must
+/// succeed.
+fn run_requester(socket: &Path) -> std::process::Output {
     let output = Command::new(resonance_tests::helper_bin("requester"))
         .arg("--socket")
-        .arg(&socket)
+        .arg(socket)
         .args(["--count", "200", "--interval-ms", "25", "--warmup", "30"])
         .output()
         .expect("running the requester example");
@@ -376,6 +380,17 @@ fn the_agent_brokers_pre_created_channels_and_counts_them() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    output
+}
+
+#[test]
+fn the_agent_brokers_pre_created_channels_and_counts_them() {
+    let _serial = serial();
+    let dir = scratch("broker");
+    let agent = start_agent(&dir);
+    let socket = dir.join("broker.sock");
+    let _responder = start_responder(&socket);
+    let output = run_requester(&socket);
     let summary: Value =
         serde_json::from_slice(&output.stdout).expect("the requester's JSON summary");
     assert_eq!(summary["verified"], 200, "{summary}");
@@ -496,28 +511,6 @@ impl Agent {
         }
         serde_json::from_slice(&output.stdout).ok()
     }
-}
-
-/// Writes `total` bytes in page-sized writes into `fd`, made non-blocking,
-/// until the pipe is full; returns how many went in.
-fn write_until_full(fd: &std::os::fd::OwnedFd, total: usize) -> usize {
-    use std::{io::Write, os::fd::AsRawFd};
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
-    }
-    let mut file = std::fs::File::from(fd.try_clone().expect("dup of the write end"));
-    let page = [0x5au8; 4096];
-    let mut written = 0;
-    while written < total {
-        match file.write(&page[..page.len().min(total - written)]) {
-            Ok(n) => written += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => panic!("writing into the channel: {e}"),
-        }
-    }
-    written
 }
 
 /// The loop closed by the agent's own probes: a writer floods each pipe the
@@ -663,31 +656,8 @@ fn the_broker_model_is_retrained_saved_and_survives_a_restart() {
     let args = [std::ffi::OsStr::new("--config"), config.as_os_str()];
     let mut agent = start_agent_with(&dir, &args);
     let socket = dir.join("broker.sock");
-    let mut responder = Command::new(resonance_tests::helper_bin("responder"))
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--service", "responder"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting the responder example");
-    let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(responder.stdout.take().expect("responder stdout")),
-        &mut ready,
-    )
-    .expect("reading the responder's ready line");
-    let responder = Reaped(responder);
-    let output = Command::new(resonance_tests::helper_bin("requester"))
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--count", "200", "--interval-ms", "25", "--warmup", "30"])
-        .output()
-        .expect("running the requester example");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let responder = start_responder(&socket);
+    run_requester(&socket);
     drop(responder);
 
     // Scheduled trials ran (every 2 s, decided after a 1 s holdout) and are

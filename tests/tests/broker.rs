@@ -21,7 +21,7 @@ use resonance_client::{
     proto::{Message, code},
     wire,
 };
-use resonance_tests::{Reaped, serial, wait_for};
+use resonance_tests::{Reaped, serial, wait_for, write_until_full};
 use serde_json::Value;
 
 struct InProcessBroker {
@@ -411,22 +411,6 @@ fn recurring_opens_hit_prepared_channels_and_the_observer_names_both_services() 
         bytes("responder", "requester")
     );
     assert!(total(&broker.metrics.hits) >= 270);
-}
-
-/// Writes `total` bytes in page-sized writes into a non-blocking end until
-/// it would block; returns how many went in.
-fn write_until_full(fd: &std::os::fd::OwnedFd, total: usize) -> usize {
-    let mut file = std::fs::File::from(fd.try_clone().expect("dup of the write end"));
-    let page = [0x5au8; 4096];
-    let mut written = 0;
-    while written < total {
-        match file.write(&page[..page.len().min(total - written)]) {
-            Ok(n) => written += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => panic!("writing into the channel: {e}"),
-        }
-    }
-    written
 }
 
 /// A writer floods each pipe it gets with the same burst, finds it full
