@@ -33,7 +33,7 @@ use crate::{
         CLAIM_FLUSH, Channel, ClientError, ClientStats, DEFAULT_SOCKET, SOCKET_ENV, default_name,
     },
     proto::{ChannelUsage, Message, Want},
-    state::{Reply, State},
+    state::{Reply, State, welcome_of},
     wire::{self, FrameReader, WireError},
 };
 
@@ -180,25 +180,7 @@ impl AsyncClient {
             })
             .await?;
         let mut reader = FrameReader::new();
-        let welcome = match shared.read_frame(&mut reader).await? {
-            (
-                Message::Welcome {
-                    client,
-                    pid,
-                    uid,
-                    gid,
-                },
-                None,
-            ) => (client, pid, uid, gid),
-            (Message::Error { code, message, .. }, None) => {
-                return Err(ClientError::Refused { code, message });
-            }
-            (other, _) => {
-                return Err(ClientError::Wire(format!(
-                    "expected Welcome, got {other:?}"
-                )));
-            }
-        };
+        let welcome = welcome_of(shared.read_frame(&mut reader).await?)?;
         let timer = FlushTimer::new()?;
         tokio::spawn(read_loop(Arc::clone(&shared), reader, timer));
         Ok(Self {

@@ -27,7 +27,7 @@ use std::{
 
 use crate::{
     proto::{ChannelConfig, ChannelUsage, Message, Peer, Role, Want, code},
-    state::State,
+    state::{State, welcome_of},
     wire::{self, FrameReader, WireError},
 };
 
@@ -185,25 +185,7 @@ impl Client {
             None,
         )?;
         let mut reader = FrameReader::new();
-        let welcome = match reader.read_frame(socket.as_fd())? {
-            (
-                Message::Welcome {
-                    client,
-                    pid,
-                    uid,
-                    gid,
-                },
-                None,
-            ) => (client, pid, uid, gid),
-            (Message::Error { code, message, .. }, None) => {
-                return Err(ClientError::Refused { code, message });
-            }
-            (other, _) => {
-                return Err(ClientError::Wire(format!(
-                    "expected Welcome, got {other:?}"
-                )));
-            }
-        };
+        let welcome = welcome_of(reader.read_frame(socket.as_fd())?)?;
         // SAFETY: eventfd returns a new descriptor we own, or -1.
         let event = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if event < 0 {

@@ -20,6 +20,28 @@ use crate::{
     proto::{Message, Role},
 };
 
+/// The broker's answer to `Hello`: the connection id and the credentials
+/// it saw, or why it refused.
+pub(crate) fn welcome_of(
+    frame: (Message, Option<OwnedFd>),
+) -> Result<(u64, u32, u32, u32), ClientError> {
+    match frame {
+        (
+            Message::Welcome {
+                client,
+                pid,
+                uid,
+                gid,
+            },
+            None,
+        ) => Ok((client, pid, uid, gid)),
+        (Message::Error { code, message, .. }, None) => Err(ClientError::Refused { code, message }),
+        (other, _) => Err(ClientError::Wire(format!(
+            "expected Welcome, got {other:?}"
+        ))),
+    }
+}
+
 /// Claims a flush normally carries; the lists start with this capacity so
 /// that the hit path does not allocate.
 const CLAIM_BATCH: usize = 32;
