@@ -6,12 +6,14 @@
 //! exchange in two real processes.
 
 use std::{
+    io::{BufRead, BufReader},
     path::PathBuf,
+    process::{Child, Command, Stdio},
     sync::{Mutex, MutexGuard},
     time::Duration,
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use resonance::{
     observer::{Observer, ObserverOptions},
     report::InteractionRecord,
@@ -222,4 +224,20 @@ pub fn write_until_full(fd: &std::os::fd::OwnedFd, total: usize) -> usize {
         }
     }
     written
+}
+
+/// Spawns a server that prints `ready` once it listens, and waits for
+/// that line.
+pub fn spawn_ready(mut command: Command, what: &str) -> Result<Child> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    if line.trim() != "ready" {
+        bail!("{what} did not get ready: {line:?}");
+    }
+    Ok(child)
 }

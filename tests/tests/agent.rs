@@ -11,7 +11,8 @@ use std::{
 
 use resonance::control::{Request, ask};
 use resonance_tests::{
-    Reaped, free_port, http_get, resonance_bin, serial, traffic_bin, wait_for, write_until_full,
+    Reaped, free_port, http_get, resonance_bin, serial, spawn_ready, traffic_bin, wait_for,
+    write_until_full,
 };
 use serde_json::Value;
 
@@ -107,17 +108,9 @@ fn run_traffic(dir: &Path) {
     assert!(status.success());
     let socket = dir.join("app.sock");
     let socket = socket.to_str().expect("utf-8 temp path");
-    let mut server = Command::new(traffic_as(dir, "rt-server"))
-        .args(["unix-server", socket, "20", "100", "5000", "1"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting the server");
-    let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().expect("server stdout")),
-        &mut ready,
-    )
-    .expect("reading the server's ready line");
+    let mut command = Command::new(traffic_as(dir, "rt-server"));
+    command.args(["unix-server", socket, "20", "100", "5000", "1"]);
+    let mut server = spawn_ready(command, "the server").expect("starting the server");
     let client = Command::new(traffic_as(dir, "rt-client"))
         .args(["unix-client", socket, "20", "100", "5000"])
         .status()
@@ -350,20 +343,12 @@ fn sigkill_mid_traffic_leaves_a_store_that_opens_with_history_up_to_the_last_flu
 /// The responder example serving `responder` on the agent's broker, once
 /// it says it is ready.
 fn start_responder(socket: &Path) -> Reaped {
-    let mut responder = Command::new(resonance_tests::helper_bin("responder"))
+    let mut command = Command::new(resonance_tests::helper_bin("responder"));
+    command
         .arg("--socket")
         .arg(socket)
-        .args(["--service", "responder"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting the responder example");
-    let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(responder.stdout.take().expect("responder stdout")),
-        &mut ready,
-    )
-    .expect("reading the responder's ready line");
-    Reaped(responder)
+        .args(["--service", "responder"]);
+    Reaped(spawn_ready(command, "the responder example").expect("starting the responder"))
 }
 
 /// The requester example: 200 opens 25 ms apart, 30 of them warm-up; must

@@ -2,14 +2,11 @@
 //! of bytes over each kind of channel, and the figures must match exactly.
 //! These need root; without BPF they fail (never skip).
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-};
+use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 use resonance::report::InteractionRecord;
-use resonance_tests::{observe, serial, traffic_bin};
+use resonance_tests::{observe, serial, spawn_ready, traffic_bin};
 
 fn traffic(args: &[&str]) -> Command {
     let mut command = Command::new(traffic_bin());
@@ -25,21 +22,6 @@ fn wait(mut child: Child, what: &str) -> Result<()> {
         bail!("{what} failed: {status}");
     }
     Ok(())
-}
-
-/// Spawns a server that prints `ready` once it listens.
-fn spawn_ready(mut command: Command, what: &str) -> Result<Child> {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {what}"))?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    if line.trim() != "ready" {
-        bail!("{what} did not get ready: {line:?}");
-    }
-    Ok(child)
 }
 
 fn between<'a>(

@@ -200,23 +200,26 @@ fn pipe_pingpong(rounds: u64) -> Result<()> {
     Ok(())
 }
 
+/// Reads exactly `bytes` from `reader` in 64 KiB reads.
+fn read_all(reader: &mut impl Read, bytes: u64) -> Result<()> {
+    let mut buffer = vec![0u8; 65_536];
+    let mut got = 0u64;
+    while got < bytes {
+        let n = reader.read(&mut buffer)?;
+        if n == 0 {
+            bail!("pipe closed after {got} bytes");
+        }
+        got += n as u64;
+    }
+    Ok(())
+}
+
 /// Prints the elapsed ns of the whole transfer on stdout.
 fn pipe_stream(bytes: u64) -> Result<()> {
     let (mut reader, mut writer) = std::io::pipe()?;
     let start = std::time::Instant::now();
     fork_child(
-        || {
-            let mut buffer = vec![0u8; 65_536];
-            let mut got = 0u64;
-            while got < bytes {
-                let n = reader.read(&mut buffer)?;
-                if n == 0 {
-                    bail!("pipe closed after {got} bytes");
-                }
-                got += n as u64;
-            }
-            Ok(())
-        },
+        || read_all(&mut reader, bytes),
         || {
             let chunk = vec![b's'; 65_536];
             let mut left = bytes;
@@ -246,16 +249,7 @@ fn pipe_burst(capacity: u64, burst: u64, write: u64) -> Result<()> {
     fork_child(
         || {
             sleep(Duration::from_millis(100));
-            let mut buffer = vec![0u8; 65_536];
-            let mut got = 0u64;
-            while got < burst {
-                let n = reader.read(&mut buffer)?;
-                if n == 0 {
-                    bail!("pipe closed after {got} bytes");
-                }
-                got += n as u64;
-            }
-            Ok(())
+            read_all(&mut reader, burst)
         },
         || {
             let chunk = vec![b'b'; usize::try_from(write)?];
