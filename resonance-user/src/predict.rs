@@ -1,7 +1,8 @@
 //! The predictive engine. [`Model`] learns from [`TraceEvent`]s online
 //! ([`Model::observe`]) and answers "which (src, dst, kind) starts within
 //! the next horizon, with what probability, and how soon"
-//! ([`Model::predict`], [`Model::due`]).
+//! ([`Model::predict`], [`Model::due`]). The threshold it is asked at may
+//! follow a waste budget ([`budget::WasteBudget`]).
 //!
 //! Three components each give a probability per pair; the model keeps the
 //! largest (each is calibrated on its own, and they mostly see the same
@@ -15,11 +16,22 @@
 //!   the horizon are also kept apart, so the think time between bursts is
 //!   still known at the end of a long burst.
 //!
+//! Which of those pairs deserve a channel now is [`Model::need`]: a pair
+//! that a *herald* announces shortly before it starts (an interaction it
+//! follows within the horizon with at least
+//! [`ModelConfig::herald_probability`], nine times in ten within an eighth
+//! of the horizon) gets its channel when the herald comes, not earlier on
+//! its timing, where the channel could expire first; how often the pair's
+//! starts were heralded decides how much an early channel is still worth.
+//! [`Model::due`] adds when: it waits for a better moment only for pairs
+//! whose gaps are sharp enough for that moment to be knowable.
+//!
 //! Follower probabilities are Dirichlet-smoothed with a prior share scaled
 //! by the pair's resonance score ([`Model::set_prior`]). Memory is bounded by
 //! [`ModelConfig::max_contexts`] tracked pairs (least recently seen evicted).
 //! The model serialises to JSON ([`Model::save`], [`Model::load`]).
 
+pub mod budget;
 pub mod calibrate;
 pub mod markov;
 pub mod retrain;
@@ -51,6 +63,25 @@ pub const PEAK_MARGIN: f64 = 0.02;
 /// [`Model::fallback`] keeps a channel for it while it was seen recently.
 pub const FALLBACK_GAPS: usize = 2;
 
+/// Gaps a pair needs before its timing can be judged sharp.
+pub const SHARP_GAPS: usize = samples::CAPACITY / 2;
+
+/// Decay per start of a pair's count of heralded starts.
+pub const HERALD_DECAY: f64 = 0.99;
+
+/// A herald's follower comes within the horizon divided by this (for nine
+/// in ten of its recent delays).
+pub const HERALD_DELAY_DIVISOR: u64 = 8;
+
+/// Which contexts [`Model::accumulate`] consults when only heralds count.
+#[derive(Clone, Copy, Debug)]
+struct Heralds {
+    /// Chance of the follower within the horizon a herald must give.
+    floor: f64,
+    /// Judge each herald as of its occurrence rather than as of now.
+    as_announced: bool,
+}
+
 /// Index of an interned pair inside a model.
 pub type PairId = u32;
 
@@ -79,6 +110,7 @@ impl PairKey {
 /// Tuning of the model. The defaults are the ones the replay targets were
 /// measured with.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ModelConfig {
     /// Sliding window W: how long after an interaction a follower counts.
     pub window_ns: u64,
@@ -108,6 +140,15 @@ pub struct ModelConfig {
     pub calibration_horizon_ns: u64,
     /// Event time between two samples of forecasts for calibration.
     pub calibration_every_ns: u64,
+    /// Chance of being followed within the horizon that makes an
+    /// interaction a herald of its follower (the threshold channels are
+    /// prepared at).
+    pub herald_probability: f64,
+    /// Shortest delay at which a herald still leaves time to prepare the
+    /// channel (nine in ten of its delays at least this): the broker
+    /// prepares on a clock and needs its preparation interval; a replay
+    /// prepares at once.
+    pub herald_min_lead_ns: u64,
 }
 
 impl Default for ModelConfig {
@@ -127,6 +168,8 @@ impl Default for ModelConfig {
             calibrate: true,
             calibration_horizon_ns: 5_000_000_000,
             calibration_every_ns: 1_000_000_000,
+            herald_probability: 0.6,
+            herald_min_lead_ns: 0,
         }
     }
 }
@@ -144,6 +187,10 @@ pub struct Prediction {
     pub probability: f64,
     /// Expected time from now to the start, if it happens in the horizon.
     pub expected_lead_ns: u64,
+    /// The chance a channel made now is the one the start uses
+    /// ([`Model::need`]): lower than `probability` for a pair that a
+    /// herald announces shortly before it starts.
+    pub need: f64,
 }
 
 /// A pair worth preparing a channel for now.
@@ -194,6 +241,12 @@ struct PairState {
     follow: Table,
     /// Followers already credited since this pair's latest occurrence.
     credited: Vec<PairId>,
+    /// Decayed count of starts a near prediction announced.
+    #[serde(default)]
+    heralded: f64,
+    /// Decayed count of starts.
+    #[serde(default)]
+    starts: f64,
 }
 
 /// The online predictor.
@@ -238,6 +291,12 @@ impl Model {
     /// The configuration.
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// Replaces the configuration, keeping what was learnt (a model loaded
+    /// from disk takes the running agent's settings).
+    pub fn set_config(&mut self, config: ModelConfig) {
+        self.config = config;
     }
 
     /// Sets the resonance score of a pair (in [0, 1], 0.5 neutral): it
@@ -285,6 +344,7 @@ impl Model {
     pub fn observe(&mut self, event: &TraceEvent) {
         let id = self.intern(PairKey::of(event));
         let ts = event.ts_ns;
+        let heralded = self.heralded(id, ts);
         let window = self.config.window_ns;
         let decay = self.config.decay;
         let max_followers = self.config.max_followers;
@@ -306,6 +366,8 @@ impl Model {
             }
             state.last_ts = Some(ts.max(state.last_ts.unwrap_or(0)));
             state.seen += 1;
+            state.starts = state.starts * HERALD_DECAY + 1.0;
+            state.heralded = state.heralded * HERALD_DECAY + f64::from(u8::from(heralded));
             state.follow.occur(decay);
             state.credited.clear();
         }
@@ -327,7 +389,7 @@ impl Model {
         }
         let horizon = self.config.calibration_horizon_ns;
         let mut raw = vec![Score::default(); self.pairs.len()];
-        self.accumulate(now, horizon, None, &mut raw);
+        self.accumulate(now, horizon, None, None, &mut raw);
         let every = self.config.calibration_every_ns;
         self.calibrator.sample(now, horizon, every, &raw);
     }
@@ -362,6 +424,8 @@ impl Model {
             pauses: Samples::default(),
             follow: Table::default(),
             credited: Vec::new(),
+            heralded: 0.0,
+            starts: 0.0,
         };
         let id = match self.free.pop() {
             Some(id) => {
@@ -404,7 +468,7 @@ impl Model {
     /// [`PairId`]) of a start in `(now, now + horizon]`.
     pub fn scores(&self, now: u64, horizon: u64) -> Vec<Score> {
         let mut scores = vec![Score::default(); self.pairs.len()];
-        self.accumulate(now, horizon, None, &mut scores);
+        self.accumulate(now, horizon, None, None, &mut scores);
         if self.config.calibrate {
             for score in &mut scores {
                 score.probability = self.calibrator.map(score.probability);
@@ -417,17 +481,107 @@ impl Model {
     /// [`Model::scores`] when only a few pairs matter).
     pub fn score(&self, pair: PairId, now: u64, horizon: u64) -> Score {
         let mut scores = [Score::default()];
-        self.accumulate(now, horizon, Some(pair), &mut scores);
+        self.accumulate(now, horizon, Some(pair), None, &mut scores);
         if self.config.calibrate {
             scores[0].probability = self.calibrator.map(scores[0].probability);
         }
         scores[0]
     }
 
+    /// Probability of a start of `pair` within `horizon` according to its
+    /// heralds alone: interactions after which it follows within the
+    /// horizon with at least [`ModelConfig::herald_probability`], so that a
+    /// channel made when they occur is rarely wasted.
+    fn near(&self, pair: PairId, now: u64, horizon: u64) -> Score {
+        let mut scores = [Score::default()];
+        let heralds = Heralds {
+            floor: self.config.herald_probability,
+            as_announced: false,
+        };
+        self.accumulate(now, horizon, Some(pair), Some(heralds), &mut scores);
+        if self.config.calibrate {
+            scores[0].probability = self.calibrator.map(scores[0].probability);
+        }
+        scores[0]
+    }
+
+    /// Whether a herald of `pair` announced a start at `now` in time: it
+    /// occurred within the horizon before, and when it did, it gave the
+    /// start at least [`ModelConfig::herald_probability`].
+    fn heralded(&self, pair: PairId, now: u64) -> bool {
+        let mut scores = [Score::default()];
+        let heralds = Heralds {
+            floor: self.config.herald_probability,
+            as_announced: true,
+        };
+        let horizon = self.config.calibration_horizon_ns;
+        self.accumulate(now, horizon, Some(pair), Some(heralds), &mut scores);
+        scores[0].probability >= self.config.herald_probability
+    }
+
+    /// Share of a pair's recent starts that a near prediction announced.
+    fn herald_share(&self, state: &PairState) -> f64 {
+        // One pseudo-start unannounced, so a young pair is not taken as
+        // heralded on its first few starts.
+        state.heralded / (state.starts + 1.0)
+    }
+
+    /// The chance that a channel made for `pair` now is the one its next
+    /// start uses: the near prediction, or the whole prediction for the
+    /// starts nothing announces shortly before. A pair that something
+    /// reliably announces gets its channel then, not earlier, when it could
+    /// expire waiting.
+    pub fn need(&self, pair: PairId, now: u64, horizon: u64) -> f64 {
+        let Some(state) = self.state(pair) else {
+            return 0.0;
+        };
+        let all = self.score(pair, now, horizon).probability;
+        self.need_given(state, pair, all, now, horizon)
+    }
+
+    /// [`Model::need`] with the whole prediction `all` already computed.
+    fn need_given(&self, state: &PairState, pair: PairId, all: f64, now: u64, horizon: u64) -> f64 {
+        let share = self.herald_share(state);
+        if share <= 0.0 {
+            return all;
+        }
+        // An early channel gains only the starts no herald announces, and
+        // is wasted when no start comes: weigh the two as the threshold
+        // weighs a hit against a waste (with no heralds this is `all`).
+        let gain = all * (1.0 - share);
+        let early = gain / (gain + (1.0 - all)).max(f64::EPSILON);
+        self.near(pair, now, horizon).probability.max(early)
+    }
+
     /// Raises `scores` with every component's opinion. With `only`, just
-    /// that pair is scored, into `scores[0]`.
-    fn accumulate(&self, now: u64, horizon: u64, only: Option<PairId>, scores: &mut [Score]) {
+    /// that pair is scored, into `scores[0]`. With `heralds`, only
+    /// contexts followed by the pair within the horizon with at least that
+    /// probability count, while a channel made when they occurred would
+    /// still wait, and timing not at all.
+    fn accumulate(
+        &self,
+        now: u64,
+        horizon: u64,
+        only: Option<PairId>,
+        heralds: Option<Heralds>,
+        scores: &mut [Score],
+    ) {
         let config = &self.config;
+        let use_timing = config.use_timing && heralds.is_none();
+        let too_old = |elapsed: u64| heralds.is_some() && elapsed > horizon;
+        let weak = |p: f64, delays: &Samples| {
+            heralds.is_some_and(|heralds| {
+                delays.quantile(0.9) > horizon / HERALD_DELAY_DIVISOR
+                    || delays.quantile(0.1) < config.herald_min_lead_ns
+                    || conditional(p, delays, 0, horizon).0 < heralds.floor
+            })
+        };
+        // What a herald said when it occurred, not what is left of it now.
+        let as_announced = heralds.is_some_and(|heralds| heralds.as_announced);
+        let judge = |p: f64, delays: &Samples, elapsed: u64| {
+            let elapsed = if as_announced { 0 } else { elapsed };
+            conditional(p, delays, elapsed, horizon)
+        };
         let share =
             |pair: PairId| config.base_prior * self.state(pair).map_or(1.0, |state| state.prior);
         let slot = |pair: PairId| match only {
@@ -436,7 +590,7 @@ impl Model {
             Some(_) => None,
         };
         if let Some(target) = only
-            && config.use_timing
+            && use_timing
             && let Some(state) = self.state(target)
         {
             let (p, lead) = self.timing(state, now, horizon);
@@ -444,7 +598,7 @@ impl Model {
         }
         for (id, state) in self.pairs.iter().enumerate() {
             let Some(state) = state else { continue };
-            if only.is_none() && config.use_timing {
+            if only.is_none() && use_timing {
                 let (p, lead) = self.timing(state, now, horizon);
                 scores[id].raise(p, lead);
             }
@@ -454,7 +608,11 @@ impl Model {
             // Window patterns: this pair as a context still open at `now`.
             let Some(last) = state.last_ts else { continue };
             let elapsed = now.saturating_sub(last);
-            if elapsed >= config.window_ns {
+            if elapsed >= config.window_ns || too_old(elapsed) {
+                continue;
+            }
+            // A pair does not herald itself: that is its timing.
+            if heralds.is_some() && only == Some(id as PairId) {
                 continue;
             }
             // The open occurrence has not had its chance yet: judge the
@@ -469,20 +627,29 @@ impl Model {
                 }
                 let count = state.follow.count(entry, config.decay);
                 let p_follow = smoothed(count, closed, config.alpha, share(entry.pair));
-                let (p, lead) = conditional(p_follow, &entry.delays, elapsed, horizon);
+                if weak(p_follow, &entry.delays) {
+                    continue;
+                }
+                let (p, lead) = judge(p_follow, &entry.delays, elapsed);
                 if let Some(score) = scores.get_mut(index) {
                     score.raise(p, lead);
                 }
             }
         }
-        if let Some((_, last_ts)) = self.markov.last.filter(|_| config.use_markov) {
+        if let Some((last, last_ts)) = self.markov.last.filter(|_| config.use_markov)
+            && !too_old(now.saturating_sub(last_ts))
+            && !(heralds.is_some() && only == Some(last))
+        {
             let elapsed = now.saturating_sub(last_ts);
             let params = self.chain_params();
             self.markov
                 .candidates(&params, share, |pair, p_next, table, index| {
                     let Some(index_out) = slot(pair) else { return };
-                    let (p, lead) =
-                        conditional(p_next, &table.entries[index].delays, elapsed, horizon);
+                    let delays = &table.entries[index].delays;
+                    if weak(p_next, delays) {
+                        return;
+                    }
+                    let (p, lead) = judge(p_next, delays, elapsed);
                     if let Some(score) = scores.get_mut(index_out) {
                         score.raise(p, lead);
                     }
@@ -506,28 +673,65 @@ impl Model {
         // have pushed the think time between bursts out of them, so the
         // pauses, kept apart, say how long this silence lasts.
         let pauses = state.pauses.window(elapsed, horizon);
-        let mass = if mass.above == 0 && pauses.above > 0 {
-            pauses
-        } else {
-            mass
-        };
+        let in_pause = mass.above == 0 && pauses.above > 0;
+        let mass = if in_pause { pauses } else { mass };
         let shrink = self.config.timing_shrink;
+        let (late, late_lead) = self.lateness(state, elapsed, horizon);
         if mass.above > 0 {
+            // Once the silence is as long as the pair's shortest gap, the
+            // few gaps still longer than it say little: they are shrunk
+            // toward the lateness estimate. Before, or within a pause
+            // (which the lateness of short gaps says nothing about), they
+            // are shrunk toward zero.
             let above = mass.above as f64;
-            let p = mass.within as f64 / above * above / (above + shrink);
+            let prior = if !in_pause && elapsed >= state.gaps.min() {
+                late
+            } else {
+                0.0
+            };
+            let p = (mass.within as f64 + shrink * prior) / (above + shrink);
             return (p, mass.mean_lead_ns);
         }
-        // Quiet for longer than any gap remembered: a steady pair may be
-        // late (censored exponential estimate); past twice the longest gap
-        // the pair is taken to have stopped, so no more channels are wasted
-        // on it.
-        if elapsed > state.gaps.max().saturating_mul(2) {
+        (late, late_lead)
+    }
+
+    /// The chance a pair quiet for `elapsed` starts within `horizon` if its
+    /// next start is expected within about one spread of its gaps (a sharp
+    /// periodic job merely late by its jitter) or one mean gap (random
+    /// starts), whichever is shorter. Past twice its longest gap, and a
+    /// horizon beyond it, the pair is taken to have stopped, so no more
+    /// channels are wasted on it; until the pair has shown a pause longer
+    /// than the horizon, not before the window has passed either: a first
+    /// think time after a burst is no sign of a stop.
+    fn lateness(&self, state: &PairState, elapsed: u64, horizon: u64) -> (f64, u64) {
+        let n = state.gaps.len();
+        let longest = state.gaps.max();
+        let mut stopped_after = longest
+            .saturating_mul(2)
+            .max(longest.saturating_add(horizon));
+        if state.pauses.is_empty() {
+            stopped_after = stopped_after.max(self.config.window_ns);
+        }
+        if n == 0 || elapsed > stopped_after {
             return (0.0, 0);
         }
-        let rate = n as f64 / (state.gaps.sum() as f64 + elapsed as f64).max(1.0);
-        let p = (1.0 - (-rate * horizon as f64).exp()) * n as f64 / (n as f64 + shrink);
-        let lead = ((1.0 / rate) as u64).min(horizon / 2);
-        (p, lead)
+        let mean = (state.gaps.sum() as f64 + elapsed as f64) / n as f64;
+        let spread = (longest - state.gaps.min()) as f64;
+        let scale = mean.min(spread).max(1.0);
+        let shrink = self.config.timing_shrink;
+        let p = (1.0 - (-(horizon as f64) / scale).exp()) * n as f64 / (n as f64 + shrink);
+        (p, (scale as u64).min(horizon / 2))
+    }
+
+    /// Whether the pair's recent gaps (at least [`SHARP_GAPS`] of them: a
+    /// few gaps of random starts can fall close together by chance) all
+    /// fall within half the horizon of each other: only then is a later, better moment to prepare its
+    /// channel knowable. Between broadly spread gaps a start can come at
+    /// any time, and a few samples leave holes a wait would fall into.
+    fn sharp(&self, pair: PairId, horizon: u64) -> bool {
+        self.state(pair).is_some_and(|state| {
+            state.gaps.len() >= SHARP_GAPS && state.gaps.max() - state.gaps.min() <= horizon / 2
+        })
     }
 
     /// Evidence fallback: whether `pair` has too few gaps for its timing to
@@ -567,12 +771,15 @@ impl Model {
             .enumerate()
             .filter(|(_, score)| score.probability >= floor && score.probability > 0.0)
             .filter_map(|(id, score)| {
-                self.key(id as PairId).map(|key| Prediction {
-                    src: key.src.clone(),
-                    dst: key.dst.clone(),
-                    kind: key.kind.clone(),
+                let pair = id as PairId;
+                let state = self.state(pair)?;
+                Some(Prediction {
+                    src: state.key.src.clone(),
+                    dst: state.key.dst.clone(),
+                    kind: state.key.kind.clone(),
                     probability: score.probability,
                     expected_lead_ns: score.expected_lead_ns,
+                    need: self.need_given(state, pair, score.probability, now, horizon),
                 })
             })
             .collect();
@@ -590,13 +797,13 @@ impl Model {
         self.predict_above(now, horizon, 0.01)
     }
 
-    /// Pairs to prepare a channel for at `now`: probability at least
-    /// `threshold`, unless a channel made within the next
-    /// [`LOOKAHEAD_STEPS`] steps of `step` would clearly be worth more (a
-    /// sharp periodic start is better covered by a channel made closer to
-    /// it than by one expiring just before it); and every pair
-    /// [`Model::fallback`] keeps. `wanted` filters pairs, e.g. those with
-    /// no channel yet.
+    /// Pairs to prepare a channel for at `now`: probability and
+    /// [`Model::need`] at least `threshold`, unless a channel made within
+    /// the next [`LOOKAHEAD_STEPS`] steps of `step` would clearly be worth
+    /// more (a sharp periodic start is better covered by a channel made
+    /// closer to it than by one expiring just before it; only pairs with
+    /// sharp gaps wait); and every pair [`Model::fallback`] keeps. `wanted`
+    /// filters pairs, e.g. those with no channel yet.
     pub fn due(
         &self,
         now: u64,
@@ -611,7 +818,14 @@ impl Model {
         let mut candidates: Vec<(Due, bool)> = current
             .iter()
             .enumerate()
-            .filter(|(id, score)| score.probability >= threshold && wanted(*id as PairId))
+            .filter(|(id, score)| {
+                let pair = *id as PairId;
+                score.probability >= threshold
+                    && wanted(pair)
+                    && self.state(pair).is_some_and(|state| {
+                        self.need_given(state, pair, score.probability, now, horizon) >= threshold
+                    })
+            })
             .map(|(id, score)| {
                 let due = Due {
                     pair: id as PairId,
@@ -632,6 +846,11 @@ impl Model {
             let later_ts = now.saturating_add(k * step);
             candidates.retain_mut(|(candidate, settled)| {
                 if *settled {
+                    return true;
+                }
+                // Broadly spread gaps: any moment may bring the start.
+                if !self.sharp(candidate.pair, horizon) {
+                    *settled = true;
                     return true;
                 }
                 let meanwhile = self.score(candidate.pair, now, k * step).probability;

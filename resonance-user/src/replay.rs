@@ -29,6 +29,7 @@ use serde::Serialize;
 use crate::{
     predict::{
         Model, ModelConfig, PairKey,
+        budget::BudgetSettings,
         retrain::{self, Decision, Reason, RetrainConfig, Trigger},
     },
     trace::TraceEvent,
@@ -47,6 +48,9 @@ pub struct ReplayConfig {
     pub model: ModelConfig,
     /// Retraining, when enabled.
     pub retrain: Option<RetrainConfig>,
+    /// Waste budget: with it, `threshold` is the ceiling and the budget
+    /// lowers the threshold while the waste ratio stays under its target.
+    pub budget: Option<BudgetSettings>,
 }
 
 /// Default creation threshold.
@@ -61,6 +65,7 @@ impl Default for ReplayConfig {
             ttl_ns: DEFAULT_TTL_NS,
             model: ModelConfig::default(),
             retrain: None,
+            budget: Some(BudgetSettings::default()),
         }
     }
 }
@@ -100,6 +105,8 @@ pub struct Bucket {
     pub hits: u64,
     /// Channels that expired unused in the slice.
     pub wasted: u64,
+    /// Threshold in force at the slice's last start.
+    pub threshold: f64,
 }
 
 /// Width of a timeline slice.
@@ -108,8 +115,12 @@ pub const BUCKET_NS: u64 = 30_000_000_000;
 /// The replay's result.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Report {
-    /// Threshold used.
+    /// Threshold configured (with a waste budget, the highest it goes).
     pub threshold: f64,
+    /// The waste budget's target ratio, if one moved the threshold.
+    pub waste_budget: Option<f64>,
+    /// The threshold in force when the trace ended.
+    pub threshold_end: f64,
     /// TTL used, in milliseconds.
     pub ttl_ms: f64,
     /// The model's figures.
@@ -322,8 +333,16 @@ impl Retraining {
 
     /// At `now`, with `events` the whole trace: finishes the running trial
     /// once its holdout has passed (swapping the model if the candidate is
-    /// not worse), or starts one if due.
-    fn step(&mut self, now: u64, events: &[TraceEvent], model: &mut Model, replay: &ReplayConfig) {
+    /// not worse, both played at `threshold`, the one channels are prepared
+    /// at now), or starts one if due.
+    fn step(
+        &mut self,
+        now: u64,
+        events: &[TraceEvent],
+        model: &mut Model,
+        threshold: f64,
+        ttl_ns: u64,
+    ) {
         let slice = |from: u64, to: u64| {
             let start = events.partition_point(|e| e.ts_ns < from);
             let end = events.partition_point(|e| e.ts_ns <= to);
@@ -343,8 +362,8 @@ impl Retraining {
                 reason,
                 started_ns: started,
                 end_ns: now,
-                threshold: replay.threshold,
-                ttl_ns: replay.ttl_ns.max(1),
+                threshold,
+                ttl_ns: ttl_ns.max(1),
                 min_holdout: self.config.min_holdout,
             };
             let verdict = retrain::run_trial(baseline, history, slice(started, now), &trial);
@@ -369,7 +388,8 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
         calibration_horizon_ns: ttl,
         ..config.model.clone()
     });
-    let mut predictive = Predictive::new(model, &pairs.keys);
+    let mut predictive =
+        Predictive::new(model, &pairs.keys, config.threshold, config.budget.as_ref());
     let mut static_pool = StaticPool::new(count, ttl);
     let mut ratio = RatioPreconnect::new(count, ttl);
     let mut timeline: Vec<Bucket> = Vec::new();
@@ -423,7 +443,8 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
                 &mut next_brier,
             );
             if let Some(retraining) = &mut retraining {
-                retraining.step(next_tick, events, &mut predictive.model, config);
+                let threshold = predictive.threshold(config);
+                retraining.step(next_tick, events, &mut predictive.model, threshold, ttl);
             }
             next_tick += tick;
         }
@@ -439,6 +460,7 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
         }
         timeline[slot].interactions += 1;
         timeline[slot].hits += u64::from(lead.is_some());
+        timeline[slot].threshold = predictive.threshold(config);
         predictive.model.observe(event);
         if let Some(retraining) = &mut retraining {
             retraining.trigger.drift.record(now, lead.is_some());
@@ -458,6 +480,8 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
     let calibration = predictive.tally.calibration();
     Report {
         threshold: config.threshold,
+        waste_budget: config.budget.as_ref().map(|budget| budget.target),
+        threshold_end: predictive.threshold(config),
         ttl_ms: ttl as f64 / 1e6,
         model: predictive.tally.figures(pending),
         static_pool: static_pool.finish(last),

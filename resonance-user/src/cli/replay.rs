@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    predict::{ModelConfig, retrain::RetrainConfig},
+    predict::{ModelConfig, budget::BudgetSettings, retrain::RetrainConfig},
     replay::{DEFAULT_THRESHOLD, DEFAULT_TTL_NS, Figures, ReplayConfig, replay},
     trace::read_trace,
 };
@@ -15,9 +15,18 @@ use crate::{
 pub struct Args {
     /// The trace (JSON Lines, one interaction start per line).
     pub trace: std::path::PathBuf,
-    /// Probability at which a channel is prepared.
+    /// Probability at which a channel is always prepared; with a waste
+    /// budget, the highest the threshold goes.
     #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
     pub threshold: f64,
+    /// Share of prepared channels allowed to expire unused: the threshold
+    /// is lowered toward --min-threshold while the running waste ratio
+    /// stays under it (0: a fixed threshold).
+    #[arg(long, default_value_t = BudgetSettings::default().target)]
+    pub waste_budget: f64,
+    /// Lowest threshold the waste budget goes down to.
+    #[arg(long, default_value_t = BudgetSettings::default().floor)]
+    pub min_threshold: f64,
     /// How long a prepared channel waits for its interaction (e.g. 5s).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     pub ttl: Duration,
@@ -59,6 +68,17 @@ pub struct Args {
     pub drift_margin: f64,
 }
 
+/// The threshold as the table's heading line gives it.
+fn threshold_text(report: &crate::replay::Report) -> String {
+    match report.waste_budget {
+        Some(target) => format!(
+            "threshold {} at most, waste budget {target} (threshold at the end {:.3})",
+            report.threshold, report.threshold_end
+        ),
+        None => format!("threshold {}", report.threshold),
+    }
+}
+
 /// A part of the model that `--disable` switches off.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Component {
@@ -76,6 +96,18 @@ pub enum Component {
 pub fn run(args: Args) -> Result<()> {
     if !(args.threshold > 0.0 && args.threshold <= 1.0) {
         bail!("--threshold must be in (0, 1], got {}", args.threshold);
+    }
+    if !(0.0..1.0).contains(&args.waste_budget) {
+        bail!(
+            "--waste-budget must be in [0, 1), got {}",
+            args.waste_budget
+        );
+    }
+    if !(args.min_threshold > 0.0 && args.min_threshold <= args.threshold) {
+        bail!(
+            "--min-threshold must be in (0, --threshold], got {}",
+            args.min_threshold
+        );
     }
     let ttl_ns = u64::try_from(args.ttl.as_nanos()).context("--ttl is too long")?;
     if ttl_ns == 0 {
@@ -101,6 +133,11 @@ pub fn run(args: Args) -> Result<()> {
             ..ModelConfig::default()
         },
         retrain: args.retrain.then(|| retrain_config(&args)).transpose()?,
+        budget: (args.waste_budget > 0.0).then(|| BudgetSettings {
+            target: args.waste_budget,
+            floor: args.min_threshold,
+            ..BudgetSettings::default()
+        }),
     };
     let report = replay(&trace.events, &config);
     if args.json {
@@ -113,9 +150,9 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} interactions, threshold {}, ttl {} ms, {} malformed lines skipped",
+        "{} interactions, {}, ttl {} ms, {} malformed lines skipped",
         report.model.interactions,
-        report.threshold,
+        threshold_text(&report),
         report.ttl_ms,
         trace.malformed.len()
     );

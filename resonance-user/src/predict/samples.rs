@@ -52,6 +52,23 @@ impl Samples {
         self.values.iter().copied().max().unwrap_or(0)
     }
 
+    /// The sample below which a share `q` of the samples fall (nearest
+    /// rank), 0 with none.
+    pub fn quantile(&self, q: f64) -> u64 {
+        if self.values.is_empty() {
+            return 0;
+        }
+        let mut sorted = self.values.clone();
+        sorted.sort_unstable();
+        let rank = ((q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize).max(1);
+        sorted[rank.min(sorted.len()) - 1]
+    }
+
+    /// Smallest stored sample.
+    pub fn min(&self) -> u64 {
+        self.values.iter().copied().min().unwrap_or(0)
+    }
+
     /// Sum of the stored samples.
     pub fn sum(&self) -> u64 {
         self.values.iter().sum()

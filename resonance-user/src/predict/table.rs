@@ -111,6 +111,21 @@ pub fn conditional(p_follow: f64, delays: &Samples, elapsed: u64, horizon: u64) 
         return (0.0, 0);
     }
     let mass = delays.window(elapsed, horizon);
+    let longest = delays.max();
+    if mass.above == 0 && elapsed <= longest.saturating_mul(2) {
+        // Later than every remembered delay, but not by much: the follower
+        // is taken as one more delay just past the longest, so a late one
+        // is still expected (a few samples cannot bound a distribution's
+        // tail); past twice the longest it is given up.
+        let n = n as f64;
+        let (before, inside) = (n / (n + 1.0), 1.0 / (n + 1.0));
+        let remaining = 1.0 - p_follow * before;
+        if remaining <= 0.0 {
+            return (0.0, 0);
+        }
+        let lead = longest.saturating_sub(elapsed).min(horizon);
+        return ((p_follow * inside / remaining).clamp(0.0, 1.0), lead);
+    }
     let n = n as f64;
     let before = (n - mass.above as f64) / n;
     let inside = mass.within as f64 / n;

@@ -289,3 +289,116 @@ fn a_new_pair_is_kept_until_its_timing_has_gaps() {
     assert!(!slow.fallback(id, 41 * S));
     assert!(due_pairs(&slow, 41 * S).is_empty());
 }
+
+fn need(model: &Model, now: u64, horizon: u64, src: &str, dst: &str) -> f64 {
+    model
+        .predict_above(now, horizon, 0.0)
+        .iter()
+        .find(|p| p.src == src && p.dst == dst)
+        .map_or(0.0, |p| p.need)
+}
+
+/// `a -> b` followed 20 ms later by `b -> c`, rounds 6 to 10 s apart.
+fn heralded_rounds(model: &mut Model, rounds: u64) -> u64 {
+    let mut ts = 0;
+    for round in 0..rounds {
+        ts += 6 * S + (round * 7 % 9) * 500 * MS;
+        model.observe(&event(ts, "a", "b"));
+        model.observe(&event(ts + 20 * MS, "b", "c"));
+    }
+    ts
+}
+
+#[test]
+fn a_heralded_pair_is_needed_when_its_herald_comes_not_before() {
+    // `b -> c` always comes 20 ms after `a -> b`: the herald.
+    let mut model = Model::default();
+    let ts = heralded_rounds(&mut model, 40);
+    let horizon = 5 * S;
+    // 4 s into the pause its timing says a start within the horizon is
+    // likely, but a channel made now would often expire first, and the
+    // herald will announce the start: no early channel.
+    let early = ts + 20 * MS + 4 * S;
+    let likely = probability(&model, early, horizon, "b", "c");
+    assert!(likely > 0.5, "{likely}");
+    let early_need = need(&model, early, horizon, "b", "c");
+    assert!(early_need < 0.3, "{early_need}");
+    // Once the herald is there, the follower is needed.
+    let herald = ts + 8 * S;
+    model.observe(&event(herald, "a", "b"));
+    let now_need = need(&model, herald, horizon, "b", "c");
+    assert!(now_need > 0.85, "{now_need}");
+    // The herald itself has no herald: its need is its probability.
+    let p = probability(&model, herald + 4 * S, horizon, "a", "b");
+    let n = need(&model, herald + 4 * S, horizon, "a", "b");
+    assert!((p - n).abs() < 1e-12, "{p} vs {n}");
+}
+
+#[test]
+fn a_herald_too_close_to_prepare_for_is_no_herald() {
+    // The broker prepares on a clock: a follower 20 ms after its trigger
+    // cannot wait for it when preparation needs 50 ms.
+    let mut model = Model::new(ModelConfig {
+        herald_min_lead_ns: 50 * MS,
+        ..ModelConfig::default()
+    });
+    let ts = heralded_rounds(&mut model, 40);
+    let early = ts + 20 * MS + 4 * S;
+    let p = probability(&model, early, 5 * S, "b", "c");
+    let n = need(&model, early, 5 * S, "b", "c");
+    assert!((p - n).abs() < 1e-12, "{p} vs {n}");
+}
+
+#[test]
+fn a_sharp_job_waits_for_its_moment_and_a_spread_one_does_not() {
+    let horizon = 5 * S;
+    let step = horizon / 8;
+    // Every 60 s within 10 ms: the best moment to prepare is knowable.
+    let mut sharp = Model::default();
+    for run in 0..20 {
+        sharp.observe(&event(run * 60 * S + (run % 3) * 5 * MS, "cron", "job"));
+    }
+    let last = 19 * 60 * S + 5 * MS;
+    // Gaps of 59.99 and 60.005 s: 55 s in, a channel would cover only the
+    // shorter ones, one made a step later covers all.
+    let early = last + 55 * S;
+    let p = probability(&sharp, early, horizon, "cron", "job");
+    assert!((0.25..0.6).contains(&p), "{p}");
+    assert!(sharp.due(early, horizon, 0.25, step, |_| true).is_empty());
+    assert_eq!(
+        sharp.due(early + step, horizon, 0.25, step, |_| true).len(),
+        1
+    );
+    // Gaps spread over 3 to 9 s: any moment may bring the start, so a
+    // likely enough pair gets its channel now.
+    let mut spread = Model::default();
+    let mut ts = 0;
+    for n in 0..20u64 {
+        ts += 3 * S + (n * 7 % 13) * 500 * MS;
+        spread.observe(&event(ts, "loop", "grep"));
+    }
+    let now = ts + 3 * S;
+    let p = probability(&spread, now, horizon, "loop", "grep");
+    assert!(p >= 0.5, "{p}");
+    assert_eq!(spread.due(now, horizon, 0.5, step, |_| true).len(), 1);
+}
+
+#[test]
+fn a_late_follower_is_still_expected_for_a_while() {
+    // `b -> c` 20 ms after `a -> b`: at 25 ms, later than every delay seen,
+    // it is still expected; at 100 ms, past twice the longest, given up.
+    // The chain alone, so the follower's own 7 s rhythm does not count.
+    let mut model = Model::new(ModelConfig {
+        calibrate: false,
+        use_timing: false,
+        use_window: false,
+        ..ModelConfig::default()
+    });
+    let ts = triggered(&mut model, 20);
+    let herald = ts + 7 * S;
+    model.observe(&event(herald, "a", "b"));
+    let late = probability(&model, herald + 25 * MS, S, "b", "c");
+    assert!(late > 0.2, "{late}");
+    let gone = probability(&model, herald + 100 * MS, S, "b", "c");
+    assert!(gone < 0.1, "{gone}");
+}

@@ -5,8 +5,14 @@
 //! then, as the broker's next preparation pass would, rather than at the
 //! replay's next clock tick: a pair that is late but still expected keeps
 //! a channel without a gap a start could fall into.
+//!
+//! The threshold is the configured one, or, with a waste budget
+//! ([`ReplayConfig::budget`]), the budget's, fed with every hit and waste.
 
-use crate::predict::{Model, PairId, PairKey};
+use crate::predict::{
+    Model, PairId, PairKey,
+    budget::{BudgetSettings, WasteBudget},
+};
 
 use super::{PairFigures, ReplayConfig, Tally};
 
@@ -22,11 +28,19 @@ pub struct Predictive {
     pub per_pair: Vec<PairFigures>,
     /// When each wasted channel expired, for the timeline.
     pub wasted_at: Vec<u64>,
+    /// The threshold channels are prepared at, kept within the waste budget.
+    pub budget: Option<WasteBudget>,
 }
 
 impl Predictive {
-    /// The strategy for the trace's pairs (`keys`, in replay order).
-    pub fn new(model: Model, keys: &[PairKey]) -> Self {
+    /// The strategy for the trace's pairs (`keys`, in replay order), with
+    /// a waste budget below `threshold` if `budget` is set.
+    pub fn new(
+        model: Model,
+        keys: &[PairKey],
+        threshold: f64,
+        budget: Option<&BudgetSettings>,
+    ) -> Self {
         Self {
             model,
             channels: vec![None; keys.len()],
@@ -41,6 +55,7 @@ impl Predictive {
                 })
                 .collect(),
             wasted_at: Vec::new(),
+            budget: budget.map(|settings| WasteBudget::new(settings.clone(), threshold)),
         }
     }
 
@@ -58,6 +73,9 @@ impl Predictive {
                 self.channels[pair] = None;
                 self.tally.wasted += 1;
                 self.per_pair[pair].wasted += 1;
+                if let Some(budget) = &mut self.budget {
+                    budget.wasted();
+                }
                 self.wasted_at.push(expiry);
                 let still_due = self
                     .model
@@ -70,12 +88,19 @@ impl Predictive {
         }
     }
 
-    /// Whether the pair clears the threshold at `at` (no lookahead: it was
-    /// already judged worth a channel, and waiting now could only miss), or
-    /// is kept by the evidence fallback.
+    /// Whether the pair's need clears the threshold at `at` (no lookahead:
+    /// it was already judged worth a channel, and waiting now could only
+    /// miss), or it is kept by the evidence fallback.
     fn still_due(&self, id: PairId, at: u64, config: &ReplayConfig) -> bool {
-        self.model.score(id, at, config.ttl_ns).probability >= config.threshold
+        self.model.need(id, at, config.ttl_ns) >= self.threshold(config)
             || self.model.fallback(id, at)
+    }
+
+    /// The threshold now: the budget's, or the configured one.
+    pub fn threshold(&self, config: &ReplayConfig) -> f64 {
+        self.budget
+            .as_ref()
+            .map_or(config.threshold, WasteBudget::threshold)
     }
 
     fn make(&mut self, pair: usize, now: u64) {
@@ -90,6 +115,9 @@ impl Predictive {
         let lead = match self.channels[pair] {
             Some(created) if created < now => {
                 self.channels[pair] = None;
+                if let Some(budget) = &mut self.budget {
+                    budget.used();
+                }
                 Some(now - created)
             }
             _ => None,
@@ -112,9 +140,8 @@ impl Predictive {
         let replay_pair = |model: &Model, id: PairId| model.key(id).and_then(index);
         let ready =
             |id| replay_pair(&self.model, id).is_some_and(|pair| self.channels[pair].is_none());
-        let due = self
-            .model
-            .due(now, config.ttl_ns, config.threshold, step, ready);
+        let threshold = self.threshold(config);
+        let due = self.model.due(now, config.ttl_ns, threshold, step, ready);
         for due in due {
             if let Some(pair) = replay_pair(&self.model, due.pair)
                 && self.channels[pair].is_none()
@@ -169,7 +196,7 @@ mod tests {
     #[test]
     fn a_new_pair_has_a_channel_for_its_second_start() {
         let config = ReplayConfig::default();
-        let mut strategy = Predictive::new(Model::default(), &[key()]);
+        let mut strategy = Predictive::new(Model::default(), &[key()], config.threshold, None);
         // Second start 7 s after the first: the channel made at the first
         // expires at 5 s and, the pair still being kept, is replaced.
         play(&mut strategy, &[0, 7 * S], &config);
@@ -191,7 +218,8 @@ mod tests {
             calibrate: false,
             ..ModelConfig::default()
         });
-        let mut strategy = Predictive::new(model, std::slice::from_ref(&key));
+        let mut strategy =
+            Predictive::new(model, std::slice::from_ref(&key), config.threshold, None);
         let index = |_: &PairKey| Some(0);
         // A start every 4 s, each one served by the channel made after the
         // one before.
@@ -224,14 +252,21 @@ mod tests {
         assert_eq!(strategy.tally.wasted, 1);
         assert_eq!(strategy.tally.created, created + 1, "replaced at expiry");
         assert_eq!(strategy.pending(), 1);
-        // Quiet for 10 s, more than twice the 4 s gap: taken as stopped.
-        strategy.expire(
-            std::slice::from_ref(&key),
-            last + 2 * config.ttl_ns + 1,
-            &config,
-        );
+        // Quiet for 10 s, more than twice the 4 s gap and a horizon past
+        // it; but the pair has never paused for longer than the horizon,
+        // so this may be its first think time: still kept, until the 30 s
+        // window has passed.
+        let expire_at = |strategy: &mut Predictive, at: u64| {
+            strategy.expire(std::slice::from_ref(&key), at, &config);
+        };
+        expire_at(&mut strategy, last + 2 * config.ttl_ns + 1);
         assert_eq!(strategy.tally.wasted, 2);
-        assert_eq!(strategy.tally.created, created + 1);
+        assert_eq!(strategy.tally.created, created + 2);
+        assert_eq!(strategy.pending(), 1);
+        expire_at(&mut strategy, last + 8 * config.ttl_ns + 1);
+        let wasted = strategy.tally.wasted;
+        assert_eq!(wasted, 7, "replaced at every expiry up to 30 s");
+        assert_eq!(strategy.tally.created, created + 6);
         assert_eq!(strategy.pending(), 0);
     }
 }
