@@ -177,8 +177,13 @@ impl Agent {
                 self.shared.lock().unwrap_or_else(|p| p.into_inner()).broker = Some(broker.view());
                 let view = broker.view();
                 let path = self.config.state_dir.join(learn::MODEL_FILE_NAME);
-                if let Some(model) = learn::load_model(&path) {
-                    view.with_model(|serving| *serving = model);
+                if let Some(mut model) = learn::load_model(&path) {
+                    // What was learnt comes from the file; how to use it
+                    // (horizon, heralds) from this run's settings.
+                    view.with_model(|serving| {
+                        model.set_config(serving.config().clone());
+                        *serving = model;
+                    });
                 }
                 match learn::Learning::new(
                     view,

@@ -428,6 +428,9 @@ pub struct Snapshot {
     pub probability: Option<f64>,
     /// Its expected lead time, ns.
     pub expected_lead_ns: Option<u64>,
+    /// The chance a channel made now is the one the open uses (below the
+    /// probability when a herald announces the pair).
+    pub need: Option<f64>,
 }
 
 impl PairFeedback {
@@ -461,6 +464,7 @@ impl PairFeedback {
             performance: self.performance(),
             probability: None,
             expected_lead_ns: None,
+            need: None,
         }
     }
 }

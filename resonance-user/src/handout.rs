@@ -240,6 +240,10 @@ impl Broker {
                 // The calibration learns one horizon; the broker's is the TTL.
                 calibrate: false,
                 calibration_horizon_ns: settings.ttl.as_nanos() as u64,
+                // A herald must leave the preparation pass time to run and
+                // the channel time to reach the client.
+                herald_min_lead_ns: 2 * settings.prepare_interval.as_nanos() as u64,
+                herald_probability: settings.threshold.clamp(0.0, 1.0),
                 ..ModelConfig::default()
             }),
             opens: None,
@@ -340,11 +344,11 @@ impl BrokerView {
             kind: MODEL_KIND.to_owned(),
         };
         if let Some(id) = core.model.pair_id(&key) {
-            let score = core
-                .model
-                .score(id, now_ns(), core.settings.ttl.as_nanos() as u64);
+            let ttl = core.settings.ttl.as_nanos() as u64;
+            let score = core.model.score(id, now_ns(), ttl);
             snapshot.probability = Some(score.probability);
             snapshot.expected_lead_ns = Some(score.expected_lead_ns);
+            snapshot.need = Some(core.model.need(id, now_ns(), ttl));
         }
         Some(snapshot)
     }
@@ -1054,12 +1058,15 @@ impl Core {
                 kind: key.kind.clone(),
                 probability: score.probability,
                 expected_lead_ns: score.expected_lead_ns,
+                need: self.model.need(id, now, horizon),
             };
             predictions.push((prediction, true));
         }
         for (prediction, fallback) in predictions {
             let pair = (prediction.src, prediction.dst);
-            if !fallback && prediction.probability < self.threshold_of(&pair) {
+            // A pair a herald announces gets its channel when the herald
+            // comes, not earlier, when it could expire waiting.
+            if !fallback && prediction.need < self.threshold_of(&pair) {
                 continue;
             }
             let Some(&requester) = self.requesters.get(&pair.0) else {

@@ -94,9 +94,10 @@ fn render(explain: &Value) -> String {
     }
     let b = |path: &str| show(get(&broker, &[path]));
     out.push_str(&format!(
-        "prediction: probability {} within the TTL, expected lead {} ns\n",
+        "prediction: probability {} within the TTL, expected lead {} ns, need {}\n",
         b("probability"),
-        b("expected_lead_ns")
+        b("expected_lead_ns"),
+        b("need")
     ));
     out.push_str(&format!(
         "threshold: {} ({})\n",
