@@ -296,23 +296,20 @@ fn bounded_memory_degrades_gracefully() {
 /// usual hit rate over 30 s, 30 s holdout).
 ///
 /// What it shows, and what it cannot: the online model already recovers
-/// within the slice of the change (seed 1: 0.937 in the change slice, at
-/// least 0.97 in every later one), because the new behaviour arrives under
-/// new service names, which fresh follower tables and gap rings learn as
-/// fast as a freshly trained model would, and the evidence fallback keeps
-/// a channel for each new pair until its timing has two gaps. A slower
-/// decay does not change that: decay only slows relearning *within* an
-/// existing context, and here the contexts are new. (Since the fallback,
-/// the 5-point rule this test used before no longer sees a drift here: the
-/// change costs too little.) So retraining cannot restore much on this
-/// trace; the test checks that the drift is noticed and acted on within
-/// 90 s, that the candidate it swaps in beat the stale model on its
-/// holdout, and that retraining costs nothing: over the first two minutes
-/// after the change it serves at least as many starts as online learning
-/// alone (seed 1: 415 against 413 of 424), and every 30 s slice from two
-/// minutes after the change on is at 0.8 or better. The case where
-/// retraining does restore the hit rate, existing pairs changing their
-/// timing under the same names, is
+/// within the slice of the change (seed 1: 0.979 in the change slice, 1.000
+/// in every later one), because the new behaviour arrives under new service
+/// names, which fresh follower tables and gap rings learn as fast as a
+/// freshly trained model would, and the evidence fallback keeps a channel
+/// for each new pair until its timing has two gaps. So retraining has
+/// nothing to restore here: the drift trial starts at the change and its
+/// candidate ties with the serving model on the holdout (0.961 each), which
+/// is kept. The test checks that the drift is noticed within 90 s, that a
+/// candidate is swapped in only when it scored at least as well, and that
+/// retraining costs nothing: over the first two minutes after the change it
+/// serves at least as many starts as online learning alone, and every 30 s
+/// slice from two minutes after the change on is at 0.8 or better. The case
+/// where retraining does restore the hit rate, existing pairs changing
+/// their timing under the same names, is
 /// `retraining_restores_the_hit_rate_when_the_same_pairs_change`.
 #[test]
 fn drift_is_detected_and_retraining_does_not_cost_hits() {
@@ -346,8 +343,11 @@ fn drift_is_detected_and_retraining_does_not_cost_hits() {
         "decided {} s after the change: {drift:#?}",
         (drift.decided_ns - change) / 1_000_000_000
     );
-    assert_eq!(drift.outcome, Outcome::Swapped, "{drift:#?}");
-    assert!(drift.candidate.score > drift.current.score, "{drift:#?}");
+    match drift.outcome {
+        Outcome::Swapped => assert!(drift.candidate.score >= drift.current.score),
+        Outcome::Kept => assert!(drift.candidate.score < drift.current.score),
+        Outcome::Failed => panic!("the trial failed: {drift:#?}"),
+    }
     assert!(
         retrained
             .retrains
@@ -411,12 +411,11 @@ fn slices(report: &Report, from_s: u64, to_s: u64) -> (u64, u64) {
 /// one interval shared by all checks they do: in such a variant, 12 or 20
 /// checks going from 15 s to 9 s, the online model stayed at 1.000 and
 /// wasted more instead, which is why the intervals here differ).
-/// A drift trial starts about 6 s after the change; its candidate learns
-/// the last 90 s (mostly the old intervals, but two to five gaps per
-/// check, not sixteen), plays the 30 s holdout against the serving model
-/// and wins it (score 0.30 against 0.24, hit rate 0.60 against 0.36), so
-/// from 36 s after the change the model in service relearns from a short
-/// memory.
+/// A drift trial starts 12 s after the change; its candidate learns the
+/// last 90 s (mostly the old intervals, but two to five gaps per check, not
+/// sixteen), plays the 30 s holdout against the serving model and wins it
+/// (score 0.335 against 0.130, hit rate 0.958 against 0.208), so from 42 s
+/// after the change the model in service relearns from a short memory.
 ///
 /// Retraining settings: the drift rule of the `drift` test (margin 0.05)
 /// and a 90 s drift window (the default is 30 s), so a candidate learns
@@ -424,19 +423,17 @@ fn slices(report: &Report, from_s: u64, to_s: u64) -> (u64, u64) {
 /// at their defaults.
 ///
 /// Measured, hits / starts per 30 s slice from the change on, without and
-/// with retraining: 9/25 and 9/25, 10/27 and 18/27, 11/28 and 23/28, 14/27
-/// and 27/27, then 16/25 and 25/25, 20/28 and 28/28, 24/28 and 28/28; over
-/// the first two minutes 44/107 (0.411) against 77/107 (0.720), a margin
-/// of 0.31, asserted at 0.15. Every slice in the five minutes before is
-/// 1.000.
+/// with retraining: 10/25 and 10/25, 10/27 and 18/27, 13/28 and 26/28,
+/// 14/27 and 27/27, then 16/25 and 25/25, 20/28 and 28/28, 24/28 and
+/// 28/28; over the first two minutes 47/107 (0.439) against 81/107
+/// (0.757), a margin of 0.32, asserted at 0.15. Every slice in the five
+/// minutes before is 1.000.
 ///
 /// Not every seed gets there: over seeds 1 to 12 the drift trial swaps in
-/// its candidate on eight; on the other four the candidate, learnt from a
+/// its candidate on seven; on the other five the candidate, learnt from a
 /// few checks, also prepares channels on chance alignments of checks with
 /// different intervals, its waste outweighs its extra hits on the holdout,
 /// and the serving model is kept (so the run is as without retraining).
-/// The more checks, the more such alignments: with 16 or 24 checks (seed
-/// 1, 30 s and 60 s drift windows) the candidate lost its trial.
 #[test]
 fn retraining_restores_the_hit_rate_when_the_same_pairs_change() {
     use resonance::predict::retrain::{Outcome, Reason, RetrainConfig};
