@@ -66,6 +66,10 @@ pub const FALLBACK_GAPS: usize = 2;
 /// Gaps a pair needs before its timing can be judged sharp.
 pub const SHARP_GAPS: usize = samples::CAPACITY / 2;
 
+/// Starts each pair remembers, to match overlapping occurrences of a
+/// context with their followers.
+pub const RECENT_STARTS: usize = 8;
+
 /// Decay per start of a pair's count of heralded starts.
 pub const HERALD_DECAY: f64 = 0.99;
 
@@ -247,6 +251,9 @@ struct PairState {
     /// Decayed count of starts.
     #[serde(default)]
     starts: f64,
+    /// The latest starts, oldest first (at most [`RECENT_STARTS`]).
+    #[serde(default)]
+    recent: Vec<u64>,
 }
 
 /// The online predictor.
@@ -366,6 +373,10 @@ impl Model {
             }
             state.last_ts = Some(ts.max(state.last_ts.unwrap_or(0)));
             state.seen += 1;
+            if state.recent.len() >= RECENT_STARTS {
+                state.recent.remove(0);
+            }
+            state.recent.push(ts);
             state.starts = state.starts * HERALD_DECAY + 1.0;
             state.heralded = state.heralded * HERALD_DECAY + f64::from(u8::from(heralded));
             state.follow.occur(decay);
@@ -426,6 +437,7 @@ impl Model {
             credited: Vec::new(),
             heralded: 0.0,
             starts: 0.0,
+            recent: Vec::new(),
         };
         let id = match self.free.pop() {
             Some(id) => {
@@ -622,7 +634,14 @@ impl Model {
                 let Some(index) = slot(entry.pair) else {
                     continue;
                 };
-                if state.credited.contains(&entry.pair) {
+                // Overlapping occurrences (two requests in flight): the
+                // follower that came may have been the earlier one's, and
+                // the latest still waits for its own (occurrences up to
+                // twice the usual delay old count, as a late follower is
+                // still expected that long).
+                if state.credited.contains(&entry.pair)
+                    && !self.unmatched(state, entry.pair, entry.delays.quantile(0.9) * 2, now)
+                {
                     continue;
                 }
                 let count = state.follow.count(entry, config.decay);
@@ -655,6 +674,30 @@ impl Model {
                     }
                 });
         }
+    }
+
+    /// Whether `context` started more often within the last `span` than
+    /// `follower` did since the first of those starts: an occurrence still
+    /// waits for its follower.
+    fn unmatched(&self, context: &PairState, follower: PairId, span: u64, now: u64) -> bool {
+        let from = now.saturating_sub(span);
+        let contexts: Vec<u64> = context
+            .recent
+            .iter()
+            .copied()
+            .filter(|&at| at > from && at <= now)
+            .collect();
+        let Some(&first) = contexts.first() else {
+            return false;
+        };
+        let followers = self.state(follower).map_or(0, |state| {
+            state
+                .recent
+                .iter()
+                .filter(|&&at| at >= first && at <= now)
+                .count()
+        });
+        contexts.len() > followers
     }
 
     /// Timing component: the chance the pair's next gap ends inside the

@@ -47,22 +47,20 @@ fn assert_done_means(name: &str, report: &Report) {
     );
 }
 
-/// Web, cron, pipelines and drift, seeds 1 and 2, at the defaults
-/// (threshold 0.6 at most, waste budget 0.10, TTL 5 s). Seed 1: web 12,535
-/// hits against the pool's 12,526 at waste 0.076 against 0.207; cron 1,065
-/// against 1,024, 0.126 against 0.931; pipelines 6,911 against 6,911,
-/// 0.111 against 0.331; drift 8,252 against 8,252, 0.076 against 0.134.
+/// Web, cron, pipelines and drift, seeds 1 to 3, at the defaults
+/// (threshold 0.6 at most, waste budget 0.10, TTL 5 s). Seed 1: web 12,536
+/// hits against the pool's 12,526 at waste 0.077 against 0.207; cron 1,065
+/// against 1,024, 0.128 against 0.931; pipelines 6,911 against 6,911,
+/// 0.107 against 0.331; drift 8,252 against 8,252, 0.081 against 0.134.
 ///
-/// Not every seed gets there: over seeds 1 to 10, 35 of the 40 runs meet
-/// the done-means in full; the other five are 1 or 2 starts short of the
-/// pool (web seeds 3 and 6, drift seeds 6, 8 and 10), at the waste they
-/// are asked for. Those starts are what nothing announces: a request at
-/// night after minutes of quiet, rated at 1 to 6 %, or the first poll after
-/// the poller's period changed (drift), which the pool serves only because
-/// it keeps a channel ready all the time, at a waste of 0.13 to 0.23.
+/// Not every seed gets there: over seeds 1 to 10, 38 of the 40 runs meet
+/// the done-means in full; drift seeds 6 and 10 are 1 and 2 starts short
+/// of the pool. Those starts are the first poll after the poller's period
+/// changed (and, on seed 10, a database follower rated at 3 %), which the
+/// pool serves only because it keeps a channel ready all the time.
 #[test]
 fn every_scenario_meets_the_done_means() {
-    for seed in 1..=2 {
+    for seed in 1..=3 {
         for name in ["web", "cron", "pipelines", "drift"] {
             let (_, report) = run(name, seed);
             assert_done_means(&format!("{name} seed {seed}"), &report);
@@ -70,12 +68,13 @@ fn every_scenario_meets_the_done_means() {
     }
 }
 
-/// Cron on seed 3 too, where jobs every ten minutes drop out of a
-/// five-minute pool and the model predicts them from their period.
+/// On cron the model serves clearly more than the pool: jobs every ten
+/// minutes drop out of a five-minute pool, and the model predicts them
+/// from their period (seed 4: 0.986 against 0.948).
 #[test]
 fn cron_beats_static_pool_on_both_counts() {
-    let (_, report) = run("cron", 3);
-    assert_done_means("cron seed 3", &report);
+    let (_, report) = run("cron", 4);
+    assert_done_means("cron seed 4", &report);
     assert!(report.model.hit_rate > report.static_pool.hit_rate + 0.02);
 }
 

@@ -402,3 +402,26 @@ fn a_late_follower_is_still_expected_for_a_while() {
     let gone = probability(&model, herald + 100 * MS, S, "b", "c");
     assert!(gone < 0.1, "{gone}");
 }
+
+#[test]
+fn overlapping_occurrences_each_expect_their_follower() {
+    // Two requests in flight: `a -> b` twice 5 ms apart, the first reply
+    // `b -> c` 20 ms after the first. The second reply is still expected;
+    // once it came, no third is.
+    let mut model = Model::new(ModelConfig {
+        calibrate: false,
+        use_timing: false,
+        use_markov: false,
+        ..ModelConfig::default()
+    });
+    let ts = triggered(&mut model, 20);
+    let t = ts + 7 * S;
+    model.observe(&event(t, "a", "b"));
+    model.observe(&event(t + 5 * MS, "a", "b"));
+    model.observe(&event(t + 20 * MS, "b", "c"));
+    let second = probability(&model, t + 21 * MS, S, "b", "c");
+    assert!(second > 0.5, "{second}");
+    model.observe(&event(t + 25 * MS, "b", "c"));
+    let third = probability(&model, t + 26 * MS, S, "b", "c");
+    assert!(third < 0.2, "{third}");
+}
