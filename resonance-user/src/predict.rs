@@ -551,17 +551,41 @@ impl Model {
         self.need_given(state, pair, all, now, horizon)
     }
 
-    /// [`Model::need`] with the whole prediction `all` already computed.
-    fn need_given(&self, state: &PairState, pair: PairId, all: f64, now: u64, horizon: u64) -> f64 {
+    /// Whether [`Model::need`] reaches `threshold`, with the whole
+    /// prediction `all` already computed: the heralds are consulted only
+    /// when the early channel's worth falls short.
+    fn needs_at_least(
+        &self,
+        state: &PairState,
+        pair: PairId,
+        all: f64,
+        now: u64,
+        horizon: u64,
+        threshold: f64,
+    ) -> bool {
+        self.early_worth(state, all) >= threshold
+            || self.near(pair, now, horizon).probability >= threshold
+    }
+
+    /// What an early channel is worth: `all` for a pair nothing heralds;
+    /// less for one whose starts a herald usually announces, weighing the
+    /// starts nothing announced against the waste as the threshold weighs
+    /// a hit against a waste.
+    fn early_worth(&self, state: &PairState, all: f64) -> f64 {
         let share = self.herald_share(state);
         if share <= 0.0 {
             return all;
         }
-        // An early channel gains only the starts no herald announces, and
-        // is wasted when no start comes: weigh the two as the threshold
-        // weighs a hit against a waste (with no heralds this is `all`).
         let gain = all * (1.0 - share);
-        let early = gain / (gain + (1.0 - all)).max(f64::EPSILON);
+        gain / (gain + (1.0 - all)).max(f64::EPSILON)
+    }
+
+    /// [`Model::need`] with the whole prediction `all` already computed.
+    fn need_given(&self, state: &PairState, pair: PairId, all: f64, now: u64, horizon: u64) -> f64 {
+        let early = self.early_worth(state, all);
+        if early >= all {
+            return all;
+        }
         self.near(pair, now, horizon).probability.max(early)
     }
 
@@ -662,7 +686,7 @@ impl Model {
             let elapsed = now.saturating_sub(last_ts);
             let params = self.chain_params();
             self.markov
-                .candidates(&params, share, |pair, p_next, table, index| {
+                .candidates(&params, only, share, |pair, p_next, table, index| {
                     let Some(index_out) = slot(pair) else { return };
                     let delays = &table.entries[index].delays;
                     if weak(p_next, delays) {
@@ -681,15 +705,15 @@ impl Model {
     /// waits for its follower.
     fn unmatched(&self, context: &PairState, follower: PairId, span: u64, now: u64) -> bool {
         let from = now.saturating_sub(span);
-        let contexts: Vec<u64> = context
+        let mut contexts = context
             .recent
             .iter()
             .copied()
-            .filter(|&at| at > from && at <= now)
-            .collect();
-        let Some(&first) = contexts.first() else {
+            .filter(|&at| at > from && at <= now);
+        let Some(first) = contexts.next() else {
             return false;
         };
+        let count = 1 + contexts.count();
         let followers = self.state(follower).map_or(0, |state| {
             state
                 .recent
@@ -697,7 +721,7 @@ impl Model {
                 .filter(|&&at| at >= first && at <= now)
                 .count()
         });
-        contexts.len() > followers
+        count > followers
     }
 
     /// Timing component: the chance the pair's next gap ends inside the
@@ -866,7 +890,7 @@ impl Model {
                 score.probability >= threshold
                     && wanted(pair)
                     && self.state(pair).is_some_and(|state| {
-                        self.need_given(state, pair, score.probability, now, horizon) >= threshold
+                        self.needs_at_least(state, pair, score.probability, now, horizon, threshold)
                     })
             })
             .map(|(id, score)| {

@@ -77,11 +77,12 @@ impl Markov {
     }
 
     /// Calls `sink(pair, p_next, table, entry index)` for every candidate
-    /// next interaction, with its backed-off probability. `share(pair)` is
-    /// the prior share of a pair (Dirichlet base measure).
+    /// next interaction (or only `only`), with its backed-off probability.
+    /// `share(pair)` is the prior share of a pair (Dirichlet base measure).
     pub fn candidates(
         &self,
         params: &ChainParams,
+        only: Option<PairId>,
         share: impl Fn(PairId) -> f64,
         mut sink: impl FnMut(PairId, f64, &Table, usize),
     ) {
@@ -98,6 +99,9 @@ impl Markov {
             table.weight / (table.weight + params.order2_support)
         });
         for (index, entry) in first.entries.iter().enumerate() {
+            if only.is_some_and(|pair| pair != entry.pair) {
+                continue;
+            }
             let prior = share(entry.pair);
             let p1 = smoothed(
                 first.count(entry, params.decay),
@@ -190,7 +194,12 @@ mod tests {
 
     fn next_probabilities(chain: &Markov) -> Vec<(PairId, f64)> {
         let mut out = Vec::new();
-        chain.candidates(&params(), |_| 0.05, |pair, p, _, _| out.push((pair, p)));
+        chain.candidates(
+            &params(),
+            None,
+            |_| 0.05,
+            |pair, p, _, _| out.push((pair, p)),
+        );
         out.sort_by_key(|(pair, _)| *pair);
         out
     }

@@ -55,13 +55,16 @@ impl Samples {
     /// The sample below which a share `q` of the samples fall (nearest
     /// rank), 0 with none.
     pub fn quantile(&self, q: f64) -> u64 {
-        if self.values.is_empty() {
+        let n = self.values.len().min(CAPACITY);
+        if n == 0 {
             return 0;
         }
-        let mut sorted = self.values.clone();
-        sorted.sort_unstable();
-        let rank = ((q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize).max(1);
-        sorted[rank.min(sorted.len()) - 1]
+        // On the stack: this runs for every herald checked on every event.
+        let mut sorted = [0u64; CAPACITY];
+        sorted[..n].copy_from_slice(&self.values[..n]);
+        sorted[..n].sort_unstable();
+        let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as usize).clamp(1, n);
+        sorted[rank - 1]
     }
 
     /// Smallest stored sample.
