@@ -334,13 +334,13 @@ impl Retraining {
     /// At `now`, with `events` the whole trace: finishes the running trial
     /// once its holdout has passed (swapping the model if the candidate is
     /// not worse, both played at `threshold`, the one channels are prepared
-    /// at now), or starts one if due.
+    /// at now, a waste costing `waste_cost` hits), or starts one if due.
     fn step(
         &mut self,
         now: u64,
         events: &[TraceEvent],
         model: &mut Model,
-        threshold: f64,
+        (threshold, waste_cost): (f64, f64),
         ttl_ns: u64,
     ) {
         let slice = |from: u64, to: u64| {
@@ -363,6 +363,7 @@ impl Retraining {
                 started_ns: started,
                 end_ns: now,
                 threshold,
+                waste_cost,
                 ttl_ns: ttl_ns.max(1),
                 min_holdout: self.config.min_holdout,
             };
@@ -443,8 +444,16 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
                 &mut next_brier,
             );
             if let Some(retraining) = &mut retraining {
+                // Under a waste budget a waste costs what the budget trades
+                // it for (one in `1 / target` channels may be wasted); with a
+                // fixed threshold, the threshold's own trade-off.
                 let threshold = predictive.threshold(config);
-                retraining.step(next_tick, events, &mut predictive.model, threshold, ttl);
+                let waste_cost = config.budget.as_ref().map_or_else(
+                    || retrain::waste_cost(threshold),
+                    |budget| retrain::waste_cost(budget.target),
+                );
+                let cost = (threshold, waste_cost);
+                retraining.step(next_tick, events, &mut predictive.model, cost, ttl);
             }
             next_tick += tick;
         }

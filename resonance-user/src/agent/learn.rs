@@ -284,6 +284,7 @@ impl Learning {
             started_ns: pending.started_ns,
             end_ns: now_ns,
             threshold: self.threshold,
+            waste_cost: crate::predict::retrain::waste_cost(self.threshold),
             ttl_ns: self.ttl_ns,
             min_holdout: self.retrain.min_holdout,
         };

@@ -115,9 +115,9 @@ pub struct Evaluation {
     /// hits / interactions.
     pub hit_rate: f64,
     /// `(hits − cost × wasted) / interactions`, where a wasted channel
-    /// costs `threshold / (1 − threshold)` hits: the trade-off
-    /// [`Model::due`] makes, under which a channel prepared at exactly the
-    /// threshold is worth nothing.
+    /// costs [`Trial::waste_cost`] hits (by default `threshold / (1 −
+    /// threshold)`: the trade-off [`Model::due`] makes, under which a
+    /// channel prepared at exactly the threshold is worth nothing).
     pub score: f64,
 }
 
@@ -153,10 +153,20 @@ pub struct Trial {
     pub end_ns: u64,
     /// Probability at which a channel is prepared.
     pub threshold: f64,
+    /// What a wasted channel costs in hits in the score: by default
+    /// ([`waste_cost`]) the threshold's own trade-off; under a waste budget
+    /// the budget's exchange rate, `target / (1 − target)`.
+    pub waste_cost: f64,
     /// Channel lifetime, also the prediction horizon.
     pub ttl_ns: u64,
     /// Fewest holdout interactions for a verdict.
     pub min_holdout: u64,
+}
+
+/// The cost of a wasted channel, in hits, under which a channel prepared at
+/// exactly `threshold` is worth nothing: `threshold / (1 − threshold)`.
+pub fn waste_cost(threshold: f64) -> f64 {
+    threshold / (1.0 - threshold).max(1e-3)
 }
 
 /// A trial's verdict, with the candidate when it won.
@@ -203,6 +213,7 @@ pub fn run_trial(
             trial.started_ns,
             trial.end_ns,
             trial.threshold,
+            trial.waste_cost,
             trial.ttl_ns,
         )
     };
@@ -269,6 +280,7 @@ pub fn evaluate<'a>(
     from: u64,
     to: u64,
     threshold: f64,
+    waste_cost: f64,
     ttl_ns: u64,
 ) -> Evaluation {
     let ttl = ttl_ns.max(1);
@@ -319,7 +331,6 @@ pub fn evaluate<'a>(
         next_tick += tick;
     }
     expire(&mut channels, &mut eval, to);
-    let waste_cost = threshold / (1.0 - threshold).max(1e-3);
     if eval.interactions > 0 {
         let n = eval.interactions as f64;
         eval.hit_rate = eval.hits as f64 / n;

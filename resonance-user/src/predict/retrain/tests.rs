@@ -45,6 +45,7 @@ fn trial(reason: Reason, started_ns: u64, end_ns: u64) -> Trial {
         started_ns,
         end_ns,
         threshold: 0.6,
+        waste_cost: waste_cost(0.6),
         ttl_ns: 5 * S,
         min_holdout: 10,
     }
