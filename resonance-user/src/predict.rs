@@ -245,7 +245,7 @@ struct PairState {
     follow: Table,
     /// Followers already credited since this pair's latest occurrence.
     credited: Vec<PairId>,
-    /// Decayed count of starts a near prediction announced.
+    /// Decayed count of starts a herald announced in time.
     #[serde(default)]
     heralded: f64,
     /// Decayed count of starts.
@@ -531,7 +531,7 @@ impl Model {
         scores[0].probability >= self.config.herald_probability
     }
 
-    /// Share of a pair's recent starts that a near prediction announced.
+    /// Share of a pair's recent starts that a herald announced in time.
     fn herald_share(&self, state: &PairState) -> f64 {
         // One pseudo-start unannounced, so a young pair is not taken as
         // heralded on its first few starts.
@@ -539,7 +539,7 @@ impl Model {
     }
 
     /// The chance that a channel made for `pair` now is the one its next
-    /// start uses: the near prediction, or the whole prediction for the
+    /// start uses: its heralds' prediction, or the whole prediction for the
     /// starts nothing announces shortly before. A pair that something
     /// reliably announces gets its channel then, not earlier, when it could
     /// expire waiting.

@@ -444,15 +444,7 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
                 &mut next_brier,
             );
             if let Some(retraining) = &mut retraining {
-                // Under a waste budget a waste costs what the budget trades
-                // it for (one in `1 / target` channels may be wasted); with a
-                // fixed threshold, the threshold's own trade-off.
-                let threshold = predictive.threshold(config);
-                let waste_cost = config.budget.as_ref().map_or_else(
-                    || retrain::waste_cost(threshold),
-                    |budget| retrain::waste_cost(budget.target),
-                );
-                let cost = (threshold, waste_cost);
+                let cost = (predictive.threshold(config), predictive.waste_cost(config));
                 retraining.step(next_tick, events, &mut predictive.model, cost, ttl);
             }
             next_tick += tick;

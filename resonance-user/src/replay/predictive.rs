@@ -12,6 +12,7 @@
 use crate::predict::{
     Model, PairId, PairKey,
     budget::{BudgetSettings, WasteBudget},
+    retrain,
 };
 
 use super::{PairFigures, ReplayConfig, Tally};
@@ -101,6 +102,18 @@ impl Predictive {
         self.budget
             .as_ref()
             .map_or(config.threshold, WasteBudget::threshold)
+    }
+
+    /// What a wasted channel costs in hits when judging a model: under a
+    /// waste budget what the budget trades it for (one channel in
+    /// `1 / target` may be wasted), with a fixed threshold the threshold's
+    /// own trade-off.
+    pub fn waste_cost(&self, config: &ReplayConfig) -> f64 {
+        let rate = config
+            .budget
+            .as_ref()
+            .map_or_else(|| self.threshold(config), |budget| budget.target);
+        retrain::waste_cost(rate)
     }
 
     fn make(&mut self, pair: usize, now: u64) {
