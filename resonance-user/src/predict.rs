@@ -668,6 +668,11 @@ impl Model {
                 {
                     continue;
                 }
+                // With timing on, a context that tells no more than the
+                // follower's own gaps is left to them.
+                if use_timing && self.uninformative(&entry.delays, entry.pair) {
+                    continue;
+                }
                 let count = state.follow.count(entry, config.decay);
                 let p_follow = smoothed(count, closed, config.alpha, share(entry.pair));
                 if weak(p_follow, &entry.delays) {
@@ -698,6 +703,20 @@ impl Model {
                     }
                 });
         }
+    }
+
+    /// Whether a context's delays to `follower` are spread at least as
+    /// widely as the follower's own gaps: the context then says nothing
+    /// the follower's timing does not, and its chance alignments would only
+    /// prepare channels that expire.
+    fn uninformative(&self, delays: &Samples, follower: PairId) -> bool {
+        let Some(state) = self.state(follower) else {
+            return false;
+        };
+        let spread = |samples: &Samples| samples.quantile(0.9) - samples.quantile(0.1);
+        state.gaps.len() >= SHARP_GAPS
+            && delays.len() >= SHARP_GAPS
+            && spread(delays) >= spread(&state.gaps)
     }
 
     /// Whether `context` started more often within the last `span` than

@@ -425,3 +425,30 @@ fn overlapping_occurrences_each_expect_their_follower() {
     let third = probability(&model, t + 26 * MS, S, "b", "c");
     assert!(third < 0.2, "{third}");
 }
+
+#[test]
+fn a_context_no_tighter_than_the_followers_own_gaps_is_left_to_its_timing() {
+    // `check -> a` every 10 s, `check -> b` every 7 s: b "follows" a at
+    // delays spread over its whole period, a chance alignment that says
+    // nothing b's own sharp gaps do not.
+    let mut model = Model::new(ModelConfig {
+        calibrate: false,
+        use_markov: false,
+        ..ModelConfig::default()
+    });
+    let now = 581 * S;
+    let mut events: Vec<TraceEvent> = (0..60u64)
+        .map(|n| event(n * 10 * S, "check", "a"))
+        .chain((0..86u64).map(|n| event(n * 7 * S + 3 * S, "check", "b")))
+        .filter(|e| e.ts_ns <= now)
+        .collect();
+    events.sort_by_key(|e| e.ts_ns);
+    for e in &events {
+        model.observe(e);
+    }
+    // `a` ran 1 s ago and b not since; b ran at 577 s and is next due at
+    // 584 s, outside a 2 s horizon: its timing says no, and so must the
+    // model (the spread-out `a -> b` entry alone says about a third).
+    let p = probability(&model, now, 2 * S, "check", "b");
+    assert!(p < 0.05, "{p}");
+}
