@@ -713,10 +713,9 @@ impl Model {
         let Some(state) = self.state(follower) else {
             return false;
         };
-        let spread = |samples: &Samples| samples.quantile(0.9) - samples.quantile(0.1);
         state.gaps.len() >= SHARP_GAPS
             && delays.len() >= SHARP_GAPS
-            && spread(delays) >= spread(&state.gaps)
+            && delays.spread() >= state.gaps.spread()
     }
 
     /// Whether `context` started more often within the last `span` than

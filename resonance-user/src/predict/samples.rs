@@ -10,9 +10,33 @@ pub const CAPACITY: usize = 16;
 
 /// A ring of the latest durations, in nanoseconds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Ring")]
 pub struct Samples {
     values: Vec<u64>,
     next: usize,
+    /// The same values in order, kept on every push: quantiles are read on
+    /// every prediction, far more often than samples arrive.
+    #[serde(skip)]
+    sorted: Vec<u64>,
+}
+
+/// What a saved [`Samples`] holds; the order is rebuilt on load.
+#[derive(Deserialize)]
+struct Ring {
+    values: Vec<u64>,
+    next: usize,
+}
+
+impl From<Ring> for Samples {
+    fn from(ring: Ring) -> Self {
+        let mut sorted = ring.values.clone();
+        sorted.sort_unstable();
+        Self {
+            values: ring.values,
+            next: ring.next,
+            sorted,
+        }
+    }
 }
 
 /// What the samples say about a window `(elapsed, elapsed + horizon]`.
@@ -32,9 +56,14 @@ impl Samples {
         if self.values.len() < CAPACITY {
             self.values.push(value);
         } else {
-            self.values[self.next] = value;
+            let old = std::mem::replace(&mut self.values[self.next], value);
             self.next = (self.next + 1) % CAPACITY;
+            if let Ok(index) = self.sorted.binary_search(&old) {
+                self.sorted.remove(index);
+            }
         }
+        let index = self.sorted.partition_point(|&v| v < value);
+        self.sorted.insert(index, value);
     }
 
     /// Number of stored samples.
@@ -49,27 +78,28 @@ impl Samples {
 
     /// Largest stored sample.
     pub fn max(&self) -> u64 {
-        self.values.iter().copied().max().unwrap_or(0)
+        self.sorted.last().copied().unwrap_or(0)
     }
 
     /// The sample below which a share `q` of the samples fall (nearest
     /// rank), 0 with none.
     pub fn quantile(&self, q: f64) -> u64 {
-        let n = self.values.len().min(CAPACITY);
+        let n = self.sorted.len();
         if n == 0 {
             return 0;
         }
-        // On the stack: this runs for every herald checked on every event.
-        let mut sorted = [0u64; CAPACITY];
-        sorted[..n].copy_from_slice(&self.values[..n]);
-        sorted[..n].sort_unstable();
         let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as usize).clamp(1, n);
-        sorted[rank - 1]
+        self.sorted[rank - 1]
+    }
+
+    /// How widely the samples spread: the 90th percentile minus the 10th.
+    pub fn spread(&self) -> u64 {
+        self.quantile(0.9) - self.quantile(0.1)
     }
 
     /// Smallest stored sample.
     pub fn min(&self) -> u64 {
-        self.values.iter().copied().min().unwrap_or(0)
+        self.sorted.first().copied().unwrap_or(0)
     }
 
     /// Sum of the stored samples.
@@ -118,5 +148,23 @@ mod tests {
         assert_eq!(samples.len(), CAPACITY);
         assert_eq!(samples.window(15, 20).above, CAPACITY);
         assert_eq!(samples.max(), 1000);
+    }
+
+    #[test]
+    fn quantiles_follow_the_ring_and_survive_a_save() {
+        let mut samples = Samples::default();
+        // 1..=40: the ring keeps 25..=40.
+        for value in 1..=40u64 {
+            samples.push(value);
+        }
+        assert_eq!((samples.min(), samples.max()), (25, 40));
+        assert_eq!(samples.quantile(0.5), 32);
+        assert_eq!(samples.quantile(0.1), 26);
+        assert_eq!(samples.spread(), 39 - 26);
+        let text = serde_json::to_string(&samples).unwrap();
+        assert!(!text.contains("sorted"), "{text}");
+        let loaded: Samples = serde_json::from_str(&text).unwrap();
+        assert_eq!(loaded, samples);
+        assert_eq!(loaded.quantile(0.9), samples.quantile(0.9));
     }
 }
