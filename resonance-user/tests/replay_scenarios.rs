@@ -355,23 +355,13 @@ fn bounded_memory_degrades_gracefully() {
 #[test]
 fn drift_is_detected_and_retraining_does_not_cost_hits() {
     use resonance::predict::retrain::{Outcome, Reason, RetrainConfig};
-    let generated = scenario::generate("drift", 1, None).unwrap();
-    let first = generated.events.first().map_or(0, |event| event.ts_ns);
-    let change = generated.change_ns.unwrap();
     let retrain = RetrainConfig {
         drift_margin: 0.03,
         drift_window_ns: 30_000_000_000,
         holdout_ns: 30_000_000_000,
         ..RetrainConfig::default()
     };
-    let online = replay(&generated.events, &ReplayConfig::default());
-    let retrained = replay(
-        &generated.events,
-        &ReplayConfig {
-            retrain: Some(retrain),
-            ..ReplayConfig::default()
-        },
-    );
+    let (first, change, online, retrained) = online_and_retrained("drift", retrain);
     let drift = retrained
         .retrains
         .iter()
@@ -399,15 +389,8 @@ fn drift_is_detected_and_retraining_does_not_cost_hits() {
     );
 
     let change_s = (change - first) / 1_000_000_000;
-    let window = |report: &Report, from_s: u64, to_s: u64| {
-        report
-            .timeline
-            .iter()
-            .filter(|b| b.start_s >= from_s && b.start_s < to_s)
-            .fold((0, 0), |(h, n), b| (h + b.hits, n + b.interactions))
-    };
-    let (online_hits, starts) = window(&online, change_s, change_s + 120);
-    let (retrained_hits, _) = window(&retrained, change_s, change_s + 120);
+    let (online_hits, starts) = slices(&online, change_s, change_s + 120);
+    let (retrained_hits, _) = slices(&retrained, change_s, change_s + 120);
     assert!(starts > 300, "{starts}");
     assert!(
         retrained_hits >= online_hits,
@@ -430,6 +413,26 @@ fn drift_is_detected_and_retraining_does_not_cost_hits() {
         retrained.model.created,
         retrained.model.hits + retrained.model.wasted + retrained.model.pending
     );
+}
+
+/// Seed 1 of a drift scenario replayed at the defaults without and with
+/// `retrain`: its first event's time, the change's, and both reports.
+fn online_and_retrained(
+    name: &str,
+    retrain: resonance::predict::retrain::RetrainConfig,
+) -> (u64, u64, Report, Report) {
+    let generated = scenario::generate(name, 1, None).unwrap();
+    let first = generated.events.first().map_or(0, |event| event.ts_ns);
+    let change = generated.change_ns.unwrap();
+    let online = replay(&generated.events, &ReplayConfig::default());
+    let retrained = replay(
+        &generated.events,
+        &ReplayConfig {
+            retrain: Some(retrain),
+            ..ReplayConfig::default()
+        },
+    );
+    (first, change, online, retrained)
 }
 
 /// Hits and starts of the timeline slices starting in `[from_s, to_s)`
@@ -476,22 +479,12 @@ fn slices(report: &Report, from_s: u64, to_s: u64) -> (u64, u64) {
 #[test]
 fn retraining_restores_the_hit_rate_when_the_same_pairs_change() {
     use resonance::predict::retrain::{Outcome, Reason, RetrainConfig};
-    let generated = scenario::generate("drift-same-names", 1, None).unwrap();
-    let first = generated.events.first().map_or(0, |event| event.ts_ns);
-    let change = generated.change_ns.unwrap();
     let retrain = RetrainConfig {
         drift_margin: 0.05,
         drift_window_ns: 90_000_000_000,
         ..RetrainConfig::default()
     };
-    let online = replay(&generated.events, &ReplayConfig::default());
-    let retrained = replay(
-        &generated.events,
-        &ReplayConfig {
-            retrain: Some(retrain),
-            ..ReplayConfig::default()
-        },
-    );
+    let (first, change, online, retrained) = online_and_retrained("drift-same-names", retrain);
     let timelines = format!(
         "without retraining {:?}\nwith retraining {:?}",
         online.timeline, retrained.timeline
