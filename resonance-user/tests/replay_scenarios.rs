@@ -362,13 +362,7 @@ fn drift_is_detected_and_retraining_does_not_cost_hits() {
         ..RetrainConfig::default()
     };
     let (first, change, online, retrained) = online_and_retrained("drift", retrain);
-    let drift = retrained
-        .retrains
-        .iter()
-        .find(|d| d.reason == Reason::Drift && d.started_ns >= change);
-    let Some(drift) = drift else {
-        panic!("no drift trial after the change: {:#?}", retrained.retrains)
-    };
+    let drift = first_drift_trial(&retrained, change);
     assert!(
         drift.decided_ns <= change + 90_000_000_000,
         "decided {} s after the change: {drift:#?}",
@@ -435,6 +429,16 @@ fn online_and_retrained(
     (first, change, online, retrained)
 }
 
+/// The first drift trial that started at or after `change`.
+fn first_drift_trial(report: &Report, change: u64) -> &resonance::predict::retrain::Decision {
+    use resonance::predict::retrain::Reason;
+    report
+        .retrains
+        .iter()
+        .find(|d| d.reason == Reason::Drift && d.started_ns >= change)
+        .unwrap_or_else(|| panic!("no drift trial after the change: {:#?}", report.retrains))
+}
+
 /// Hits and starts of the timeline slices starting in `[from_s, to_s)`
 /// (seconds from the first event).
 fn slices(report: &Report, from_s: u64, to_s: u64) -> (u64, u64) {
@@ -478,7 +482,7 @@ fn slices(report: &Report, from_s: u64, to_s: u64) -> (u64, u64) {
 /// waste budget's 0.11 hits in the trial's score, so its extra hits win).
 #[test]
 fn retraining_restores_the_hit_rate_when_the_same_pairs_change() {
-    use resonance::predict::retrain::{Outcome, Reason, RetrainConfig};
+    use resonance::predict::retrain::{Outcome, RetrainConfig};
     let retrain = RetrainConfig {
         drift_margin: 0.05,
         drift_window_ns: 90_000_000_000,
@@ -511,13 +515,7 @@ fn retraining_restores_the_hit_rate_when_the_same_pairs_change() {
     );
 
     // A drift trial noticed it and swapped in a better candidate.
-    let drift = retrained
-        .retrains
-        .iter()
-        .find(|d| d.reason == Reason::Drift && d.started_ns >= change);
-    let Some(drift) = drift else {
-        panic!("no drift trial after the change: {:#?}", retrained.retrains)
-    };
+    let drift = first_drift_trial(&retrained, change);
     assert_eq!(drift.outcome, Outcome::Swapped, "{drift:#?}");
     assert!(
         drift.decided_ns <= change + 60_000_000_000,
