@@ -56,8 +56,10 @@ pub struct FlowStats {
     pub bytes: u64,
     /// Failed ones, not counting EAGAIN/EINTR/restarts.
     pub errors: u64,
-    /// Pipe writes that found the pipe too full to take them at once (the
-    /// writer waited for its reader, or got EAGAIN).
+    /// Pipe writes that met a full pipe: in the classic tracepoint mode,
+    /// writes that found too few free slots at entry; on the exit-only hot
+    /// path, writes that got EAGAIN, wrote less than asked, were larger
+    /// than the pipe, or left it full.
     pub blocked: u64,
     /// Monotonic ns of the first completed syscall.
     pub first_ns: u64,
@@ -73,6 +75,8 @@ pub struct FlowStats {
     /// The task's comm when the flow was first seen.
     pub comm: [u8; COMM_LEN],
     /// Syscall duration (enter→exit) histogram, see [`crate::histogram`].
+    /// Only the classic tracepoint mode times syscalls: the exit-only hot
+    /// path has no enter to time from, and leaves it empty.
     pub syscall_hist: [u64; HIST_BUCKETS],
 }
 
@@ -81,15 +85,19 @@ pub struct FlowStats {
 /// For pipes and FIFOs (`end` = inode) it measures how long written data
 /// waits before a reader takes it. For sockets it measures the turnaround of
 /// requests *sent from this end*: the time from the first unanswered send to
-/// the next send coming back from the peer end.
+/// the next data received at this end (the answer's arrival).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct EndState {
     /// Pipes: when the oldest unread data was written (0 = pipe empty as far
-    /// as we know). Sockets: when the oldest unanswered send happened.
+    /// as we know; while `pending_bytes` is negative, when that began).
+    /// Sockets: when the oldest unanswered send happened.
     pub waiting_since_ns: u64,
-    /// Pipes: bytes written and not yet read.
-    pub pending_bytes: u64,
+    /// Pipes: bytes written and not yet read, as the programs have seen
+    /// them. Negative when a reader's syscall was accounted before the
+    /// write it read from (both are accounted at syscall exit, and the
+    /// woken reader can finish first on another CPU).
+    pub pending_bytes: i64,
     /// Latency samples taken.
     pub samples: u64,
     /// Sum of all samples, ns.

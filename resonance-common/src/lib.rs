@@ -28,6 +28,9 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     /// Failed ring-buffer reservations, one slot per CPU: `PerCpuArray<u64>`.
     pub const EVENT_DROPS: &str = "EVENT_DROPS";
+    /// Descriptor walks on the hot path's cache misses, one slot per CPU:
+    /// `PerCpuArray<u64>`.
+    pub const FD_WALKS: &str = "FD_WALKS";
     /// Syscalls in flight, keyed by pid_tgid: `HashMap<u64, InFlight>`.
     pub const IN_FLIGHT: &str = "IN_FLIGHT";
     /// Global holding [`crate::Offsets`].

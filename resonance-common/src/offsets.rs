@@ -65,6 +65,20 @@ pub struct Offsets {
     pub sock_dport: u64,
     /// `sock.__sk_common.skc_num`
     pub sock_num: u64,
+    /// `pt_regs.orig_ax`: the syscall number, read by the raw `sys_exit`
+    /// programs.
+    pub regs_orig_ax: u64,
+    /// `pt_regs.di`: a syscall's first argument (x86_64 ABI).
+    pub regs_di: u64,
+    /// `pt_regs.si`: the second argument.
+    pub regs_si: u64,
+    /// `pt_regs.dx`: the third argument.
+    pub regs_dx: u64,
+    /// `pt_regs.r10`: the fourth argument.
+    pub regs_r10: u64,
+    /// `pt_regs.cs`: tells a 64-bit syscall from a 32-bit (ia32) one,
+    /// whose numbers mean other syscalls.
+    pub regs_cs: u64,
 }
 
 impl Offsets {
@@ -98,6 +112,12 @@ impl Offsets {
         sock_rcv_saddr: 0,
         sock_dport: 0,
         sock_num: 0,
+        regs_orig_ax: 0,
+        regs_di: 0,
+        regs_si: 0,
+        regs_dx: 0,
+        regs_r10: 0,
+        regs_cs: 0,
     };
 }
 
@@ -111,6 +131,8 @@ pub struct ProbeConfig {
     pub pad: u32,
     /// A flow silent for this long starts anew (emits `FlowStarted`).
     pub idle_gap_ns: u64,
+    /// The running kernel's page size: the size of one pipe buffer slot.
+    pub page_size: u64,
 }
 
 impl ProbeConfig {
@@ -119,5 +141,6 @@ impl ProbeConfig {
         agent_tgid: 0,
         pad: 0,
         idle_gap_ns: 0,
+        page_size: 0,
     };
 }

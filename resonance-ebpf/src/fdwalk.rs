@@ -4,13 +4,11 @@
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 use resonance_common::ChannelKind;
 
-use crate::globals::{offset, offsets_loaded};
+use crate::globals::{offset, offsets_loaded, page_size};
 
 const S_IFMT: u16 = 0o170000;
 const S_IFIFO: u16 = 0o010000;
 const S_IFSOCK: u16 = 0o140000;
-/// The pipe buffer slot size (x86_64 pages).
-const PAGE_SIZE: u64 = 4096;
 const PIPEFS_MAGIC: u64 = 0x5049_5045;
 const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
@@ -27,9 +25,26 @@ pub struct Object {
     pub end: u64,
     /// Id of the end data goes to / comes from; 0 = not known.
     pub peer: u64,
-    /// Kernel address of the pipe's or FIFO's inode (0 for sockets): only
-    /// writers follow it, to see whether the pipe has room.
-    pub inode: u64,
+    /// Kernel address of the pipe's or FIFO's `pipe_inode_info` (0 for
+    /// sockets): only writers follow it, to see whether the pipe has room.
+    /// Stable while the descriptor is open (a FIFO's is freed only when its
+    /// last opener closes).
+    pub pipe: u64,
+    /// The pipe's size in slots (`max_usage`) when it was resolved; 0 for
+    /// sockets. A hint only: `F_SETPIPE_SZ` may change it later.
+    pub slots: u32,
+}
+
+/// What a descriptor turned out to be.
+#[derive(Clone, Copy)]
+pub enum Resolved {
+    /// A channel end the observer follows.
+    Followed(Object),
+    /// An open file of a kind the observer ignores (regular file, tty,
+    /// eventfd, a socket of another family, ...).
+    Ignored,
+    /// Nothing could be told: no such descriptor, or a read failed.
+    Unknown,
 }
 
 #[inline(always)]
@@ -57,6 +72,28 @@ pub fn current_ppid() -> u32 {
 /// Resolves `fd` of the current task; `None` for anything not followed.
 #[inline(always)]
 pub fn resolve(fd: i64) -> Option<Object> {
+    match walk(fd) {
+        Resolved::Followed(object) => Some(object),
+        Resolved::Ignored | Resolved::Unknown => None,
+    }
+}
+
+/// Walks the current task's file table to what `fd` refers to.
+#[inline(always)]
+pub fn walk(fd: i64) -> Resolved {
+    match open_file(fd) {
+        Some((file, inode, mode)) => match mode & S_IFMT {
+            S_IFIFO => resolve_pipe(inode).map_or(Resolved::Ignored, Resolved::Followed),
+            S_IFSOCK => resolve_socket(file, inode).map_or(Resolved::Ignored, Resolved::Followed),
+            _ => Resolved::Ignored,
+        },
+        None => Resolved::Unknown,
+    }
+}
+
+/// The open file behind `fd`: (file, inode, i_mode) addresses and mode.
+#[inline(always)]
+fn open_file(fd: i64) -> Option<(u64, u64, u16)> {
     if !offsets_loaded() || !(0..=0xFF_FFFF).contains(&fd) {
         return None;
     }
@@ -74,15 +111,13 @@ pub fn resolve(fd: i64) -> Option<Object> {
     }
     let inode: u64 = read(file, offset!(file_inode))?;
     let mode: u16 = read(inode, offset!(inode_mode))?;
-    match mode & S_IFMT {
-        S_IFIFO => resolve_pipe(inode),
-        S_IFSOCK => resolve_socket(file, inode),
-        _ => None,
-    }
+    Some((file, inode, mode))
 }
 
 #[inline(always)]
 fn resolve_pipe(inode: u64) -> Option<Object> {
+    let pipe: u64 = read(inode, offset!(inode_pipe)).unwrap_or(0);
+    let slots = pipe_slots(pipe).map_or(0, |(_, max_usage)| max_usage);
     let ino: u64 = read(inode, offset!(inode_ino))?;
     let sb: u64 = read(inode, offset!(inode_sb))?;
     let magic: u64 = read(sb, offset!(sb_magic))?;
@@ -93,7 +128,8 @@ fn resolve_pipe(inode: u64) -> Option<Object> {
             kind: ChannelKind::Pipe,
             end: ino,
             peer: ino,
-            inode,
+            pipe,
+            slots,
         });
     }
     // A FIFO's inode number is only unique within its filesystem.
@@ -103,7 +139,8 @@ fn resolve_pipe(inode: u64) -> Option<Object> {
         kind: ChannelKind::Fifo,
         end,
         peer: end,
-        inode,
+        pipe,
+        slots,
     })
 }
 
@@ -129,7 +166,8 @@ fn resolve_socket(file: u64, inode: u64) -> Option<Object> {
                 kind,
                 end,
                 peer: unix_peer(sk).unwrap_or(0),
-                inode: 0,
+                pipe: 0,
+                slots: 0,
             })
         }
         AF_INET if sock_type == SOCK_STREAM => tcp_loopback(sk),
@@ -137,36 +175,51 @@ fn resolve_socket(file: u64, inode: u64) -> Option<Object> {
     }
 }
 
-/// Whether a write of `count` bytes (or a writev of `count` buffers) to the
-/// pipe behind `inode` finds it too full to take everything at once: the
-/// writer then waits for the reader (or gets EAGAIN). Free space is counted
-/// in whole slots of one page, so a partly filled last page is not credited
-/// and a write that could merge into it may be counted; a writev is counted
-/// only when no slot is free.
+/// Slots in use and slots in all of the pipe at `pipe` (a
+/// `pipe_inode_info`), or `None` if they cannot be read.
 #[inline(always)]
-pub fn pipe_would_block(inode: u64, count: u64) -> bool {
-    let Some(pipe) = read::<u64>(inode, offset!(inode_pipe)).filter(|p| *p != 0) else {
-        return false;
-    };
+fn pipe_slots(pipe: u64) -> Option<(u32, u32)> {
+    if pipe == 0 {
+        return None;
+    }
     // head, tail and max_usage sit together (checked when the offsets are
     // read): one read of four words instead of three reads.
-    let Some(words) = read::<[u32; 4]>(pipe, offset!(pipe_head)) else {
-        return false;
-    };
+    let words = read::<[u32; 4]>(pipe, offset!(pipe_head))?;
     let word = |field: u64| {
         let index = (field.wrapping_sub(offset!(pipe_head)) / 4) as usize;
         words.get(index).copied()
     };
-    let (Some(head), Some(tail), Some(max_usage)) = (
-        word(offset!(pipe_head)),
-        word(offset!(pipe_tail)),
-        word(offset!(pipe_max_usage)),
-    ) else {
+    let head = word(offset!(pipe_head))?;
+    let tail = word(offset!(pipe_tail))?;
+    let max_usage = word(offset!(pipe_max_usage))?;
+    Some((head.wrapping_sub(tail), max_usage))
+}
+
+/// Syscall-entry view: whether a write of `count` bytes (or a writev of
+/// `count` buffers) finds the pipe too full to take everything at once:
+/// the writer then waits for the reader (or gets EAGAIN). Free space is
+/// counted in whole slots of one page, so a partly filled last page is not
+/// credited and a write that could merge into it may be counted; a writev
+/// is counted only when no slot is free.
+#[inline(always)]
+pub fn pipe_would_block(pipe: u64, count: u64) -> bool {
+    let Some((used, max_usage)) = pipe_slots(pipe) else {
         return false;
     };
-    let used = head.wrapping_sub(tail);
     let free_slots = max_usage.saturating_sub(used) as u64;
-    count > free_slots * PAGE_SIZE
+    count > free_slots * page_size()
+}
+
+/// Syscall-exit view for the exit-only hot path, which cannot look at the
+/// pipe before the write: the write met a full pipe if it moved more than
+/// the pipe holds (it must have waited), or it left no slot free.
+/// `written` is the write's result in bytes.
+#[inline(always)]
+pub fn pipe_left_full(pipe: u64, written: u64) -> bool {
+    let Some((used, max_usage)) = pipe_slots(pipe) else {
+        return false;
+    };
+    used >= max_usage || written > max_usage as u64 * page_size()
 }
 
 /// Inode number of a Unix socket's connected peer.
@@ -200,7 +253,8 @@ fn tcp_loopback(sk: u64) -> Option<Object> {
         kind: ChannelKind::TcpLoopback,
         end: tcp_end_id(saddr, sport, daddr, dport),
         peer: tcp_end_id(daddr, dport, saddr, sport),
-        inode: 0,
+        pipe: 0,
+        slots: 0,
     })
 }
 

@@ -7,8 +7,8 @@ use resonance_common::{Direction, EndState, EventKind, FlowKey, HIST_BUCKETS, bu
 
 use crate::{
     emit::{Happening, emit},
-    fdwalk::{Object, current_ppid},
-    globals::idle_gap_ns,
+    fdwalk::{Object, current_ppid, pipe_left_full},
+    globals::{idle_gap_ns, page_size},
     maps::{ENDS, FLOWS, ZERO_END, ZERO_FLOW},
 };
 
@@ -51,18 +51,50 @@ fn add(counter: *mut u64, value: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, value) };
 }
 
-/// Accounts one completed read-like or write-like syscall; `blocked`: a
-/// pipe write that found the pipe too full at entry.
+/// Whether a pipe write met a full pipe, as far as the caller can tell.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum FullPipe {
+    /// It did not (or it is no pipe write).
+    No,
+    /// It did.
+    Yes,
+    /// Judge after the write (the exit-only path): only when the bytes the
+    /// probes see waiting come near the pipe's size is the pipe itself read
+    /// (`fdwalk::pipe_left_full`), which saves a kernel read on every other
+    /// write.
+    CheckAfter,
+}
+
+/// Accounts one completed read-like or write-like syscall; `full`: whether
+/// a pipe write met a full pipe; `start_ns`: when the syscall entered, 0
+/// when not known (the exit-only path), which leaves it untimed.
 #[inline(always)]
 pub fn account(
     tgid: u32,
     object: Object,
     dir: Direction,
     ret: i64,
-    blocked: bool,
+    full: FullPipe,
     start_ns: u64,
     now: u64,
 ) {
+    let mut pending = None;
+    if ret > 0 {
+        if object.kind.is_one_way() {
+            pending = pipe_latency(object.end, dir, ret as u64, now);
+        } else {
+            turnaround(object.end, dir, now);
+        }
+    }
+    let blocked = match full {
+        FullPipe::No => false,
+        FullPipe::Yes => true,
+        FullPipe::CheckAfter => {
+            let size = object.slots as u64 * page_size();
+            let near_full = pending.is_none_or(|p| p + page_size() as i64 >= size as i64);
+            ret > size as i64 || (near_full && pipe_left_full(object.pipe, ret as u64))
+        }
+    };
     let key = FlowKey {
         tgid,
         kind: object.kind as u8,
@@ -118,16 +150,12 @@ pub fn account(
         if object.peer != 0 {
             (*stats).peer = object.peer;
         }
-        if let Some(bucket) = checked_bucket(now.saturating_sub(start_ns))
+        if start_ns != 0
+            && let Some(bucket) = checked_bucket(now.saturating_sub(start_ns))
             && let Some(slot) = (*stats).syscall_hist.get_mut(bucket)
         {
             add(slot, 1);
         }
-    }
-    // Sockets are timed at send entry instead (`turnaround`), where no
-    // wake-up of the peer can overtake the bookkeeping.
-    if ret > 0 && object.kind.is_one_way() {
-        pipe_latency(object.end, dir, ret as u64, now);
     }
 }
 
@@ -142,73 +170,94 @@ fn end_state(end: u64) -> Option<*mut EndState> {
     ENDS.get_ptr_mut(&end)
 }
 
+/// One latency sample into an end's histogram. Plain adds, not atomic
+/// ones (three locked instructions on every message): only the end's
+/// reader (pipes) or requester (sockets) samples it, so two CPUs update one
+/// end at once only when two processes read one pipe together, and then a
+/// sample may be lost; byte counts stay exact.
 #[inline(always)]
 fn sample(state: *mut EndState, latency_ns: u64) {
     // SAFETY: `state` points at a live map value.
     unsafe {
-        add(&raw mut (*state).samples, 1);
-        add(&raw mut (*state).sum_ns, latency_ns);
+        (*state).samples += 1;
+        (*state).sum_ns += latency_ns;
         if let Some(bucket) = checked_bucket(latency_ns)
             && let Some(slot) = (*state).hist.get_mut(bucket)
         {
-            add(slot, 1);
+            *slot += 1;
         }
     }
 }
 
 /// Pipes: how long data waits before a reader takes it. The age is taken
 /// from when the pipe last went from empty to holding data.
+///
+/// Both sides are accounted at syscall exit, and a reader woken by a write
+/// can finish (on another CPU, or by preempting the writer) before the
+/// writer's exit is accounted. Its bytes then drive `pending_bytes` below
+/// zero, a debt the late write repays without starting a wait: that data
+/// was taken before it could be timed, and no sample is better than one
+/// measured from an earlier write. While in debt, `waiting_since_ns` holds
+/// when the debt began; a debt older than the idle gap is not a late write
+/// but data written before the probes saw it, and is forgiven.
+/// Returns the bytes waiting after this syscall, as far as the probes saw.
 #[inline(always)]
-fn pipe_latency(end: u64, dir: Direction, bytes: u64, now: u64) {
-    let Some(state) = end_state(end) else { return };
+fn pipe_latency(end: u64, dir: Direction, bytes: u64, now: u64) -> Option<i64> {
+    let state = end_state(end)?;
+    let bytes = bytes as i64;
     // SAFETY: `state` points at a live map value.
     unsafe {
+        let mut pending = (*state).pending_bytes;
         match dir {
             Direction::Send => {
-                if (*state).pending_bytes == 0 {
+                if pending < 0 && now.saturating_sub((*state).waiting_since_ns) > idle_gap_ns() {
+                    pending = 0;
+                }
+                if pending <= 0 && pending + bytes > 0 {
                     (*state).waiting_since_ns = now;
                 }
-                (*state).pending_bytes += bytes;
+                (*state).pending_bytes = pending + bytes;
             }
             Direction::Recv => {
                 let since = (*state).waiting_since_ns;
-                if since != 0 {
+                if pending > 0 && since != 0 {
                     sample(state, now.saturating_sub(since));
                 }
-                (*state).pending_bytes = (*state).pending_bytes.saturating_sub(bytes);
-                if (*state).pending_bytes == 0 {
+                let left = pending - bytes;
+                (*state).pending_bytes = left;
+                if left == 0 {
                     (*state).waiting_since_ns = 0;
+                } else if left < 0 && pending >= 0 {
+                    (*state).waiting_since_ns = now;
                 }
             }
         }
+        Some((*state).pending_bytes)
     }
 }
 
-/// Sockets: a send answers the peer's oldest unanswered send (one turnaround
-/// sample for the peer's end) and opens a request of its own. Called at
-/// send *entry*: at exit the peer may already have been woken, read the
-/// reply and sent its next request, and that request's start would be lost.
+/// Sockets: a send opens a request at this end unless one is open, and
+/// the next data received at this end answers it: one turnaround sample,
+/// from the first unanswered send to the answer's arrival. Both happen in
+/// the requester's own syscalls, one after the other, so no wake-up of the
+/// peer can overtake the bookkeeping (as it could if the peer's reply
+/// answered it: the woken requester may read the reply and send again
+/// before the replier's own exit is accounted).
 #[inline(always)]
-pub fn turnaround(object: Object, now: u64) {
-    if object.peer != 0
-        && let Some(peer) = ENDS.get_ptr_mut(&object.peer)
-    {
-        // SAFETY: `peer` points at a live map value.
-        unsafe {
-            let since = (*peer).waiting_since_ns;
-            if since != 0 {
-                sample(peer, now.saturating_sub(since));
-                (*peer).waiting_since_ns = 0;
-            }
-        }
-    }
-    let Some(own) = end_state(object.end) else {
+fn turnaround(end: u64, dir: Direction, now: u64) {
+    let Some(state) = end_state(end) else {
         return;
     };
-    // SAFETY: `own` points at a live map value.
+    // SAFETY: `state` points at a live map value.
     unsafe {
-        if (*own).waiting_since_ns == 0 {
-            (*own).waiting_since_ns = now;
+        let since = (*state).waiting_since_ns;
+        match dir {
+            Direction::Send if since == 0 => (*state).waiting_since_ns = now,
+            Direction::Recv if since != 0 => {
+                sample(state, now.saturating_sub(since));
+                (*state).waiting_since_ns = 0;
+            }
+            _ => {}
         }
     }
 }

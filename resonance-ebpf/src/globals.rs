@@ -39,3 +39,10 @@ pub fn idle_gap_ns() -> u64 {
     // SAFETY: as in `offset!`.
     unsafe { core::ptr::read_volatile(&raw const CONFIG.idle_gap_ns) }
 }
+
+/// The kernel's page size (one pipe buffer slot), from the agent.
+#[inline(always)]
+pub fn page_size() -> u64 {
+    // SAFETY: as in `offset!`.
+    unsafe { core::ptr::read_volatile(&raw const CONFIG.page_size) }
+}

@@ -14,6 +14,7 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod emit;
+mod fdcache;
 mod fdwalk;
 mod flows;
 mod globals;

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use resonance_common::{EndState, FlowKey, FlowStats};
 
@@ -33,6 +33,53 @@ pub static IN_FLIGHT_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0
 /// removed by `thread_exit`.
 #[map(name = "IN_FLIGHT")]
 pub static IN_FLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(16_384, 0);
+
+/// What each (process, fd) the hot path met refers to: a cache of
+/// `fdwalk::resolve`, kept valid by `fdcache` (see there). LRU: a full map
+/// forgets the descriptor unused longest, which then costs one walk again.
+#[map(name = "FDS")]
+pub static FDS: LruHashMap<u64, FdEntry> = LruHashMap::with_max_entries(FD_SLOTS, 0);
+
+/// Descriptor-table generations, indexed by tgid modulo [`GEN_SLOTS`]: each
+/// slot holds `tgid << 32 | generation`. Bumping a process's generation
+/// voids every [`FDS`] entry it has at once (exec, close_range, exit).
+/// An array, so the lookup on every hit is inlined by the verifier.
+#[map(name = "GENS")]
+pub static GENS: Array<u64> = Array::with_max_entries(GEN_SLOTS, 0);
+
+/// Each CPU's count of generations handed out (see `fdcache::renew`).
+#[map(name = "GEN_NEXT")]
+pub static GEN_NEXT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Descriptor walks the hot path made because [`FDS`] could not answer,
+/// per CPU: what the cache saves shows here.
+#[map(name = "FD_WALKS")]
+pub static FD_WALKS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Room for this many cached descriptors.
+pub const FD_SLOTS: u32 = 65_536;
+/// Generation slots; a power of two, so the index is a mask.
+pub const GEN_SLOTS: u32 = 65_536;
+
+/// One cached descriptor.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FdEntry {
+    /// Channel end id, as `fdwalk::Object::end`.
+    pub end: u64,
+    /// Peer end id (0 = not known yet).
+    pub peer: u64,
+    /// `pipe_inode_info` address for pipes and FIFOs, else 0.
+    pub pipe: u64,
+    /// The process's generation when this was stored.
+    pub generation: u32,
+    /// The pipe's size in slots when resolved (`fdwalk::Object::slots`).
+    pub slots: u32,
+    /// `ChannelKind` as a byte; 0 for an open file that is not followed.
+    pub kind: u8,
+    /// Explicit padding.
+    pub pad: [u8; 7],
+}
 
 /// All-zero templates to insert new entries from: the values are too large
 /// for the 512-byte BPF stack. Never written.

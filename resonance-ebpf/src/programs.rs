@@ -1,4 +1,5 @@
-//! The tracepoint programs, one file per syscall family.
+//! The programs, one file per syscall family, and `dispatch`: the exit-only
+//! hot path on the raw `sys_exit` tracepoint that serves them all.
 //!
 //! Syscall tracepoints lay out their arguments as 8-byte slots from offset
 //! 16 (`struct syscall_trace_enter`), and `sys_exit_*` has `ret` at 16. That
@@ -11,6 +12,7 @@
 
 mod connect;
 mod create;
+mod dispatch;
 mod io;
 mod lifecycle;
 

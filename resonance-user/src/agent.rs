@@ -75,7 +75,7 @@ impl Agent {
         for status in observer.attach_status() {
             metrics
                 .probe_attached
-                .with_label_values(&[status.tracepoint.as_str()])
+                .with_label_values(&[status.tracepoint.as_str(), status.mode.as_str()])
                 .set(1);
         }
         Ok(Self {

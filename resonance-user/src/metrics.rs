@@ -157,9 +157,10 @@ impl Metrics {
         let probe_attached = IntGaugeVec::new(
             Opts::new(
                 "resonance_probe_attached",
-                "1 for each tracepoint the probes are attached to.",
+                "1 for each hook the probes are attached to, with the mode they run in \
+                 (tp_btf, raw_tp, or the classic tracepoint fallback).",
             ),
-            &["tracepoint"],
+            &["tracepoint", "mode"],
         )?;
         registry.register(Box::new(probe_attached.clone()))?;
         Ok(Self {

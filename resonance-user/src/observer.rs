@@ -17,7 +17,7 @@ use crate::{
         ConnectFailure, EndLatency, FlowRecord, Histogram, Interaction, ProcessTable, join,
     },
     decode::{DecodeError, Happening, KernelEvent, c_string, decode},
-    probe::{ProbeError, ProbeSet, Probes, preflight, read_offsets},
+    probe::{ProbeError, ProbeMode, ProbeSet, Probes, preflight, read_offsets},
 };
 
 /// How the observer is set up.
@@ -27,6 +27,9 @@ pub struct ObserverOptions {
     pub idle_gap: Duration,
     /// Which programs to attach (benchmarks measure the bare hooks too).
     pub probe_set: ProbeSet,
+    /// The mode to attach in; `None`: [`ProbeMode::from_env`], else the
+    /// best this kernel loads.
+    pub mode: Option<ProbeMode>,
 }
 
 impl Default for ObserverOptions {
@@ -34,6 +37,7 @@ impl Default for ObserverOptions {
         Self {
             idle_gap: Duration::from_secs(1),
             probe_set: ProbeSet::Observer,
+            mode: None,
         }
     }
 }
@@ -101,8 +105,13 @@ impl Observer {
             agent_tgid: std::process::id(),
             pad: 0,
             idle_gap_ns: u64::try_from(options.idle_gap.as_nanos()).unwrap_or(u64::MAX),
+            page_size: crate::sys::page_size().map_err(ProbeError::PageSize)?,
         };
-        let probes = Probes::load_set(&offsets, &config, options.probe_set)?;
+        let mode = match options.mode {
+            Some(mode) => Some(mode),
+            None => ProbeMode::from_env()?,
+        };
+        let probes = Probes::load_set(&offsets, &config, options.probe_set, mode)?;
         Ok(Self {
             probes,
             processes: ProcessTable::default(),
@@ -490,6 +499,21 @@ impl Observer {
     /// What is attached where.
     pub fn attach_status(&self) -> &[crate::probe::AttachStatus] {
         &self.probes.attached
+    }
+
+    /// The mode the probes run in.
+    pub fn mode(&self) -> ProbeMode {
+        self.probes.mode
+    }
+
+    /// Descriptor walks the hot path has made on cache misses so far, over
+    /// all CPUs (0 in the classic mode, which walks at every syscall).
+    pub fn fd_walks(&self) -> u64 {
+        self.probes
+            .fd_walks
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
     }
 }
 

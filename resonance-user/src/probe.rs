@@ -10,7 +10,7 @@ mod attach;
 mod offsets;
 mod preflight;
 
-pub use attach::{AttachStatus, ProbeSet, Probes, TRACEPOINTS};
+pub use attach::{AttachStatus, PROBE_MODE_ENV, ProbeMode, ProbeSet, Probes, TRACEPOINTS};
 pub use offsets::{OffsetError, read_offsets};
 pub use preflight::{PreflightError, VMLINUX_BTF, preflight};
 
@@ -41,6 +41,12 @@ pub enum ProbeError {
     /// The object lacks a program or map the agent expects.
     #[error("the embedded eBPF object has no {0}; it does not match this agent")]
     Missing(&'static str),
+    /// `--probe-mode` or `RESONANCE_PROBE_MODE` named no mode.
+    #[error("unknown probe mode {0:?}: expected tp_btf, raw_tp or tracepoint")]
+    UnknownMode(String),
+    /// The page size (the size of a pipe slot) could not be read.
+    #[error("reading the kernel's page size: {0}")]
+    PageSize(std::io::Error),
     /// A map had an unexpected shape.
     #[error("eBPF map {name}: {source}")]
     Map {

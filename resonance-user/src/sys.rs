@@ -141,6 +141,29 @@ pub fn pipe_max_size() -> u32 {
         .unwrap_or(1 << 20)
 }
 
+/// Lifts `RLIMIT_MEMLOCK`: kernels before 5.11 charge BPF maps to it (the
+/// observer's maps take tens of MiB, far above the usual 64 KiB or 8 MiB),
+/// later ones to the memory cgroup instead. Fails without
+/// `CAP_SYS_RESOURCE`, which newer kernels do not need.
+pub fn raise_memlock_limit() -> io::Result<()> {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads one valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The kernel's page size, which is also the size of one pipe buffer slot.
+pub fn page_size() -> io::Result<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).map_err(|_| io::Error::last_os_error())
+}
+
 /// The systemd unit of a process (the last `*.service` or `*.scope`
 /// component of its cgroup path), if any.
 pub fn systemd_unit(pid: u32) -> Option<String> {

@@ -170,6 +170,9 @@ fn agent_reports_exact_bytes_through_pairs_metrics_and_a_real_prometheus() {
         r#"resonance_pair_bytes_total{dst="rt-server",kind="unix_stream",src="rt-client"} 2000"#,
         r#"resonance_pair_bytes_total{dst="rt-client",kind="unix_stream",src="rt-server"} 100000"#,
         r#"resonance_event_drops_total 0"#,
+        // The default mode on every kernel the suite runs on, with its hooks.
+        r#"resonance_probe_attached{mode="tp_btf",tracepoint="tp_btf:sys_exit"} 1"#,
+        r#"resonance_probe_attached{mode="tp_btf",tracepoint="sched:sched_process_exit"} 1"#,
     ] {
         assert!(
             scrape.lines().any(|l| l == line),

@@ -330,12 +330,69 @@ fn writes_into_a_full_pipe_count_as_blocked_and_writes_that_fit_do_not() {
         sends[0].blocked
     };
     // Two one-page slots: the third 4 KiB write finds none free while the
-    // reader sleeps.
+    // reader sleeps (the classic mode, which looks at entry, counts at most
+    // the last six); the exit-only hot path also counts the second, which
+    // left the pipe full.
     let small = blocked_writes("8192");
     assert!(
-        (1..=6).contains(&small),
+        (1..=7).contains(&small),
         "blocked writes into 8 KiB: {small}"
     );
     // Sixteen slots hold all eight pages.
     assert_eq!(blocked_writes("65536"), 0);
+}
+
+/// Descriptor numbers that change meaning are followed: a pipe end closed
+/// and its number reused by /dev/zero stops counting, pipe B dup2'd onto
+/// that number counts as B, and a forked child's inherited copy counts as
+/// the child's. On the exit-only hot path this is the descriptor cache's
+/// invalidation; a stale entry would count /dev/zero's 12,288 bytes as
+/// pipe A's or lose B's.
+#[test]
+fn reused_descriptor_numbers_count_as_what_they_refer_to_now() {
+    use resonance::{ChannelKind, Direction};
+    let _serial = serial();
+    let mut observer = resonance_tests::start_observer();
+    let child = traffic(&["fd-reuse"]).spawn().expect("starting fd-reuse");
+    let parent = child.id();
+    wait(child, "fd-reuse").expect("fd-reuse");
+    let flows: Vec<_> = observer
+        .flows()
+        .into_iter()
+        .filter(|f| f.kind == ChannelKind::Pipe && (f.pid == parent || f.ppid == parent))
+        .collect();
+    let bytes = |pid_is_parent: bool, dir: Direction| -> Vec<u64> {
+        let mut bytes: Vec<u64> = flows
+            .iter()
+            .filter(|f| (f.pid == parent) == pid_is_parent && f.dir == dir)
+            .map(|f| f.bytes)
+            .collect();
+        bytes.sort_unstable();
+        bytes
+    };
+    // Pipe A: 1,000 each way; pipe B: 777 written, 777 + 333 read.
+    assert_eq!(bytes(true, Direction::Send), [777, 1000], "{flows:#?}");
+    assert_eq!(bytes(true, Direction::Recv), [1000, 1110], "{flows:#?}");
+    assert_eq!(bytes(false, Direction::Send), [333], "{flows:#?}");
+    assert_eq!(
+        bytes(false, Direction::Recv),
+        Vec::<u64>::new(),
+        "{flows:#?}"
+    );
+}
+
+/// The probes run in the mode `RESONANCE_PROBE_MODE` forces, and otherwise
+/// in the exit-only tp_btf mode, which every kernel the suite runs on
+/// (5.10 and later) loads: a silent fallback to the classic tracepoints
+/// would cost every syscall on the host more.
+#[test]
+fn the_probes_run_in_the_forced_mode_or_else_tp_btf() {
+    let _serial = serial();
+    let observer = resonance_tests::start_observer();
+    let expected = std::env::var(resonance::probe::PROBE_MODE_ENV)
+        .ok()
+        .filter(|mode| !mode.is_empty())
+        .unwrap_or_else(|| "tp_btf".to_owned());
+    println!("probe mode: {}", observer.mode());
+    assert_eq!(observer.mode().as_str(), expected);
 }

@@ -122,8 +122,9 @@ fn main() -> Result<()> {
                     "--no-fail-fast",
                 ],
             )?;
+            observer_tests_pass_in_every_mode(&root, &env)?;
             corrupted_offset_is_caught_on_host(&root, &env)?;
-            // The same kernel tests on Debian 6.1 and 6.12 in QEMU, then
+            // The same kernel tests on Debian 5.10, 6.1 and 6.12 in QEMU, then
             // once more with the corrupted offset, which must fail there too.
             let mut options = vm::Options {
                 kernels: Vec::new(),
@@ -176,6 +177,32 @@ fn build_agent(root: &std::path::Path, env: &bootstrap::BuildEnv) -> Result<()> 
         env,
         &["build", "--release", "--package", "resonance-user"],
     )
+}
+
+/// The agent's variable that forces a probe mode.
+const PROBE_MODE_ENV: &str = "RESONANCE_PROBE_MODE";
+/// The modes besides the default one (the best the host loads, which the
+/// workspace run above used): the raw_tp flavour of the hot path and the
+/// classic tracepoint fallback.
+const OTHER_PROBE_MODES: &[&str] = &["raw_tp", "tracepoint"];
+
+/// The kernel tests once more in each other probe mode: every mode must
+/// count the same bytes.
+fn observer_tests_pass_in_every_mode(
+    root: &std::path::Path,
+    env: &bootstrap::BuildEnv,
+) -> Result<()> {
+    for mode in OTHER_PROBE_MODES {
+        eprintln!("xtask: the kernel tests with {PROBE_MODE_ENV}={mode}");
+        let mut command = std::process::Command::new("cargo");
+        command
+            .args(["test", "--package", "resonance-tests", "--test", "observer"])
+            .env(PROBE_MODE_ENV, mode)
+            .current_dir(root);
+        env.apply(&mut command);
+        cmd::status(&mut command).with_context(|| format!("the kernel tests in {mode} mode"))?;
+    }
+    Ok(())
 }
 
 /// The agent's test hook that shifts one kernel struct offset.

@@ -7,11 +7,11 @@ use aya_ebpf::{
 };
 use resonance_common::EventKind;
 
-use super::{arg, observed_task, ret};
+use super::{arg, create::report_new_fd, observed_task, ret};
 use crate::{
     emit::count_in_flight_full,
-    emit::{Happening, emit, reserve},
-    fdwalk::resolve,
+    emit::{Happening, reserve},
+    fdwalk::{Resolved, walk},
     maps::{IN_FLIGHT, InFlight, Op},
 };
 
@@ -61,30 +61,39 @@ pub fn connect_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let Some(result) = ret(&ctx) else { return 0 };
-    let Some(object) = resolve(in_flight.fd as i64) else {
-        return 0;
+    report_connect(tgid, in_flight.fd, result, in_flight.arg);
+    0
+}
+
+/// connect(`fd`, `address`) returned `result`: reports the outcome with the
+/// Unix path, if any; returns what `fd` is now.
+#[inline(always)]
+pub fn report_connect(tgid: u32, fd: i32, result: i64, address: u64) -> Resolved {
+    let resolved = walk(fd as i64);
+    let Resolved::Followed(object) = resolved else {
+        return resolved;
     };
     let happening = Happening {
         event: EventKind::Connected,
         object: Some(object),
         dir: 0,
         ret: result as i32,
-        fds: [in_flight.fd, -1],
+        fds: [fd, -1],
     };
     let Some(mut entry) = reserve(tgid, &happening) else {
-        return 0;
+        return resolved;
     };
     // SAFETY: user pointers from the syscall's arguments; the helpers fail
     // cleanly on unreadable memory and the path then stays empty.
     unsafe {
-        let family = bpf_probe_read_user(in_flight.arg as *const u16).unwrap_or(0);
+        let family = bpf_probe_read_user(address as *const u16).unwrap_or(0);
         if family == AF_UNIX {
             let event = entry.as_mut_ptr();
-            let _ = bpf_probe_read_user_buf((in_flight.arg + 2) as *const u8, &mut (*event).path);
+            let _ = bpf_probe_read_user_buf((address + 2) as *const u8, &mut (*event).path);
         }
     }
     entry.submit(0);
-    0
+    resolved
 }
 
 /// `sys_exit_accept` and `sys_exit_accept4`: the new fd is the return value.
@@ -95,17 +104,6 @@ pub fn accept_exit(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let Some(fd) = ret(&ctx) else { return 0 };
-    if let Some(object) = resolve(fd) {
-        emit(
-            tgid,
-            Happening {
-                event: EventKind::Accepted,
-                object: Some(object),
-                dir: 0,
-                ret: 0,
-                fds: [fd as i32, -1],
-            },
-        );
-    }
+    report_new_fd(tgid, fd, EventKind::Accepted);
     0
 }

@@ -11,7 +11,7 @@ use super::{arg, observed_task, ret};
 use crate::{
     emit::count_in_flight_full,
     emit::{Happening, emit},
-    fdwalk::resolve,
+    fdwalk::{Object, Resolved, resolve, walk},
     maps::{IN_FLIGHT, InFlight, Op},
 };
 
@@ -55,11 +55,23 @@ pub fn socket_exit(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let Some(fd) = ret(&ctx) else { return 0 };
-    if let Some(object) = resolve(fd) {
+    report_new_fd(tgid, fd, EventKind::Created);
+    0
+}
+
+/// A syscall returned a new descriptor `fd` (socket: `Created`, accept:
+/// `Accepted`): reports it if it is followed; returns what it is.
+#[inline(always)]
+pub fn report_new_fd(tgid: u32, fd: i64, event: EventKind) -> Resolved {
+    if fd < 0 {
+        return Resolved::Unknown;
+    }
+    let resolved = walk(fd);
+    if let Resolved::Followed(object) = resolved {
         emit(
             tgid,
             Happening {
-                event: EventKind::Created,
+                event,
                 object: Some(object),
                 dir: 0,
                 ret: 0,
@@ -67,7 +79,7 @@ pub fn socket_exit(ctx: TracePointContext) -> u32 {
             },
         );
     }
-    0
+    resolved
 }
 
 #[inline(always)]
@@ -108,14 +120,18 @@ fn created(ctx: &TracePointContext, op: Op) {
     if in_flight.op != op || ret(ctx) != Some(0) {
         return;
     }
+    report_pair(tgid, in_flight.arg);
+}
+
+/// pipe/pipe2/socketpair succeeded and wrote two descriptors to the user
+/// address `fds_at`: reports the new channel; returns the descriptors and
+/// what the first one is.
+#[inline(always)]
+pub fn report_pair(tgid: u32, fds_at: u64) -> Option<([i32; 2], Object)> {
     // SAFETY: a user pointer the syscall just wrote two ints to; the helper
     // fails cleanly if it is not readable.
-    let Ok(fds) = (unsafe { bpf_probe_read_user(in_flight.arg as *const [i32; 2]) }) else {
-        return;
-    };
-    let Some(object) = resolve(fds[0] as i64) else {
-        return;
-    };
+    let fds = unsafe { bpf_probe_read_user(fds_at as *const [i32; 2]) }.ok()?;
+    let object = resolve(fds[0] as i64)?;
     emit(
         tgid,
         Happening {
@@ -126,4 +142,5 @@ fn created(ctx: &TracePointContext, op: Op) {
             fds,
         },
     );
+    Some((fds, object))
 }

@@ -1,6 +1,11 @@
-//! read/write, readv/writev, sendto/recvfrom, sendmsg/recvmsg: one enter
-//! program per direction and one shared exit program. The fd is resolved at
-//! enter, so syscalls on files and devices cost one walk and nothing else.
+//! read/write, readv/writev, sendto/recvfrom, sendmsg/recvmsg on the classic
+//! syscall tracepoints (the fallback mode): one enter program per direction
+//! and one shared exit program. The fd is resolved at enter, so syscalls on
+//! files and devices cost one walk and nothing else; the syscall is timed
+//! from enter to exit.
+//!
+//! [`completed`] is the same accounting for the exit-only hot path
+//! (`dispatch`), which has no enter.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use resonance_common::{ChannelKind, Direction};
@@ -9,7 +14,7 @@ use super::{arg, observed_task, ret};
 use crate::{
     emit::count_in_flight_full,
     fdwalk::{Object, pipe_would_block, resolve},
-    flows::{account, turnaround},
+    flows::{FullPipe, account},
     maps::{IN_FLIGHT, InFlight, Op},
 };
 
@@ -49,13 +54,9 @@ fn enter(ctx: &TracePointContext, op: Op) {
     // SAFETY: the helper has no preconditions.
     let start_ns = unsafe { bpf_ktime_get_ns() };
     let mut blocked = 0;
-    if op == Op::Send {
-        if object.kind.is_one_way() {
-            // write's count, or writev's buffer count (see pipe_would_block).
-            blocked = u8::from(pipe_would_block(object.inode, arg(ctx, 2).unwrap_or(0)));
-        } else {
-            turnaround(object, start_ns);
-        }
+    if op == Op::Send && object.kind.is_one_way() {
+        // write's count, or writev's buffer count (see pipe_would_block).
+        blocked = u8::from(pipe_would_block(object.pipe, arg(ctx, 2).unwrap_or(0)));
     }
     let in_flight = InFlight {
         op,
@@ -96,7 +97,8 @@ fn exit(ctx: &TracePointContext) {
         kind,
         end: in_flight.end,
         peer: in_flight.peer,
-        inode: 0,
+        pipe: 0,
+        slots: 0,
     };
     // A stream socket's peer can change while the syscall blocks (the
     // client went away); take the latest view for sends that succeeded.
@@ -113,8 +115,32 @@ fn exit(ctx: &TracePointContext) {
         object,
         dir,
         ret,
-        in_flight.blocked != 0,
+        if in_flight.blocked != 0 {
+            FullPipe::Yes
+        } else {
+            FullPipe::No
+        },
         in_flight.start_ns,
         now,
     );
 }
+
+/// The exit-only hot path's accounting of a completed read-like or
+/// write-like syscall on `object`. `count` is write()'s byte count (0 when
+/// the syscall has none, e.g. writev), to tell a short write.
+#[inline(always)]
+pub fn completed(tgid: u32, object: Object, dir: Direction, ret: i64, count: u64) {
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let full = if dir != Direction::Send || !object.kind.is_one_way() {
+        FullPipe::No
+    } else if ret == -EAGAIN || (ret >= 0 && count != 0 && (ret as u64) < count) {
+        FullPipe::Yes
+    } else {
+        FullPipe::CheckAfter
+    };
+    // No enter time: the syscall itself is not timed on this path.
+    account(tgid, object, dir, ret, full, 0, now);
+}
+
+const EAGAIN: i64 = 11;

@@ -6,7 +6,8 @@ use resonance_common::EventKind;
 use super::{arg, observed_task};
 use crate::{
     emit::{Happening, emit},
-    fdwalk::resolve,
+    fdcache,
+    fdwalk::{Object, resolve},
     maps::IN_FLIGHT,
 };
 
@@ -19,23 +20,30 @@ pub fn close_enter(ctx: TracePointContext) -> u32 {
     };
     let Some(fd) = arg(&ctx, 0) else { return 0 };
     if let Some(object) = resolve(fd as i64) {
-        emit(
-            tgid,
-            Happening {
-                event: EventKind::Closed,
-                object: Some(object),
-                dir: 0,
-                ret: 0,
-                fds: [fd as i32, -1],
-            },
-        );
+        report_close(tgid, fd as i32, object);
     }
     0
 }
 
+/// `fd`, a followed channel end, is being closed.
+#[inline(always)]
+pub fn report_close(tgid: u32, fd: i32, object: Object) {
+    emit(
+        tgid,
+        Happening {
+            event: EventKind::Closed,
+            object: Some(object),
+            dir: 0,
+            ret: 0,
+            fds: [fd, -1],
+        },
+    );
+}
+
 /// `sched:sched_process_exit`, once per exiting thread: frees the thread's
 /// in-flight slot (it may have died inside a read), and reports the process
-/// once, from its leader thread.
+/// once, from its leader thread, whose descriptor cache it voids (its tgid
+/// may be handed out again).
 #[tracepoint]
 #[inline(always)]
 pub fn process_exit(_ctx: TracePointContext) -> u32 {
@@ -46,6 +54,7 @@ pub fn process_exit(_ctx: TracePointContext) -> u32 {
     if pid_tgid as u32 != tgid {
         return 0;
     }
+    fdcache::renew(tgid);
     emit(
         tgid,
         Happening {

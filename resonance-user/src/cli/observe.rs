@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     observer::{Observer, ObserverOptions},
+    probe::ProbeMode,
     report::{InteractionRecord, write_json_lines, write_table},
 };
 
@@ -19,15 +20,29 @@ pub struct Args {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// How to hook the kernel: tp_btf, raw_tp or tracepoint (default: the
+    /// first of these this kernel loads; also RESONANCE_PROBE_MODE).
+    #[arg(long, value_parser = parse_probe_mode)]
+    pub probe_mode: Option<ProbeMode>,
+}
+
+fn parse_probe_mode(value: &str) -> Result<ProbeMode, String> {
+    value
+        .parse()
+        .map_err(|e: crate::probe::ProbeError| e.to_string())
 }
 
 /// Runs the observation and prints one record per (source, destination,
 /// kind).
 pub fn run(args: Args) -> Result<()> {
-    let mut observer = Observer::start(&ObserverOptions::default())?;
+    let mut observer = Observer::start(&ObserverOptions {
+        mode: args.probe_mode,
+        ..ObserverOptions::default()
+    })?;
     log::info!(
-        "{} tracepoints attached; observing for {}",
+        "{} hooks attached in {} mode; observing for {}",
         observer.attached(),
+        observer.mode(),
         humantime::format_duration(args.duration)
     );
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -4,13 +4,14 @@
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{BtfTracePoint, RawTracePoint, TracePoint, trace_point::TracePointLinkId},
 };
 use resonance_common::{EndState, FlowKey, FlowStats, Offsets, ProbeConfig, names};
 
 use super::{ProbeError, preflight::VMLINUX_BTF};
 
-/// Which program goes on which tracepoints: (program, category, names).
+/// The classic mode: which program goes on which tracepoints (program,
+/// category, names).
 pub const TRACEPOINTS: &[(&str, &str, &[&str])] = &[
     (
         "io_send_enter",
@@ -70,13 +71,79 @@ pub const TRACEPOINTS: &[(&str, &str, &[&str])] = &[
     ("process_exit", "sched", &["sched_process_exit"]),
 ];
 
-/// One tracepoint the agent attached to.
+/// Hooks the exit-only modes attach besides `sys_exit`: the process-exit
+/// tracepoint (not a syscall one, so it adds nothing to other syscalls).
+const EXIT_ONLY_TRACEPOINTS: &[(&str, &str, &[&str])] =
+    &[("process_exit", "sched", &["sched_process_exit"])];
+
+/// How the programs are hooked into the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProbeMode {
+    /// One `tp_btf/sys_exit` program for every syscall (the default): the
+    /// cheapest hook, registers read with plain loads.
+    TpBtf,
+    /// The same program as `raw_tp/sys_exit`, registers read through a
+    /// helper: where tp_btf is refused.
+    RawTp,
+    /// The classic per-syscall tracepoints (`syscalls:sys_enter_*` and
+    /// `sys_exit_*`): the fallback that loads everywhere, and the only mode
+    /// that times syscalls and judges full pipes at entry.
+    Tracepoint,
+}
+
+/// Environment variable that forces a mode (`tp_btf`, `raw_tp`,
+/// `tracepoint`), as `--probe-mode` does.
+pub const PROBE_MODE_ENV: &str = "RESONANCE_PROBE_MODE";
+
+impl ProbeMode {
+    /// Tried in this order when no mode is forced.
+    pub const PREFERENCE: [Self; 3] = [Self::TpBtf, Self::RawTp, Self::Tracepoint];
+
+    /// The name used in flags, logs and metric labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::TpBtf => "tp_btf",
+            Self::RawTp => "raw_tp",
+            Self::Tracepoint => "tracepoint",
+        }
+    }
+
+    /// The mode forced by [`PROBE_MODE_ENV`], if set.
+    pub fn from_env() -> Result<Option<Self>, ProbeError> {
+        match std::env::var(PROBE_MODE_ENV) {
+            Ok(value) if !value.is_empty() => value.parse().map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl std::fmt::Display for ProbeMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ProbeMode {
+    type Err = ProbeError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Self::PREFERENCE
+            .into_iter()
+            .find(|mode| mode.as_str() == value)
+            .ok_or_else(|| ProbeError::UnknownMode(value.to_owned()))
+    }
+}
+
+/// One hook the agent attached to.
 #[derive(Clone, Debug)]
 pub struct AttachStatus {
     /// Program name.
     pub program: &'static str,
-    /// `category:name` of the tracepoint.
+    /// `category:name` of a tracepoint, or `tp_btf:sys_exit` /
+    /// `raw_tp:sys_exit`.
     pub tracepoint: String,
+    /// The mode it belongs to.
+    pub mode: ProbeMode,
 }
 
 /// The loaded programs and the maps the agent reads. Dropping it detaches
@@ -92,6 +159,10 @@ pub struct Probes {
     pub events: RingBuf<MapData>,
     /// Ring-buffer reservations that failed, per CPU.
     pub event_drops: PerCpuArray<MapData, u64>,
+    /// Descriptor walks the exit-only hot path made on cache misses.
+    pub fd_walks: PerCpuArray<MapData, u64>,
+    /// The mode the programs run in.
+    pub mode: ProbeMode,
     /// What got attached where.
     pub attached: Vec<AttachStatus>,
     /// Log records the programs write with aya-log (rare: ring buffer full,
@@ -99,31 +170,40 @@ pub struct Probes {
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
-/// Which programs go on the tracepoints.
+/// Which programs go on the hooks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ProbeSet {
     /// The observer.
     #[default]
     Observer,
-    /// An empty program on every tracepoint: what the hooks alone cost
+    /// An empty program on every hook: what the hooks alone cost
     /// (for benchmarks).
     HookFloor,
 }
 
 impl Probes {
-    /// Loads the object with `offsets` and `config` and attaches everything.
-    /// On any failure nothing stays attached: the partly built `Ebpf` is
-    /// dropped, which closes every link.
+    /// Loads the object with `offsets` and `config` and attaches everything
+    /// in the best mode this kernel loads.
     pub fn load(offsets: &Offsets, config: &ProbeConfig) -> Result<Self, ProbeError> {
-        Self::load_set(offsets, config, ProbeSet::Observer)
+        Self::load_set(offsets, config, ProbeSet::Observer, None)
     }
 
-    /// [`Probes::load`] with a choice of programs.
+    /// [`Probes::load`] with a choice of programs, and of mode: `None` tries
+    /// [`ProbeMode::PREFERENCE`] in order, logging why a mode was passed
+    /// over; a forced mode that fails is an error. On any failure nothing
+    /// stays attached: the partly built `Ebpf` is dropped, which closes
+    /// every link.
     pub fn load_set(
         offsets: &Offsets,
         config: &ProbeConfig,
         set: ProbeSet,
+        mode: Option<ProbeMode>,
     ) -> Result<Self, ProbeError> {
+        if let Err(error) = crate::sys::raise_memlock_limit() {
+            // Only kernels before 5.11 need it; there the load fails and
+            // says so.
+            log::debug!("could not lift RLIMIT_MEMLOCK: {error}");
+        }
         let btf = aya::Btf::parse_file(VMLINUX_BTF, aya::Endianness::default()).ok();
         let mut ebpf = EbpfLoader::new()
             .btf(btf.as_ref())
@@ -134,47 +214,30 @@ impl Probes {
                 "/resonance"
             )))
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
-        let mut attached = Vec::new();
-        let mut loaded: Vec<&str> = Vec::new();
-        for &(program, category, tracepoints) in TRACEPOINTS {
-            let program = match set {
-                ProbeSet::Observer => program,
-                ProbeSet::HookFloor => "hook_floor",
-            };
-            let tracepoint: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or(ProbeError::Missing(program))?
-                .try_into()
-                .map_err(|source| ProbeError::Attach {
-                    program,
-                    category,
-                    name: tracepoints[0],
-                    source: Box::new(source),
-                })?;
-            if !loaded.contains(&program) {
-                tracepoint.load().map_err(|source| ProbeError::Attach {
-                    program,
-                    category,
-                    name: tracepoints[0],
-                    source: Box::new(source),
-                })?;
-                loaded.push(program);
-            }
-            for &name in tracepoints {
-                tracepoint
-                    .attach(category, name)
-                    .map_err(|source| ProbeError::Attach {
-                        program,
-                        category,
-                        name,
-                        source: Box::new(source),
-                    })?;
-                attached.push(AttachStatus {
-                    program,
-                    tracepoint: format!("{category}:{name}"),
-                });
+        let candidates: &[ProbeMode] = match &mode {
+            Some(forced) => std::slice::from_ref(forced),
+            None => &ProbeMode::PREFERENCE,
+        };
+        let mut attached = None;
+        for (index, &candidate) in candidates.iter().enumerate() {
+            let last = index + 1 == candidates.len();
+            match attach_mode(&mut ebpf, btf.as_ref(), candidate, set) {
+                Ok(list) => {
+                    attached = Some((candidate, list));
+                    break;
+                }
+                Err(error) if !last => {
+                    log::warn!(
+                        "{candidate} probes do not load here ({error}); trying the next mode"
+                    );
+                }
+                Err(error) => return Err(error),
             }
         }
+        let Some((mode, attached)) = attached else {
+            return Err(ProbeError::Missing("a probe mode"));
+        };
+        log::info!("probes attached in {mode} mode ({} hooks)", attached.len());
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(error) => {
@@ -186,15 +249,134 @@ impl Probes {
         let ends = take_map(&mut ebpf, names::ENDS)?;
         let events = take_map(&mut ebpf, names::EVENTS)?;
         let event_drops = take_map(&mut ebpf, names::EVENT_DROPS)?;
+        let fd_walks = take_map(&mut ebpf, names::FD_WALKS)?;
         Ok(Self {
             _ebpf: ebpf,
             flows,
             ends,
             events,
             event_drops,
+            fd_walks,
+            mode,
             attached,
             logger,
         })
+    }
+}
+
+/// Attaches the programs of one mode. A failure leaves nothing of this
+/// mode attached: the exit-only modes attach their one `sys_exit` program
+/// first, and the classic mode's partial links are detached here.
+fn attach_mode(
+    ebpf: &mut Ebpf,
+    btf: Option<&aya::Btf>,
+    mode: ProbeMode,
+    set: ProbeSet,
+) -> Result<Vec<AttachStatus>, ProbeError> {
+    let floor = set == ProbeSet::HookFloor;
+    let mut attached = Vec::new();
+    let tracepoints = match mode {
+        ProbeMode::TpBtf => {
+            let program = if floor {
+                "hook_floor_btf"
+            } else {
+                "sys_exit_btf"
+            };
+            let btf = btf.ok_or(ProbeError::Missing("kernel BTF for tp_btf"))?;
+            let hook: &mut BtfTracePoint = program_of(ebpf, program)?;
+            let error = |source| attach_error(program, "tp_btf", "sys_exit", source);
+            hook.load("sys_exit", btf).map_err(error)?;
+            hook.attach().map_err(error)?;
+            attached.push(AttachStatus {
+                program,
+                tracepoint: "tp_btf:sys_exit".to_owned(),
+                mode,
+            });
+            EXIT_ONLY_TRACEPOINTS
+        }
+        ProbeMode::RawTp => {
+            let program = if floor {
+                "hook_floor_raw"
+            } else {
+                "sys_exit_raw"
+            };
+            let hook: &mut RawTracePoint = program_of(ebpf, program)?;
+            let error = |source| attach_error(program, "raw_tp", "sys_exit", source);
+            hook.load().map_err(error)?;
+            hook.attach("sys_exit").map_err(error)?;
+            attached.push(AttachStatus {
+                program,
+                tracepoint: "raw_tp:sys_exit".to_owned(),
+                mode,
+            });
+            EXIT_ONLY_TRACEPOINTS
+        }
+        ProbeMode::Tracepoint => TRACEPOINTS,
+    };
+    let mut links = Vec::new();
+    let result = attach_tracepoints(ebpf, tracepoints, mode, floor, &mut attached, &mut links);
+    if result.is_err() {
+        for (program, link) in links {
+            if let Ok(tracepoint) = program_of::<TracePoint>(ebpf, program) {
+                let _ = tracepoint.detach(link);
+            }
+        }
+    }
+    result.map(|()| attached)
+}
+
+fn attach_tracepoints(
+    ebpf: &mut Ebpf,
+    tracepoints: &[(&'static str, &'static str, &'static [&'static str])],
+    mode: ProbeMode,
+    floor: bool,
+    attached: &mut Vec<AttachStatus>,
+    links: &mut Vec<(&'static str, TracePointLinkId)>,
+) -> Result<(), ProbeError> {
+    for &(program, category, names) in tracepoints {
+        let program = if floor { "hook_floor" } else { program };
+        let tracepoint: &mut TracePoint = program_of(ebpf, program)?;
+        if tracepoint.fd().is_err() {
+            tracepoint
+                .load()
+                .map_err(|source| attach_error(program, category, names[0], source))?;
+        }
+        for &name in names {
+            let link = tracepoint
+                .attach(category, name)
+                .map_err(|source| attach_error(program, category, name, source))?;
+            links.push((program, link));
+            attached.push(AttachStatus {
+                program,
+                tracepoint: format!("{category}:{name}"),
+                mode,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn program_of<'a, T>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut T, ProbeError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(program)
+        .ok_or(ProbeError::Missing(program))?
+        .try_into()
+        .map_err(|source| attach_error(program, "program", program, source))
+}
+
+fn attach_error(
+    program: &'static str,
+    category: &'static str,
+    name: &'static str,
+    source: aya::programs::ProgramError,
+) -> ProbeError {
+    ProbeError::Attach {
+        program,
+        category,
+        name,
+        source: Box::new(source),
     }
 }
 

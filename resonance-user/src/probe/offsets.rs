@@ -83,6 +83,12 @@ pub fn read_offsets(path: &Path) -> Result<Offsets, OffsetError> {
         sock_rcv_saddr: layout.offset("sock", &["__sk_common", "skc_rcv_saddr"])?,
         sock_dport: layout.offset("sock", &["__sk_common", "skc_dport"])?,
         sock_num: layout.offset("sock", &["__sk_common", "skc_num"])?,
+        regs_orig_ax: layout.offset("pt_regs", &["orig_ax"])?,
+        regs_di: layout.offset("pt_regs", &["di"])?,
+        regs_si: layout.offset("pt_regs", &["si"])?,
+        regs_dx: layout.offset("pt_regs", &["dx"])?,
+        regs_r10: layout.offset("pt_regs", &["r10"])?,
+        regs_cs: layout.offset("pt_regs", &["cs"])?,
     };
     // The programs read the pipe's ring indices and limit in one 16-byte
     // read from `head`.

@@ -43,11 +43,18 @@ fn main() -> Result<()> {
         "write-file" => write_file(arg(1)?, number(2)?),
         // pipe-pingpong ROUNDS: 1-byte round trips over two pipes
         "pipe-pingpong" => pipe_pingpong(number(1)?),
+        // unix-pingpong ROUNDS: 1-byte round trips over a Unix stream
+        // socketpair
+        "unix-pingpong" => unix_pingpong(number(1)?),
         // pipe-stream BYTES: 64 KiB writes through one pipe
         "pipe-stream" => pipe_stream(number(1)?),
         // pipe-burst CAPACITY BURST WRITE: BURST bytes in WRITE-byte writes
         // into a pipe of CAPACITY bytes whose reader starts 100 ms late
         "pipe-burst" => pipe_burst(number(1)?, number(2)?, number(3)?),
+        // fd-reuse: descriptor numbers that change meaning (close, dup2,
+        // fork), for the probes' descriptor cache; prints the forked
+        // child's pid
+        "fd-reuse" => fd_reuse(),
         other => bail!("unknown traffic kind {other}"),
     }
 }
@@ -200,6 +207,32 @@ fn pipe_pingpong(rounds: u64) -> Result<()> {
     Ok(())
 }
 
+/// Prints the elapsed ns of the whole exchange on stdout.
+fn unix_pingpong(rounds: u64) -> Result<()> {
+    let (mut parent_end, mut child_end) = UnixStream::pair().context("socketpair")?;
+    let start = std::time::Instant::now();
+    fork_child(
+        || {
+            let mut byte = [0u8; 1];
+            for _ in 0..rounds {
+                child_end.read_exact(&mut byte)?;
+                child_end.write_all(&byte)?;
+            }
+            Ok(())
+        },
+        || {
+            let mut byte = [7u8; 1];
+            for _ in 0..rounds {
+                parent_end.write_all(&byte)?;
+                parent_end.read_exact(&mut byte)?;
+            }
+            Ok(())
+        },
+    )?;
+    println!("{}", start.elapsed().as_nanos());
+    Ok(())
+}
+
 /// Reads exactly `bytes` from `reader` in 64 KiB reads.
 fn read_all(reader: &mut impl Read, bytes: u64) -> Result<()> {
     let mut buffer = vec![0u8; 65_536];
@@ -259,6 +292,52 @@ fn pipe_burst(capacity: u64, burst: u64, write: u64) -> Result<()> {
                 writer.write_all(&chunk[..n])?;
                 left -= n as u64;
             }
+            Ok(())
+        },
+    )
+}
+
+/// One process: 1,000 bytes through its own pipe A; A's write end closed
+/// and its number reused by /dev/zero (12,288 bytes read there, which must
+/// not count); pipe B's write end dup2'd onto that number (777 bytes
+/// written through it); then a forked child writes 333 bytes through the
+/// inherited number, which the parent reads.
+fn fd_reuse() -> Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let (mut a_read, mut a_write) = std::io::pipe()?;
+    a_write.write_all(&[b'a'; 1000])?;
+    let mut buffer = vec![0u8; 12_288];
+    a_read.read_exact(&mut buffer[..1000])?;
+    let number = a_write.as_raw_fd();
+    drop(a_write);
+    let mut zero = std::fs::File::open("/dev/zero")?;
+    if zero.as_raw_fd() != number {
+        bail!(
+            "/dev/zero got fd {}, not the freed {number}",
+            zero.as_raw_fd()
+        );
+    }
+    zero.read_exact(&mut buffer)?;
+    let (mut b_read, b_write) = std::io::pipe()?;
+    // SAFETY: dup2 onto a descriptor this function owns (`zero`), which
+    // from here on refers to pipe B's write end.
+    if unsafe { libc::dup2(b_write.as_raw_fd(), number) } != number {
+        bail!("dup2: {}", std::io::Error::last_os_error());
+    }
+    drop(b_write);
+    // SAFETY: `number` is open (dup2 above) and owned by `zero`, which is
+    // forgotten so it is closed once, by `through`.
+    let mut through = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(number) });
+    std::mem::forget(zero);
+    through.write_all(&[b'b'; 777])?;
+    b_read.read_exact(&mut buffer[..777])?;
+    fork_child(
+        || {
+            through.write_all(&[b'c'; 333])?;
+            Ok(())
+        },
+        || {
+            b_read.read_exact(&mut buffer[..333])?;
             Ok(())
         },
     )
