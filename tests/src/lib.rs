@@ -3,7 +3,8 @@
 //! [`observe`] runs real traffic (child processes) under a freshly loaded
 //! observer and returns what it saw; [`traffic_bin`] finds the helper binary
 //! that generates that traffic; [`fork_child`] runs two halves of an
-//! exchange in two real processes.
+//! exchange in two real processes; [`servers`] starts real PostgreSQL and
+//! redis servers.
 
 use std::{
     io::{BufRead, BufReader},
@@ -18,6 +19,8 @@ use resonance::{
     observer::{Observer, ObserverOptions},
     report::InteractionRecord,
 };
+
+pub mod servers;
 
 /// One observer at a time: tests that measure latency must not share the
 /// two cores with another test's traffic.

@@ -36,8 +36,6 @@
 //! outcome does not depend on the machine's load.
 
 use std::{
-    ffi::CString,
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -47,7 +45,11 @@ use resonance::{
     replay::{Figures, ReplayConfig, Report, replay},
     trace::{TraceEvent, read_trace},
 };
-use resonance_tests::{Reaped, resonance_bin, serial, wait_for};
+use resonance_tests::{
+    Reaped, resonance_bin, serial,
+    servers::{pgbench, postgres_bin_dir, run, start_postgres, start_redis},
+    wait_for,
+};
 
 /// How long `resonance record` runs.
 const RECORD: Duration = Duration::from_secs(80);
@@ -60,9 +62,6 @@ const THINK: Duration = Duration::from_secs(11);
 /// Fewest starts a workload must leave in the trace for its hit rate to
 /// mean something.
 const MIN_STARTS: u64 = 100;
-/// Unix "port" naming PostgreSQL's socket file in its folder.
-const PG_PORT: &str = "5432";
-
 /// A scratch folder, removed when dropped.
 struct Scratch(PathBuf);
 
@@ -77,137 +76,6 @@ fn scratch() -> Scratch {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("creating a scratch folder");
     Scratch(dir)
-}
-
-/// Runs a command to completion; panics with its output if it fails.
-fn run(command: &mut Command, what: &str) {
-    let output = command
-        .output()
-        .unwrap_or_else(|error| panic!("{what}: could not start: {error}"));
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// The newest PostgreSQL server installation's `bin` folder (Debian keeps
-/// one per major version under /usr/lib/postgresql).
-fn postgres_bin_dir() -> PathBuf {
-    let root = Path::new("/usr/lib/postgresql");
-    let newest = std::fs::read_dir(root)
-        .ok()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let bin = entry.path().join("bin");
-            bin.join("initdb").is_file().then_some((version, bin))
-        })
-        .max_by_key(|(version, _)| *version);
-    match newest {
-        Some((_, bin)) => bin,
-        None => panic!(
-            "no PostgreSQL server under {}: install the Debian packages postgresql, \
-             redis-server and redis-tools (cargo xtask test does)",
-            root.display()
-        ),
-    }
-}
-
-/// uid and gid of a system user.
-fn user_ids(name: &str) -> (u32, u32) {
-    let c_name = CString::new(name).expect("a user name without NUL");
-    // SAFETY: getpwnam reads a NUL-terminated name and returns a pointer
-    // into static storage (or null), read at once and not kept.
-    let entry = unsafe { libc::getpwnam(c_name.as_ptr()) };
-    assert!(
-        !entry.is_null(),
-        "no user {name}: the postgresql package creates it"
-    );
-    // SAFETY: not null, so it points at a valid passwd entry.
-    unsafe { ((*entry).pw_uid, (*entry).pw_gid) }
-}
-
-/// A throwaway PostgreSQL cluster listening only on a Unix socket in `dir`,
-/// initialised for pgbench.
-fn start_postgres(dir: &Path) -> Reaped {
-    let bin = postgres_bin_dir();
-    let (uid, gid) = user_ids("postgres");
-    let pg_dir = dir.join("pg");
-    std::fs::create_dir_all(&pg_dir).expect("creating the cluster folder");
-    std::os::unix::fs::chown(&pg_dir, Some(uid), Some(gid)).expect("handing it to postgres");
-    let data = pg_dir.join("data");
-    run(
-        Command::new(bin.join("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-A", "trust", "-U", "postgres", "--no-sync"])
-            .current_dir(&pg_dir)
-            .uid(uid)
-            .gid(gid),
-        "initdb",
-    );
-    let server = Command::new(bin.join("postgres"))
-        .arg("-D")
-        .arg(&data)
-        .arg("-k")
-        .arg(&pg_dir)
-        .args(["-p", PG_PORT, "-c", "listen_addresses=", "-c", "fsync=off"])
-        .current_dir(&pg_dir)
-        .uid(uid)
-        .gid(gid)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting postgres");
-    let server = Reaped(server);
-    let socket = pg_dir.join(format!(".s.PGSQL.{PG_PORT}"));
-    assert!(
-        wait_for(Duration::from_secs(30), || socket.exists().then_some(())).is_some(),
-        "postgres did not open {} within 30 s",
-        socket.display()
-    );
-    run(
-        pgbench(&bin, &pg_dir).args(["-i", "-s", "1", "-q"]),
-        "pgbench -i",
-    );
-    server
-}
-
-/// `pgbench` against the cluster in `pg_dir`, as the trusted postgres user.
-fn pgbench(bin: &Path, pg_dir: &Path) -> Command {
-    let mut command = Command::new(bin.join("pgbench"));
-    command
-        .arg("-h")
-        .arg(pg_dir)
-        .args(["-p", PG_PORT, "-U", "postgres"])
-        .env("PGDATABASE", "postgres");
-    command
-}
-
-/// redis-server on a Unix socket only, nothing saved.
-fn start_redis(socket: &Path) -> Reaped {
-    let server = Command::new("redis-server")
-        .args(["--port", "0", "--unixsocket"])
-        .arg(socket)
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect(
-            "starting redis-server (Debian package redis-server; cargo xtask test installs it)",
-        );
-    let server = Reaped(server);
-    assert!(
-        wait_for(Duration::from_secs(30), || socket.exists().then_some(())).is_some(),
-        "redis-server did not open {} within 30 s",
-        socket.display()
-    );
-    server
 }
 
 /// A copy of a system binary under a name of its own, so its pipes are
@@ -275,7 +143,7 @@ fn recorded_postgres_redis_and_pipelines_meet_the_targets() {
     let dir = scratch();
     let _postgres = start_postgres(&dir.0);
     let redis_socket = dir.0.join("redis.sock");
-    let _redis = start_redis(&redis_socket);
+    let _redis = start_redis(&redis_socket, None);
     let pg_dir = dir.0.join("pg");
 
     let config = dir.0.join("record.toml");
