@@ -120,6 +120,7 @@ pub fn run(root: &Path, env: &BuildEnv, options: &Options) -> Result<()> {
         let cmdline = format!("RESONANCE_EXPECT_KERNEL_RELEASE={}", kernel.release);
         let start = Instant::now();
         let mut accel = detected;
+        let mut probe_mode = None;
         let mut outcome = qemu::boot(
             &kernel.vmlinuz,
             &image_path,
@@ -127,6 +128,7 @@ pub fn run(root: &Path, env: &BuildEnv, options: &Options) -> Result<()> {
             &cmdline,
             timeout,
             !expect_failure,
+            &mut probe_mode,
         )?;
         if accel == Accel::Kvm && matches!(outcome, Outcome::NoBoot) {
             eprintln!(
@@ -142,10 +144,14 @@ pub fn run(root: &Path, env: &BuildEnv, options: &Options) -> Result<()> {
                 &cmdline,
                 timeout,
                 !expect_failure,
+                &mut probe_mode,
             )?;
         }
         let seconds = start.elapsed().as_secs_f64();
         let mut result = describe(&outcome, payload.tests.len(), timeout);
+        if let Some(mode) = &probe_mode {
+            result.1 = format!("{}, probes in {mode} mode", result.1);
+        }
         if expect_failure {
             result = match outcome {
                 Outcome::Reported(Verdict::Failed { .. }) => {

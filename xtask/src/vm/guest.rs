@@ -48,12 +48,16 @@ mnt debugfs /sys/kernel/debug
 mnt cgroup2 /sys/fs/cgroup
 # Loopback starts down in a fresh kernel; socket tests need it.
 ip link set lo up 2>/dev/null || echo "RESONANCE-VM-WARNING: cannot bring up lo"
-ulimit -l unlimited 2>/dev/null
+# No `ulimit -l`: on 5.10, which charges BPF maps to RLIMIT_MEMLOCK, the
+# programs must lift it themselves, as on a real host.
 echo "RESONANCE-VM-BOOTED $(uname -r)"
 export CI=true RESONANCE_TRAFFIC_BIN=/bin/traffic RESONANCE_BIN=/bin/resonance RUST_BACKTRACE=1
 # RESONANCE_* variables given to `cargo xtask vm-test` on the host.
 [ -f /etc/resonance.env ] && . /etc/resonance.env
 cd /tmp
+# The mode the probes pick on this kernel, for the summary table.
+mode=$(/bin/resonance observe --duration 1s 2>&1 >/dev/null | sed -n 's/.*probes attached in \([a-z_]*\) mode.*/\1/p' | head -n 1)
+echo "RESONANCE-VM-PROBE-MODE: ${mode:-none}"
 total=0
 failed=0
 for test in /tests/*; do

@@ -15,10 +15,13 @@ use super::apt::{Mirrors, PrivateApt, Purpose};
 use crate::cmd;
 
 /// The kernels `cargo xtask vm-test` boots when none are named.
-pub const DEFAULT: &[&str] = &["6.1", "6.12"];
+pub const DEFAULT: &[&str] = &["5.10", "6.1", "6.12"];
 
 /// Suites the private kernel sources list covers.
 const SUITES: &[&str] = &[
+    "bullseye",
+    "bullseye-updates",
+    "bullseye-security",
     "bookworm",
     "bookworm-updates",
     "bookworm-security",
@@ -31,6 +34,7 @@ const SUITES: &[&str] = &[
 /// Short names for kernel series: (name, version prefix, Debian tag). The
 /// package is `linux-image-<prefix><N>[+<tag>[.M]]-amd64`.
 const SERIES: &[(&str, &str, Option<&str>)] = &[
+    ("5.10", "5.10.0-", None),
     ("6.1", "6.1.0-", None),
     ("6.12", "6.12.", Some("deb12")),
     ("6.12-bookworm", "6.12.", Some("deb12")),
@@ -171,7 +175,7 @@ pub fn ensure(cache: &Path, specs: &[KernelSpec]) -> Result<Vec<Kernel>> {
         .map(|spec| {
             let package = spec.pick(&search).with_context(|| {
                 format!(
-                    "no Debian kernel package matches {:?} in bookworm, bookworm-backports or trixie",
+                    "no Debian kernel package matches {:?} in bullseye, bookworm, bookworm-backports or trixie",
                     spec.label()
                 )
             })?;

@@ -20,6 +20,8 @@ use crate::{cmd, debian};
 
 /// Printed by the guest init once it runs, before any test.
 pub const BOOTED_MARKER: &str = "RESONANCE-VM-BOOTED";
+/// Printed by the guest init with the mode the probes attach in.
+pub const PROBE_MODE_MARKER: &str = "RESONANCE-VM-PROBE-MODE:";
 /// Prefix of the guest's last word: `ok N` or `fail F/N`.
 pub const RESULT_MARKER: &str = "RESONANCE-VM-RESULT:";
 
@@ -181,6 +183,7 @@ pub fn boot(
     cmdline_extra: &str,
     limit: Duration,
     echo: bool,
+    probe_mode: &mut Option<String>,
 ) -> Result<Outcome> {
     let mut command = Command::new("qemu-system-x86_64");
     command
@@ -225,6 +228,9 @@ pub fn boot(
         match lines.recv_timeout(Duration::from_millis(200)) {
             Ok(line) => {
                 booted |= line.contains(BOOTED_MARKER);
+                if let Some(mode) = line.trim().strip_prefix(PROBE_MODE_MARKER) {
+                    *probe_mode = Some(mode.trim().to_owned());
+                }
                 verdict = parse_result(&line).or(verdict);
                 continue;
             }
