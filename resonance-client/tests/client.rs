@@ -99,38 +99,78 @@ fn revocation_drops_only_unused_ends() {
     assert_eq!(client.stats().revoked, 1);
 }
 
-/// Voluntary context switches of the client's reader thread so far.
-fn reader_switches() -> u64 {
+/// The client's reader thread's `/proc/self/task/TID` folder.
+fn reader_task() -> std::path::PathBuf {
     let tasks = std::fs::read_dir("/proc/self/task").expect("listing threads");
     for task in tasks.flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim() != "resonance-clien" {
-            continue;
+        if comm.trim() == "resonance-clien" {
+            return task.path();
         }
-        let status = std::fs::read_to_string(task.path().join("status")).expect("status");
-        return status
-            .lines()
-            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("voluntary_ctxt_switches");
     }
     panic!("no reader thread");
 }
 
+/// Voluntary context switches of the client's reader thread so far.
+fn reader_switches() -> u64 {
+    let status = std::fs::read_to_string(reader_task().join("status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voluntary_ctxt_switches")
+}
+
+/// CPU time the reader thread has run so far, ns (the first field of
+/// `schedstat`): a thread that spins in `poll(…, 0)` switches no context
+/// but shows here.
+fn reader_cpu_ns() -> u64 {
+    let schedstat = std::fs::read_to_string(reader_task().join("schedstat")).expect("schedstat");
+    schedstat
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("schedstat run time")
+}
+
+/// How long the reader sleeps while idle in each check, and the CPU it may
+/// use meanwhile: waking for a 5 ms timer 60 times costs more, spinning
+/// costs the whole period.
+const IDLE: Duration = Duration::from_millis(300);
+const IDLE_CPU_NS: u64 = 3_000_000;
+
+/// The reader's wake-ups and CPU time over [`IDLE`].
+fn idle_cost() -> (u64, u64) {
+    let (switches, cpu) = (reader_switches(), reader_cpu_ns());
+    std::thread::sleep(IDLE);
+    (reader_switches() - switches, reader_cpu_ns() - cpu)
+}
+
 #[test]
 fn an_idle_reader_sleeps_until_the_broker_speaks_or_the_client_drops() {
-    let (_broker, client, conn) = connect("idle");
+    let (_broker, client, mut conn) = connect("idle");
     // Settle: the thread is in poll with no timeout.
     std::thread::sleep(Duration::from_millis(20));
-    let before = reader_switches();
-    std::thread::sleep(Duration::from_millis(300));
-    let idle = reader_switches() - before;
-    // A 5 ms timer would have woken it ~60 times.
-    assert!(idle <= 2, "idle reader woke {idle} times in 300 ms");
-    // A pushed end wakes it once; then it flushes claims on a timer until
-    // the end is taken or revoked.
+    let (woke, cpu) = idle_cost();
+    assert!(woke <= 2, "idle reader woke {woke} times in {IDLE:?}");
+    assert!(cpu < IDLE_CPU_NS, "idle reader ran {cpu} ns in {IDLE:?}");
+    // A pushed end wakes it once; it flushes claims on a timer until the
+    // end is taken, then goes back to sleeping without a timeout.
     let _peer = conn.push(12, 0, Role::Requester, "b");
     eventually("the end arrives", || client.prepared("b") == 1);
+    let channel = client.open("b").expect("open");
+    assert!(channel.prepared);
+    assert_eq!(conn.recv(), Message::Claimed { channel: 12 });
+    std::thread::sleep(Duration::from_millis(20));
+    let (woke, cpu) = idle_cost();
+    assert!(
+        woke <= 2,
+        "reader woke {woke} times in {IDLE:?} after a claim"
+    );
+    assert!(
+        cpu < IDLE_CPU_NS,
+        "reader ran {cpu} ns in {IDLE:?} after a claim"
+    );
     let started = Instant::now();
     drop(client);
     assert!(
