@@ -2,8 +2,9 @@
 //!
 //! Bucket `0` holds 0 and 1 ns; above that, bucket `2*k + h` holds values
 //! whose highest set bit is `k` and whose next bit is `h`. The error of any
-//! value reported from a bucket is at most 25 %. `HIST_BUCKETS` covers up to
-//! 2^40 ns (about 18 minutes); larger values land in the last bucket.
+//! value reported from a bucket (its middle) is at most 25 % from 2 ns to
+//! 1.5 x 2^39 ns (about 13.7 minutes); `HIST_BUCKETS` ends there, and larger
+//! values land in the open last bucket.
 
 /// Number of buckets in every latency histogram.
 pub const HIST_BUCKETS: usize = 80;

@@ -121,6 +121,57 @@ mod tests {
         assert_eq!(Histogram::default().quantile(0.5), None);
     }
 
+    /// The quantile of one sample, as reported.
+    fn reported(value: u64) -> u64 {
+        let mut hist = Histogram::default();
+        hist.record(value);
+        hist.quantile(0.5).expect("one sample")
+    }
+
+    /// Where "within 25 %" holds: every value from 2 ns up to 1.5 x 2^39 ns
+    /// (about 13.7 minutes), worst exactly at powers of two; 1 ns reports 0;
+    /// from 1.5 x 2^39 ns up everything shares the open last bucket and is
+    /// reported as 2.25 x 2^39 ns (about 20.6 minutes).
+    #[test]
+    fn every_value_from_2_ns_to_13_minutes_reports_within_a_quarter() {
+        let last_bucket = (1u64 << 39) + (1 << 38);
+        let mut values = Vec::new();
+        for k in 1..40u32 {
+            let power = 1u64 << k;
+            values.extend([power, power + 1, power + power / 2 - 1, power + power / 2]);
+            values.push((power << 1) - 1);
+            // Values between, from a fixed generator.
+            let mut x = u64::from(k).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            for _ in 0..50 {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                values.push(power + (x >> 1) % power);
+            }
+        }
+        values.extend(2..=64);
+        values.retain(|&v| v < last_bucket);
+        values.push(last_bucket - 1);
+        let mut worst = 0.0f64;
+        for value in values {
+            let got = reported(value);
+            let error = got.abs_diff(value) as f64 / value as f64;
+            assert!(
+                error <= 0.25,
+                "{value} ns reported as {got} ns ({error:.3})"
+            );
+            worst = worst.max(error);
+        }
+        // The bound is tight: a power of two is reported (almost) 25 % high.
+        assert_eq!(reported(1 << 20), (1 << 20) + (1 << 18) - 1);
+        assert!(worst > 0.2499, "worst {worst}");
+        assert_eq!(reported(1), 0);
+        assert_eq!(reported(0), 0);
+        for value in [last_bucket, 1 << 40, 1 << 42, u64::MAX] {
+            assert_eq!(reported(value), last_bucket + last_bucket / 2, "{value}");
+        }
+    }
+
     #[test]
     fn merging_adds_counts() {
         let mut a = Histogram::default();
