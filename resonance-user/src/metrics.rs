@@ -341,6 +341,55 @@ mod tests {
         }
     }
 
+    fn tick(pairs: &[(&str, u64)]) -> BTreeMap<PairKey, IntervalFigures> {
+        pairs
+            .iter()
+            .map(|&(src, bytes)| {
+                let figures = IntervalFigures {
+                    interactions: 1,
+                    messages: 1,
+                    bytes,
+                    errors: 0,
+                    latency: Histogram::default(),
+                };
+                (key(src), figures)
+            })
+            .collect()
+    }
+
+    /// The first `max_pairs` pairs keep their labels for good, whichever
+    /// pairs later ticks carry: a later pair never takes a quiet pair's
+    /// place, so no counter moves between series.
+    #[test]
+    fn admission_holds_across_ticks() {
+        let metrics = Metrics::new(2).unwrap();
+        let line = |src: &str, bytes: u64| {
+            format!(
+                r#"resonance_pair_bytes_total{{dst="db",kind="unix_stream",src="{src}"}} {bytes}"#
+            )
+        };
+        let other = |bytes: u64| {
+            format!(
+                r#"resonance_pair_bytes_total{{dst="_other",kind="_other",src="_other"}} {bytes}"#
+            )
+        };
+        metrics.record_traffic(&tick(&[("a", 100), ("b", 200)]));
+        // a and b are quiet now; c and d still fold.
+        metrics.record_traffic(&tick(&[("c", 300), ("d", 400)]));
+        metrics.record_traffic(&tick(&[("a", 10), ("c", 30)]));
+        let text = metrics.encode().unwrap();
+        for expected in [line("a", 110), line("b", 200), other(730)] {
+            assert!(
+                text.lines().any(|l| l == expected),
+                "no {expected}:\n{text}"
+            );
+        }
+        assert!(
+            !text.contains(r#"src="c""#) && !text.contains(r#"src="d""#),
+            "{text}"
+        );
+    }
+
     #[test]
     fn pairs_beyond_the_cap_fold_into_other() {
         let metrics = Metrics::new(2).unwrap();

@@ -232,3 +232,51 @@ impl BrokerMetrics {
             .sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// The hits counter's value per `src` label, as a scrape shows it.
+    fn hits_by_src(registry: &Registry) -> BTreeMap<String, u64> {
+        registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == "resonance_broker_hits_total")
+            .flat_map(|family| family.get_metric())
+            .map(|metric| {
+                let src = metric
+                    .get_label()
+                    .iter()
+                    .find(|label| label.name() == "src")
+                    .map(|label| label.value().to_owned())
+                    .unwrap_or_default();
+                (src, metric.get_counter().get_value() as u64)
+            })
+            .collect()
+    }
+
+    /// Admission outlives the broker's per-pair state: a pair that comes
+    /// back (after its feedback was forgotten, say) counts under its own
+    /// labels again, and pairs beyond the cap keep folding into `_other`,
+    /// tick after tick.
+    #[test]
+    fn a_pair_that_comes_back_keeps_its_labels_and_later_pairs_still_fold() {
+        let registry = Registry::new();
+        let metrics = BrokerMetrics::new(&registry, 2).unwrap();
+        for (src, dst) in [("a", "x"), ("b", "x"), ("c", "x")] {
+            metrics.count(&metrics.hits, src, dst);
+        }
+        // a and b quiet for a while; c and d come and fold.
+        for (src, dst) in [("c", "x"), ("d", "x"), ("a", "x"), ("d", "x")] {
+            metrics.count(&metrics.hits, src, dst);
+        }
+        let hits = hits_by_src(&registry);
+        let expected: BTreeMap<String, u64> = [("a", 2), ("b", 1), (OTHER, 4)]
+            .into_iter()
+            .map(|(src, n)| (src.to_owned(), n))
+            .collect();
+        assert_eq!(hits, expected);
+    }
+}
