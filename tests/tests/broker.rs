@@ -389,8 +389,12 @@ fn recurring_opens_hit_prepared_channels_and_the_observer_names_both_services() 
         "hit ratio {} after warm-up: {out}",
         hits / opens
     );
-    let sent = out["bytes_sent"].as_u64().unwrap_or(0);
-    let received = out["bytes_received"].as_u64().unwrap_or(0);
+    let sent = out["bytes_sent"]
+        .as_u64()
+        .expect("bytes_sent in the summary");
+    let received = out["bytes_received"]
+        .as_u64()
+        .expect("bytes_received in the summary");
     let bytes = |src: &str, dst: &str| -> u64 {
         records
             .iter()
@@ -400,13 +404,15 @@ fn recurring_opens_hit_prepared_channels_and_the_observer_names_both_services() 
             .map(|r| r.bytes)
             .sum()
     };
-    assert!(
-        bytes("requester", "responder") >= sent,
+    assert_eq!(
+        bytes("requester", "responder"),
+        sent,
         "requester -> responder: {} of {sent}",
         bytes("requester", "responder")
     );
-    assert!(
-        bytes("responder", "requester") >= received,
+    assert_eq!(
+        bytes("responder", "requester"),
+        received,
         "responder -> requester: {} of {received}",
         bytes("responder", "requester")
     );
