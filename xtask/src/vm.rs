@@ -54,8 +54,9 @@ pub struct Options {
     pub timeout: Duration,
     /// Cargo profile of the guest executables.
     pub profile: String,
-    /// Pass only if the tests run and fail on every kernel (to prove that
-    /// the suite catches a fault injected through a `RESONANCE_*` variable).
+    /// Pass only if the tests run and fail on every kernel as the corrupted
+    /// offset must make them (see `corruption_verdict`): the suite proves
+    /// it catches a fault injected through a `RESONANCE_*` variable.
     pub expect_failure: bool,
     /// Variables set in the guest on top of the host's `RESONANCE_*` ones.
     pub guest_env: Vec<(String, String)>,
@@ -120,7 +121,7 @@ pub fn run(root: &Path, env: &BuildEnv, options: &Options) -> Result<()> {
         let cmdline = format!("RESONANCE_EXPECT_KERNEL_RELEASE={}", kernel.release);
         let start = Instant::now();
         let mut accel = detected;
-        let mut probe_mode = None;
+        let mut seen = qemu::Seen::default();
         let mut outcome = qemu::boot(
             &kernel.vmlinuz,
             &image_path,
@@ -128,7 +129,7 @@ pub fn run(root: &Path, env: &BuildEnv, options: &Options) -> Result<()> {
             &cmdline,
             timeout,
             !expect_failure,
-            &mut probe_mode,
+            &mut seen,
         )?;
         if accel == Accel::Kvm && matches!(outcome, Outcome::NoBoot) {
             eprintln!(
@@ -144,18 +145,21 @@ pub fn run(root: &Path, env: &BuildEnv, options: &Options) -> Result<()> {
                 &cmdline,
                 timeout,
                 !expect_failure,
-                &mut probe_mode,
+                &mut seen,
             )?;
         }
         let seconds = start.elapsed().as_secs_f64();
         let mut result = describe(&outcome, payload.tests.len(), timeout);
-        if let Some(mode) = &probe_mode {
+        if let Some(mode) = &seen.probe_mode {
             result.1 = format!("{}, probes in {mode} mode", result.1);
         }
         if expect_failure {
-            result = match outcome {
-                Outcome::Reported(Verdict::Failed { .. }) => {
-                    (true, format!("failed as expected: {}", result.1))
+            result = match (outcome, crate::corruption::verdict(&seen.tests)) {
+                (Outcome::Reported(Verdict::Failed { .. }), Ok(caught)) => {
+                    (true, format!("failed as expected: {}; {caught}", result.1))
+                }
+                (Outcome::Reported(Verdict::Failed { .. }), Err(error)) => {
+                    (false, format!("UNEXPECTED: {}; {error:#}", result.1))
                 }
                 _ => (false, format!("UNEXPECTED: {}", result.1)),
             };

@@ -269,6 +269,9 @@ mod tests {
     use super::*;
 
     const SEARCH: &str = "\
+linux-image-5.10.0-32-amd64 - Linux 5.10 for 64-bit PCs (signed)
+linux-image-5.10.0-46-amd64 - Linux 5.10 for 64-bit PCs (signed)
+linux-image-5.10.0-46-cloud-amd64 - Linux 5.10 for x86-64 cloud (signed)
 linux-image-6.1.0-9-amd64 - Linux 6.1 for 64-bit PCs (signed)
 linux-image-6.1.0-56-amd64 - Linux 6.1 for 64-bit PCs (signed)
 linux-image-6.1.0-56-cloud-amd64 - Linux 6.1 for x86-64 cloud (signed)
@@ -290,6 +293,7 @@ linux-image-6.16.3+deb13-amd64 - Linux 6.16 for 64-bit PCs (signed)
 
     #[test]
     fn newest_plain_amd64_kernel_of_each_series_is_picked() {
+        assert_eq!(pick("5.10").as_deref(), Some("linux-image-5.10.0-46-amd64"));
         assert_eq!(pick("6.1").as_deref(), Some("linux-image-6.1.0-56-amd64"));
         assert_eq!(
             pick("6.12").as_deref(),
@@ -309,7 +313,10 @@ linux-image-6.16.3+deb13-amd64 - Linux 6.16 for 64-bit PCs (signed)
 
     #[test]
     fn unknown_series_is_refused_with_the_choices() {
-        let error = KernelSpec::parse("5.10").unwrap_err().to_string();
-        assert!(error.contains("6.12-trixie"), "{error}");
+        let error = KernelSpec::parse("4.19").unwrap_err().to_string();
+        assert!(
+            error.contains("5.10") && error.contains("6.12-trixie"),
+            "{error}"
+        );
     }
 }

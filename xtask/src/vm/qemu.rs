@@ -20,6 +20,15 @@ use crate::{cmd, debian};
 
 /// Printed by the guest init once it runs, before any test.
 pub const BOOTED_MARKER: &str = "RESONANCE-VM-BOOTED";
+/// What the guest's console said besides its verdict.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// The mode the probes attached in.
+    pub probe_mode: Option<String>,
+    /// Each test's name and whether it passed, as libtest printed them.
+    pub tests: Vec<(String, bool)>,
+}
+
 /// Printed by the guest init with the mode the probes attach in.
 pub const PROBE_MODE_MARKER: &str = "RESONANCE-VM-PROBE-MODE:";
 /// Prefix of the guest's last word: `ok N` or `fail F/N`.
@@ -183,7 +192,7 @@ pub fn boot(
     cmdline_extra: &str,
     limit: Duration,
     echo: bool,
-    probe_mode: &mut Option<String>,
+    seen: &mut Seen,
 ) -> Result<Outcome> {
     let mut command = Command::new("qemu-system-x86_64");
     command
@@ -229,8 +238,9 @@ pub fn boot(
             Ok(line) => {
                 booted |= line.contains(BOOTED_MARKER);
                 if let Some(mode) = line.trim().strip_prefix(PROBE_MODE_MARKER) {
-                    *probe_mode = Some(mode.trim().to_owned());
+                    seen.probe_mode = Some(mode.trim().to_owned());
                 }
+                seen.tests.extend(crate::corruption::test_outcome(&line));
                 verdict = parse_result(&line).or(verdict);
                 continue;
             }
