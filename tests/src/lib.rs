@@ -244,3 +244,23 @@ pub fn spawn_ready(mut command: Command, what: &str) -> Result<Child> {
     }
     Ok(child)
 }
+
+/// "made YYYY-MM-DD on kernel K (N CPUs, load L)": the line a benchmark's
+/// Markdown table carries, so a table in the docs says when and where it
+/// was measured.
+pub fn when_and_where() -> String {
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "made {date} on kernel {} ({} CPUs, load {})",
+        kernel.trim(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load.split_whitespace().next().unwrap_or("?")
+    )
+}

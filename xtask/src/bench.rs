@@ -11,11 +11,15 @@ use crate::{bootstrap::BuildEnv, cmd};
 /// The benchmarks.
 #[derive(Subcommand)]
 pub enum Which {
-    /// Pipe ping-pong and streaming, without and with the probes attached.
+    /// Ping-pongs, a stream, redis and pgbench, without probes and with
+    /// each probe mode attached.
     Observer {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Print the table as Markdown, to paste into the docs.
+        #[arg(long)]
+        markdown: bool,
     },
     /// Kernel events per second the agent's pipeline handles on one core,
     /// against just reading the ring buffer.
@@ -30,6 +34,9 @@ pub enum Which {
         /// Print one JSON object per variant instead of a table.
         #[arg(long)]
         json: bool,
+        /// Print the table as Markdown, to paste into the docs.
+        #[arg(long)]
+        markdown: bool,
     },
     /// Predictions per second of the predictive model, against reading the
     /// same trace.
@@ -46,9 +53,13 @@ pub enum Which {
 /// Builds and runs one benchmark.
 pub fn run(root: &Path, env: &BuildEnv, which: Which) -> Result<()> {
     match which {
-        Which::Observer { json } => run_tests_bench(root, env, "bench-observer", json),
-        Which::Agent { json } => run_tests_bench(root, env, "bench-agent", json),
-        Which::Channel { json } => run_tests_bench(root, env, "bench-channel", json),
+        Which::Observer { json, markdown } => {
+            run_tests_bench(root, env, "bench-observer", json, markdown)
+        }
+        Which::Agent { json } => run_tests_bench(root, env, "bench-agent", json, false),
+        Which::Channel { json, markdown } => {
+            run_tests_bench(root, env, "bench-channel", json, markdown)
+        }
         Which::Predict { json, scenario } => {
             cmd::cargo(
                 root,
@@ -76,7 +87,13 @@ pub fn run(root: &Path, env: &BuildEnv, which: Which) -> Result<()> {
 
 /// Builds the tests crate's binaries (the benchmark needs `traffic` too) and
 /// runs one of them.
-fn run_tests_bench(root: &Path, env: &BuildEnv, binary: &str, json: bool) -> Result<()> {
+fn run_tests_bench(
+    root: &Path,
+    env: &BuildEnv,
+    binary: &str,
+    json: bool,
+    markdown: bool,
+) -> Result<()> {
     cmd::cargo(
         root,
         env,
@@ -88,6 +105,12 @@ fn run_tests_bench(root: &Path, env: &BuildEnv, binary: &str, json: bool) -> Res
             "--bins",
         ],
     )?;
-    let args: &[&str] = if json { &["--json"] } else { &[] };
-    cmd::run(root, env, &root.join("target/release").join(binary), args)
+    let mut args = Vec::new();
+    if json {
+        args.push("--json");
+    }
+    if markdown {
+        args.push("--markdown");
+    }
+    cmd::run(root, env, &root.join("target/release").join(binary), &args)
 }

@@ -12,8 +12,11 @@
 //! one 64-byte request and its answer. What the requester holds besides
 //! the descriptor (a [`resonance_client::Channel`]'s names and peer) is
 //! freed with the stream after the trial, as an application frees it when
-//! it closes the channel, not before its first write. B is the `responder` example in every variant; each broker runs
-//! in its own process (this binary with `--role broker`).
+//! it closes the channel, not before its first write. B is the `responder`
+//! example in every variant; each broker runs in its own process (this
+//! binary with `--role broker`). The variants take turns in ten rounds
+//! (rotating which goes first) with the same idle time before every trial,
+//! so a change in the machine's load reaches all three alike.
 
 use std::{
     io::{Read, Write},
@@ -46,9 +49,10 @@ fn main() -> Result<()> {
         return broker_role(&args);
     }
     let json = args.iter().any(|a| a == "--json");
+    let markdown = args.iter().any(|a| a == "--markdown");
     let dir = std::env::temp_dir().join(format!("resonance-bench-channel-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = run(&dir, json);
+    let result = run(&dir, json, markdown);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -164,41 +168,124 @@ impl Acquired {
     }
 }
 
-fn measure(
-    variant: &'static str,
-    mut acquire: impl FnMut() -> Result<Acquired>,
-    mut before: impl FnMut(),
-) -> Result<Figures> {
-    let mut figures = Figures {
-        variant,
-        acquire: Vec::new(),
-        rtt: Vec::new(),
-        hits: 0,
-    };
-    for i in 0..WARMUP + TRIALS {
-        before();
-        // Every variant idles the same between trials, so B is asleep in
-        // epoll_wait each time, as in a real first contact.
-        std::thread::sleep(Duration::from_micros(500));
+/// One way of getting a channel: how to acquire one, when the next trial
+/// may start (the prepared variant waits for its pushed end), and what it
+/// measured.
+struct Variant<'a> {
+    acquire: Box<dyn FnMut() -> Result<Acquired> + 'a>,
+    ready: Box<dyn FnMut() -> bool + 'a>,
+    figures: Figures,
+}
+
+impl<'a> Variant<'a> {
+    fn new(
+        name: &'static str,
+        acquire: impl FnMut() -> Result<Acquired> + 'a,
+        ready: impl FnMut() -> bool + 'a,
+    ) -> Self {
+        Self {
+            acquire: Box::new(acquire),
+            ready: Box::new(ready),
+            figures: Figures {
+                variant: name,
+                acquire: Vec::new(),
+                rtt: Vec::new(),
+                hits: 0,
+            },
+        }
+    }
+
+    /// One trial after the same settling time as every other variant's:
+    /// B is asleep in epoll_wait each time, as in a real first contact.
+    fn trial(&mut self, i: usize, counted: bool) -> Result<()> {
+        let settled = Instant::now() + SETTLE;
+        // The prepared variant's end must be out of the socket and in the
+        // inbox before the requester asks (steady state); give the broker
+        // up to 100 ms more if it is late.
+        let late = settled + Duration::from_millis(100);
+        while !(self.ready)() && Instant::now() < late {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if let Some(left) = settled.checked_duration_since(Instant::now()) {
+            std::thread::sleep(left);
+        }
         let t0 = Instant::now();
-        let mut acquired = acquire()?;
+        let mut acquired = (self.acquire)()?;
         let t1 = Instant::now();
         exchange(&mut acquired.stream, i)?;
         let t2 = Instant::now();
         let hit = acquired.hit;
         drop(acquired);
-        if i >= WARMUP {
-            figures.acquire.push((t1 - t0).as_nanos() as u64);
-            figures.rtt.push((t2 - t0).as_nanos() as u64);
-            figures.hits += usize::from(hit);
+        if counted {
+            self.figures.acquire.push((t1 - t0).as_nanos() as u64);
+            self.figures.rtt.push((t2 - t0).as_nanos() as u64);
+            self.figures.hits += usize::from(hit);
         }
+        Ok(())
     }
-    figures.acquire.sort_unstable();
-    figures.rtt.sort_unstable();
-    Ok(figures)
 }
 
-fn run(dir: &Path, json: bool) -> Result<()> {
+/// Idle time before every trial of every variant.
+const SETTLE: Duration = Duration::from_micros(700);
+/// Trials run in this many rounds, the variants taking turns in rotating
+/// order, so a change in the machine's load reaches all of them alike.
+const ROUNDS: usize = 10;
+
+/// Runs every variant's trials interleaved: in each round each variant
+/// runs its share back to back, in an order rotated every round; the first
+/// round begins with [`WARMUP`] uncounted trials of each.
+fn measure(variants: &mut [Variant<'_>]) -> Result<()> {
+    let mut i = 0;
+    for round in 0..ROUNDS {
+        let mut order: Vec<usize> = (0..variants.len()).collect();
+        order.rotate_left(round % variants.len());
+        for index in order {
+            let variant = &mut variants[index];
+            let warmup = if round == 0 { WARMUP } else { 0 };
+            for trial in 0..warmup + TRIALS / ROUNDS {
+                variant.trial(i, trial >= warmup)?;
+                i += 1;
+            }
+        }
+    }
+    for variant in variants {
+        variant.figures.acquire.sort_unstable();
+        variant.figures.rtt.sort_unstable();
+    }
+    Ok(())
+}
+
+/// The table as the docs show it, with how and when it was made.
+fn print_markdown(variants: &[&Figures], a_acq: f64, a_rtt: f64) {
+    let us = |v: u64| format!("{:.2} µs", v as f64 / 1000.0);
+    println!(
+        "`cargo xtask bench channel --markdown`, {TRIALS} trials per variant in {ROUNDS} \
+         interleaved rounds, {} µs idle before each, {PAYLOAD}-byte request and answer; \
+         {}.",
+        SETTLE.as_micros(),
+        resonance_tests::when_and_where()
+    );
+    println!();
+    println!(
+        "| variant | hits | acquire p50 | acquire p99 | first RTT p50 | first RTT p99 | acquire / (a) | RTT / (a) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for f in variants {
+        println!(
+            "| {} | {}/{TRIALS} | {} | {} | {} | {} | {:.3} | {:.3} |",
+            f.variant,
+            f.hits,
+            us(percentile(&f.acquire, 0.5)),
+            us(percentile(&f.acquire, 0.99)),
+            us(percentile(&f.rtt, 0.5)),
+            us(percentile(&f.rtt, 0.99)),
+            percentile(&f.acquire, 0.5) as f64 / a_acq,
+            percentile(&f.rtt, 0.5) as f64 / a_rtt
+        );
+    }
+}
+
+fn run(dir: &Path, json: bool, markdown: bool) -> Result<()> {
     let responder = sibling("responder")?;
     let listen = dir.join("listen.sock");
     let _b_listen = spawn_ready(Command::new(&responder).arg("--listen").arg(&listen))?;
@@ -235,30 +322,31 @@ fn run(dir: &Path, json: bool) -> Result<()> {
     let client_b = Client::connect_to(&sock_b, "bench")?;
     let client_c = Client::connect_to(&sock_c, "bench")?;
 
-    let a = measure(
-        "connect_accept",
-        || Ok(Acquired::connected(UnixStream::connect(&listen)?)),
-        || {},
-    )?;
-    let b = measure(
-        "broker_on_demand",
-        || Ok(Acquired::opened(client_b.open("b")?)),
-        || {},
-    )?;
-    let c = measure(
-        "broker_prepared",
-        || Ok(Acquired::opened(client_c.open("b")?)),
-        || {
-            // Steady state: the pushed end is out of the socket and in the
-            // inbox before the requester asks (give the agent up to 100 ms).
-            let deadline = Instant::now() + Duration::from_millis(100);
-            while client_c.prepared("b") == 0 && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        },
-    )?;
+    let mut variants = [
+        Variant::new(
+            "connect_accept",
+            || Ok(Acquired::connected(UnixStream::connect(&listen)?)),
+            || true,
+        ),
+        Variant::new(
+            "broker_on_demand",
+            || Ok(Acquired::opened(client_b.open("b")?)),
+            || true,
+        ),
+        Variant::new(
+            "broker_prepared",
+            || Ok(Acquired::opened(client_c.open("b")?)),
+            || client_c.prepared("b") > 0,
+        ),
+    ];
+    measure(&mut variants)?;
+    let [a, b, c] = variants.map(|v| v.figures);
     let a_acq = percentile(&a.acquire, 0.5) as f64;
     let a_rtt = percentile(&a.rtt, 0.5) as f64;
+    if markdown {
+        print_markdown(&[&a, &b, &c], a_acq, a_rtt);
+        return Ok(());
+    }
     if json {
         for f in [&a, &b, &c] {
             println!(
@@ -273,7 +361,11 @@ fn run(dir: &Path, json: bool) -> Result<()> {
         }
         return Ok(());
     }
-    println!("{TRIALS} trials per variant, {PAYLOAD}-byte request and answer");
+    println!(
+        "{TRIALS} trials per variant in {ROUNDS} interleaved rounds, {} µs idle before each, \
+         {PAYLOAD}-byte request and answer",
+        SETTLE.as_micros()
+    );
     println!(
         "{:<18} {:>6} {:>12} {:>12} {:>12} {:>12} {:>9} {:>9}",
         "variant",

@@ -44,6 +44,7 @@ const PGBENCH_SECONDS: &str = "3";
 
 fn main() -> Result<()> {
     let json = std::env::args().any(|a| a == "--json");
+    let markdown = std::env::args().any(|a| a == "--markdown");
     let servers = Servers::start()?;
     let workloads = workloads();
     let mut results = Results::default();
@@ -71,6 +72,8 @@ fn main() -> Result<()> {
     let default_mode = default_mode.map_or("none", ProbeMode::as_str);
     if json {
         print_json(&workloads, &results, default_mode, walks);
+    } else if markdown {
+        print_markdown(&workloads, &results, default_mode, walks);
     } else {
         print_table(&workloads, &results, default_mode, walks);
     }
@@ -393,6 +396,37 @@ fn print_table(workloads: &[Workload], results: &Results, default_mode: &str, wa
         }
     }
     println!("descriptor walks on cache misses in the observer runs: {walks}");
+}
+
+fn print_markdown(workloads: &[Workload], results: &Results, default_mode: &str, walks: u64) {
+    println!(
+        "`cargo xtask bench observer --markdown`, {ROUNDS} rounds, modes rotated within each; \
+         ratio = rate / the same round's rate without probes, median [min-max]; observer \
+         mode {default_mode}, {walks} descriptor walks on cache misses; {}.",
+        resonance_tests::when_and_where()
+    );
+    println!();
+    print!("| workload (unit) | without |");
+    for mode in &Mode::ALL[1..] {
+        print!(" {} |", mode.label());
+    }
+    println!(" target |");
+    println!("|---|---|{}---|", "---|".repeat(Mode::ALL.len() - 1));
+    for workload in workloads {
+        let without = results.median_rate(Mode::Without, workload.name);
+        print!("| {} ({}) | {without:.0} |", workload.name, workload.unit);
+        for &mode in &Mode::ALL[1..] {
+            let spread = results.ratios(mode, workload.name);
+            print!(
+                " {:.3} [{:.2}-{:.2}] |",
+                spread.median, spread.min, spread.max
+            );
+        }
+        match workload.target {
+            Some(target) => println!(" ≥ {target} |"),
+            None => println!(" — |"),
+        }
+    }
 }
 
 fn print_json(workloads: &[Workload], results: &Results, default_mode: &str, walks: u64) {
