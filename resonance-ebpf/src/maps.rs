@@ -15,9 +15,11 @@ pub static FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(
 #[map(name = "ENDS")]
 pub static ENDS: LruHashMap<u64, EndState> = LruHashMap::with_max_entries(16_384, 0);
 
-/// Discrete happenings for the agent; 1 MiB holds ~5,000 events.
+/// Discrete happenings for the agent; 4 MiB holds about 20,000 events,
+/// 50 ms of the fastest stream `cargo xtask bench agent` makes (every
+/// syscall an event) while the agent ticks.
 #[map(name = "EVENTS")]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 /// Ring-buffer reservations that failed (buffer full), per CPU.
 #[map(name = "EVENT_DROPS")]
