@@ -9,6 +9,7 @@
 //! keeps the broker's model retrained and saved in the state folder.
 
 pub mod learn;
+pub mod state_lock;
 
 use std::{
     collections::BTreeMap,
@@ -60,11 +61,14 @@ pub struct Agent {
     last_stats: ObserverStats,
     /// The broker's model upkeep, when the broker runs.
     learning: Option<learn::Learning>,
+    /// Held for the agent's life: one agent per state folder.
+    _state_lock: state_lock::StateLock,
 }
 
 impl Agent {
     /// Loads the probes and prepares everything; nothing listens yet.
     pub fn new(config: Config, source: ConfigSource) -> Result<Self> {
+        let state_lock = state_lock::StateLock::take(&config.state_dir)?;
         let store = Store::open(&config.database_path(), config.store.clone())
             .context("opening the history store")?;
         let observer = Observer::start(&ObserverOptions {
@@ -87,6 +91,7 @@ impl Agent {
             last_tick: Instant::now(),
             last_stats: ObserverStats::default(),
             learning: None,
+            _state_lock: state_lock,
             config,
             source,
             observer,
@@ -95,6 +100,13 @@ impl Agent {
 
     /// Serves until SIGTERM or SIGINT.
     pub async fn run(mut self) -> Result<()> {
+        // Before anything can answer: a SIGTERM that comes as soon as the
+        // control socket answers must stop the agent cleanly, not kill it.
+        let mut terminate =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut interrupt =
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let control_listener = bind_control(&self.config.control_socket)?;
         let metrics_listener = tokio::net::TcpListener::bind(self.config.metrics_listen)
             .await
@@ -109,11 +121,6 @@ impl Agent {
         let control_task = tokio::spawn(control::serve(control_listener, Arc::clone(&self.shared)));
         let metrics_task = tokio::spawn(http::serve(metrics_listener, Arc::clone(&self.metrics)));
         let broker_task = self.start_broker();
-        let mut terminate =
-            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        let mut interrupt =
-            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let ring = self.observer.ring_readiness()?;
         let kernel_log = self.observer.log_readiness()?;
         let mut tick = tokio::time::interval(self.config.tick);
@@ -329,7 +336,14 @@ impl Agent {
                 if let Some(learning) = &mut self.learning {
                     learning.reconfigure(&new.predict);
                 }
-                log::info!("SIGHUP: reloaded {}", self.source.path.display());
+                if self.source.path.exists() {
+                    log::info!("SIGHUP: reloaded {}", self.source.path.display());
+                } else {
+                    log::info!(
+                        "SIGHUP: no config file at {}; the defaults stay in force",
+                        self.source.path.display()
+                    );
+                }
                 self.config = Config {
                     metrics_listen: self.config.metrics_listen,
                     control_socket: self.config.control_socket.clone(),

@@ -777,3 +777,52 @@ fn the_broker_model_is_retrained_saved_and_survives_a_restart() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A second agent on a state folder in use is refused in one sentence that
+/// names the holder, and the first goes on counting each byte once (two
+/// agents on one folder used to store a 7,777,777-byte pipe as 15,555,554).
+#[test]
+fn a_second_agent_on_the_same_state_folder_is_refused_and_nothing_is_counted_twice() {
+    let _serial = serial();
+    let dir = scratch("two-agents");
+    let mut first = start_agent(&dir);
+    let log = dir.join("second.log");
+    let mut second = Reaped(
+        Command::new(resonance_bin())
+            .arg("run")
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--control-socket")
+            .arg(dir.join("second-control.sock"))
+            .arg("--metrics-listen")
+            .arg(SocketAddr::from(([127, 0, 0, 1], free_port())).to_string())
+            .arg("--broker-socket")
+            .arg(dir.join("second-broker.sock"))
+            .stderr(std::fs::File::create(&log).expect("creating the second log"))
+            .spawn()
+            .expect("starting a second agent"),
+    );
+    let exited = wait_for(Duration::from_secs(10), || {
+        second.0.try_wait().ok().flatten()
+    });
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    let status = exited.unwrap_or_else(|| panic!("the second agent kept running:\n{stderr}"));
+    assert!(!status.success(), "{stderr}");
+    let holder = format!("pid {}", first.process.0.id());
+    assert!(
+        stderr.contains("another resonance agent") && stderr.contains(&holder),
+        "{stderr}"
+    );
+    let status = pipelines(1, 7_777_777).wait().expect("the pipeline");
+    assert!(status.success());
+    let state = dir.join("state");
+    let stored = wait_for(Duration::from_secs(15), || {
+        let bytes = history_bytes(&state, "head", "cat");
+        (bytes >= 7_777_777).then_some(bytes)
+    });
+    assert_eq!(stored, Some(7_777_777), "{}", first.log_text());
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(first.process.0.id() as i32, libc::SIGTERM) };
+    assert!(first.process.0.wait().expect("waiting").success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
