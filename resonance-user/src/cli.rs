@@ -47,6 +47,12 @@ enum Command {
 pub fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // Like any Unix filter: a reader that went away (`| head -1`) ends
+        // the command quietly. The agent keeps Rust's ignored SIGPIPE, so a
+        // client closing its socket mid-answer is an error it handles.
+        crate::sys::default_sigpipe();
+    }
     let result = match cli.command {
         Command::Observe(args) => observe::run(args),
         Command::Run(args) => run::run(args),

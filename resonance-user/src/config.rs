@@ -283,13 +283,14 @@ pub struct ServiceRule {
 /// A config file that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// Unreadable file.
-    #[error("reading config {path}: {source}")]
+    /// Unreadable file. The OS error is part of the message and not a
+    /// `source`, so a report of the whole chain says it once.
+    #[error("reading config {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Invalid TOML or unknown settings.
     #[error("config {path} is invalid: {message}")]
@@ -317,10 +318,10 @@ impl Config {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound && !explicit => {
                 return Ok(Self::default());
             }
-            Err(source) => {
+            Err(error) => {
                 return Err(ConfigError::Read {
                     path: path.to_owned(),
-                    source,
+                    error,
                 });
             }
         };
@@ -376,11 +377,31 @@ impl Config {
 /// Reads a duration written for people (`10s`, `5m`, `1d`).
 pub(crate) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
-    humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// A duration as the config and the command line write it (`5s`, `2m`,
+/// `1h30m`, `250ms`), with an error that names the bad value and the form
+/// expected (humantime alone says "expected number at 0").
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|error| {
+        format!("invalid duration {text:?} ({error}): expected a number and a unit, such as 250ms, 5s, 2m or 1h30m")
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_bad_duration_names_the_value_and_the_form() {
+        let error = super::Config::parse("tick = \"banana\"\n", std::path::Path::new("t.toml"))
+            .expect_err("banana is no duration")
+            .to_string();
+        assert!(
+            error.contains("\"banana\"") && error.contains("such as 250ms, 5s, 2m or 1h30m"),
+            "{error}"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -141,6 +141,14 @@ pub fn pipe_max_size() -> u32 {
         .unwrap_or(1 << 20)
 }
 
+/// Restores SIGPIPE's default action (Rust starts programs with it
+/// ignored), so writing to a closed pipe ends the process as it ends `cat`.
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal's disposition to the default has no other
+    // effect on this process.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 /// Lifts `RLIMIT_MEMLOCK`: kernels before 5.11 charge BPF maps to it (the
 /// observer's maps take tens of MiB, far above the usual 64 KiB or 8 MiB),
 /// later ones to the memory cgroup instead. Fails without

@@ -626,3 +626,48 @@ fn the_same_pairs_drift_trial_swaps_on_every_seed_1_to_12() {
         .collect();
     assert!(kept.is_empty(), "not swapped: {kept:?}");
 }
+
+/// The CLI behaves like a Unix filter and says what it expected: a reader
+/// that went away ends `replay` by SIGPIPE, not a panic (exit 101,
+/// "failed printing to stdout"), and a malformed duration is named with
+/// the form it should take.
+#[test]
+fn cli_ends_quietly_on_a_closed_stdout_and_names_bad_durations() {
+    use std::os::unix::process::ExitStatusExt;
+    let trace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/recorded-postgres-redis-pipeline.jsonl");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = Command::new(env!("CARGO_BIN_EXE_resonance"))
+        .arg("replay")
+        .arg(&trace)
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        output.status
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // A missing config file is said once, not once per error in the chain.
+    let missing = resonance(&["run", "--config", "/nonexistent/resonance.toml"]);
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+
+    let bad = resonance(&["replay", trace.to_str().unwrap(), "--ttl", "banana"]);
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("\"banana\"") && stderr.contains("such as 250ms, 5s, 2m"),
+        "{stderr}"
+    );
+}

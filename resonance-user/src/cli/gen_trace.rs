@@ -19,7 +19,7 @@ pub struct Args {
     #[arg(long)]
     pub output: std::path::PathBuf,
     /// Trace length (default: the scenario's own, e.g. 2h for web).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::config::parse_duration)]
     pub duration: Option<Duration>,
 }
 

@@ -15,7 +15,7 @@ use crate::{
 #[derive(clap::Args)]
 pub struct Args {
     /// How long to observe (e.g. `5s`, `2m`).
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::config::parse_duration)]
     pub duration: Duration,
     /// One JSON object per line instead of a table.
     #[arg(long)]

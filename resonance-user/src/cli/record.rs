@@ -25,7 +25,7 @@ const POLL: Duration = Duration::from_millis(200);
 #[derive(clap::Args)]
 pub struct Args {
     /// How long to record (e.g. `30s`, `10m`).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::config::parse_duration)]
     pub duration: Duration,
     /// The trace file to write (JSON Lines).
     #[arg(long)]

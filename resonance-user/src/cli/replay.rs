@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long, default_value_t = BudgetSettings::default().floor)]
     pub min_threshold: f64,
     /// How long a prepared channel waits for its interaction (e.g. 5s).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "5s")]
     pub ttl: Duration,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -52,16 +52,16 @@ pub struct Args {
     #[arg(long)]
     pub retrain: bool,
     /// Scheduled retraining period, in trace time (0s: drift only).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "10m")]
     pub retrain_every: Duration,
     /// History a scheduled candidate learns.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "10m")]
     pub retrain_window: Duration,
     /// How long candidate and serving model are compared before a swap.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "30s")]
     pub holdout: Duration,
     /// Span of the rolling hit rate (and what a drift candidate learns).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "30s")]
     pub drift_window: Duration,
     /// Fall of the rolling hit rate below its usual level that is a drift.
     #[arg(long, default_value_t = RetrainConfig::default().drift_margin)]

@@ -25,13 +25,13 @@ pub struct Args {
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
     /// How often history is written (e.g. `5s`).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::config::parse_duration)]
     pub flush_interval: Option<std::time::Duration>,
     /// Channel broker socket path.
     #[arg(long)]
     pub broker_socket: Option<PathBuf>,
     /// How often flows are read and scored (e.g. `1s`).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::config::parse_duration)]
     pub tick: Option<std::time::Duration>,
 }
 
