@@ -286,15 +286,28 @@ fn a_full_ring_buffer_loses_events_but_not_bytes() {
     assert_eq!((down[0].bytes, up[0].bytes), (20_000, 20_000));
 }
 
+/// Run as `nobody` from a copy of the binary in a folder anyone may enter:
+/// the checkout may lie in a folder only root can (a clone under /root, a
+/// `mktemp -d`), where `nobody` could not even start it.
 #[test]
 fn without_privileges_observe_says_what_is_missing_and_fails() {
-    use std::os::unix::process::CommandExt;
-    let output = Command::new(resonance_tests::resonance_bin())
+    use std::os::unix::{fs::PermissionsExt, process::CommandExt};
+    let dir = std::env::temp_dir().join(format!("resonance-nobody-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).expect("creating a folder for the copy");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        .expect("opening the folder to everyone");
+    let binary = dir.join("resonance");
+    std::fs::copy(resonance_tests::resonance_bin(), &binary).expect("copying resonance");
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755))
+        .expect("making the copy runnable by everyone");
+    let output = Command::new(&binary)
         .args(["observe", "--duration", "1s"])
         .uid(65534)
         .gid(65534)
         .output()
         .expect("running resonance as nobody");
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("needs root"), "{stderr}");
