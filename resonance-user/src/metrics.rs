@@ -99,7 +99,7 @@ impl Metrics {
         let score = GaugeVec::new(
             Opts::new(
                 "resonance_pair_score",
-                "Resonance score of the pair, 0 to 1 (see README).",
+                "Resonance score of the pair, 0 to 1 (see docs/agent.md).",
             ),
             pair_labels,
         )?;
