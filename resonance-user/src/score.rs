@@ -129,11 +129,38 @@ pub struct PairScore {
     pub totals: Totals,
 }
 
+/// How much of the decayed averages' weight a pair's own history holds:
+/// `1 - (1 - alpha)^n` after n ticks (n updates of the error ratio). An
+/// average that starts at zero is `weight` times too small while a pair is
+/// young; dividing by it gives the average over the time since the pair
+/// was first seen, so a new pair's first tick counts in full instead of as
+/// a fraction of one (a pair that only ever failed read 0.46 % errors).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Weights {
+    /// Of the interaction and byte rates (every tick).
+    rates: f64,
+    /// Of the error ratio (ticks with messages or errors).
+    errors: f64,
+}
+
+impl Weights {
+    /// `raw` with its young-pair bias removed.
+    fn corrected(&self, raw: &Components) -> Components {
+        let unbias = |value: f64, weight: f64| if weight > 0.0 { value / weight } else { 0.0 };
+        Components {
+            interactions_per_s: unbias(raw.interactions_per_s, self.rates),
+            bytes_per_s: unbias(raw.bytes_per_s, self.rates),
+            latency_p50_ns: raw.latency_p50_ns,
+            error_ratio: unbias(raw.error_ratio, self.errors),
+        }
+    }
+}
+
 /// Decayed state of all pairs.
 #[derive(Clone, Debug)]
 pub struct Scorer {
     half_life: Duration,
-    pairs: BTreeMap<PairKey, (Components, Totals)>,
+    pairs: BTreeMap<PairKey, (Components, Totals, Weights)>,
     /// Score multipliers from measured channel performance, by (src, dst).
     performance: HashMap<(String, String), f64>,
 }
@@ -168,8 +195,9 @@ impl Scorer {
             self.pairs.entry(key.clone()).or_default();
         }
         let quiet = IntervalFigures::default();
-        for (key, (state, totals)) in &mut self.pairs {
+        for (key, (state, totals, weights)) in &mut self.pairs {
             let f = figures.get(key).unwrap_or(&quiet);
+            weights.rates += alpha * (1.0 - weights.rates);
             totals.interactions += f.interactions;
             totals.messages += f.messages;
             totals.bytes += f.bytes;
@@ -180,9 +208,11 @@ impl Scorer {
             if f.messages > 0 {
                 let ratio = f.errors as f64 / f.messages as f64;
                 state.error_ratio += alpha * (ratio - state.error_ratio);
+                weights.errors += alpha * (1.0 - weights.errors);
             } else if f.errors > 0 {
                 // Errors without traffic (failed connects) are all failure.
                 state.error_ratio += alpha * (1.0 - state.error_ratio);
+                weights.errors += alpha * (1.0 - weights.errors);
             }
             if let Some(p50) = f.latency.quantile(0.5) {
                 let p50 = p50 as f64;
@@ -192,29 +222,34 @@ impl Scorer {
                 });
             }
         }
-        self.pairs.retain(|_, (s, _)| {
+        self.pairs.retain(|_, (s, _, _)| {
             s.interactions_per_s > FORGET_BELOW
                 || s.bytes_per_s > FORGET_BELOW
                 || s.error_ratio > FORGET_BELOW
         });
     }
 
-    /// Current scores, in pair order.
+    /// Current scores, in pair order. A pair that has only ever failed
+    /// (errors, and not one byte through) scores 0: whatever its rate and
+    /// latency ranks, nothing it tried worked.
     pub fn scores(&self) -> Vec<PairScore> {
-        let frequencies: Vec<f64> = self
+        let corrected: Vec<(&PairKey, Components, &Totals)> = self
             .pairs
-            .values()
-            .map(|(c, _)| c.interactions_per_s)
-            .collect();
-        let rates: Vec<f64> = self.pairs.values().map(|(c, _)| c.bytes_per_s).collect();
-        let latencies: Vec<f64> = self
-            .pairs
-            .values()
-            .filter_map(|(c, _)| c.latency_p50_ns)
-            .collect();
-        self.pairs
             .iter()
-            .map(|(key, (c, totals))| {
+            .map(|(key, (raw, totals, weights))| (key, weights.corrected(raw), totals))
+            .collect();
+        let frequencies: Vec<f64> = corrected
+            .iter()
+            .map(|(_, c, _)| c.interactions_per_s)
+            .collect();
+        let rates: Vec<f64> = corrected.iter().map(|(_, c, _)| c.bytes_per_s).collect();
+        let latencies: Vec<f64> = corrected
+            .iter()
+            .filter_map(|(_, c, _)| c.latency_p50_ns)
+            .collect();
+        corrected
+            .into_iter()
+            .map(|(key, c, totals)| {
                 let normalized = Normalized {
                     frequency: mid_rank(&frequencies, c.interactions_per_s),
                     rate: mid_rank(&rates, c.bytes_per_s),
@@ -226,11 +261,17 @@ impl Scorer {
                     .get(&(key.src.clone(), key.dst.clone()))
                     .copied()
                     .unwrap_or(1.0);
+                let only_failed = totals.errors > 0 && totals.bytes == 0;
+                let score = if only_failed {
+                    0.0
+                } else {
+                    (combine(&normalized) * performance).clamp(0.0, 1.0)
+                };
                 PairScore {
                     key: key.clone(),
-                    score: (combine(&normalized) * performance).clamp(0.0, 1.0),
+                    score,
                     performance,
-                    components: *c,
+                    components: c,
                     normalized,
                     totals: *totals,
                 }
@@ -320,6 +361,48 @@ mod tests {
         assert!(get("nginx") > get("app"), "{scores:#?}");
         assert!(get("app") > get("cron"), "{scores:#?}");
         assert!(scores.iter().all(|s| (0.0..=1.0).contains(&s.score)));
+    }
+
+    /// A new pair's figures count in full from its first tick, however
+    /// long the half-life: `su -> /dev/log`, six failed sends and nothing
+    /// else, used to show 0.46 % errors and score like a healthy pair.
+    #[test]
+    fn a_new_pair_counts_in_full_and_one_that_only_fails_scores_zero() {
+        let mut scorer = Scorer::new(Duration::from_secs(300));
+        let mut tick = BTreeMap::new();
+        tick.insert(key("web", "db"), figures(5, 150_000_000, 0, Some(20_000)));
+        let failing = IntervalFigures {
+            interactions: 6,
+            messages: 0,
+            bytes: 0,
+            errors: 6,
+            latency: Histogram::default(),
+        };
+        tick.insert(key("su", "/dev/log"), failing);
+        scorer.update(Duration::from_millis(500), &tick);
+        let scores = scorer.scores();
+        let get = |src: &str| scores.iter().find(|s| s.key.src == src).unwrap();
+        let (web, su) = (get("web"), get("su"));
+        // 150 MB in half a second is 300 MB/s, not a 5-minute average.
+        assert!((web.components.bytes_per_s - 3e8).abs() < 1.0, "{web:#?}");
+        assert!(
+            (web.components.interactions_per_s - 10.0).abs() < 1e-6,
+            "{web:#?}"
+        );
+        assert!((su.components.error_ratio - 1.0).abs() < 1e-9, "{su:#?}");
+        assert_eq!(su.normalized.errors, 1.0);
+        assert_eq!(su.score, 0.0, "{su:#?}");
+        assert!(web.score > 0.5, "{web:#?}");
+        // A pair that failed once but has carried data is scored, not zeroed.
+        tick.clear();
+        tick.insert(key("su", "/dev/log"), figures(1, 100, 0, None));
+        scorer.update(Duration::from_secs(1), &tick);
+        assert!(
+            scorer
+                .scores()
+                .iter()
+                .any(|s| s.key.src == "su" && s.score > 0.0)
+        );
     }
 
     #[test]
