@@ -14,4 +14,4 @@ pub mod services;
 pub use histogram::Histogram;
 pub use join::{ConnectFailure, EndLatency, FlowRecord, Interaction, join};
 pub use processes::{ProcessInfo, ProcessTable};
-pub use services::ServiceNamer;
+pub use services::{OwnExecutable, ServiceNamer};

@@ -48,6 +48,9 @@ pub struct Config {
     pub broker: BrokerSettings,
     /// Retraining and persistence of the broker's model.
     pub predict: PredictSettings,
+    /// Whether processes running the agent's own executable (the
+    /// `resonance` CLI piped into `jq`, `head`, ...) count as pairs.
+    pub include_own_processes: bool,
 }
 
 impl Default for Config {
@@ -65,6 +68,7 @@ impl Default for Config {
             services: Vec::new(),
             broker: BrokerSettings::default(),
             predict: PredictSettings::default(),
+            include_own_processes: false,
         }
     }
 }

@@ -18,6 +18,10 @@ pub struct ProcessInfo {
     pub comm: String,
     /// Executable path, when /proc still had it.
     pub exe: Option<String>,
+    /// The process's own comm (its main thread's, from /proc), when /proc
+    /// still had it: `comm` is that of whichever thread the kernel saw,
+    /// which may have named itself (`tokio-runtime-w`).
+    pub main_comm: Option<String>,
     /// cgroup v2 path, when /proc still had it.
     pub cgroup: Option<String>,
     /// Monotonic ns of its exit, if seen.
@@ -44,6 +48,7 @@ impl ProcessTable {
                 ppid,
                 comm: comm.to_owned(),
                 exe: read_exe(pid),
+                main_comm: read_comm(pid),
                 cgroup: read_cgroup(pid),
                 exited_ns: None,
             };
@@ -91,6 +96,11 @@ fn read_exe(pid: u32) -> Option<String> {
     fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .map(|path| path.to_string_lossy().into_owned())
+}
+
+fn read_comm(pid: u32) -> Option<String> {
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.trim_end_matches('\n').to_owned()).filter(|c| !c.is_empty())
 }
 
 /// The cgroup v2 line (`0::/system.slice/nginx.service`).

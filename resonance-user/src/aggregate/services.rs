@@ -6,6 +6,39 @@
 
 use crate::{aggregate::ProcessInfo, config::ServiceRule};
 
+/// The executable this program runs from, to tell its own processes (the
+/// `resonance` CLI beside the agent) from everyone else's.
+#[derive(Clone, Debug, Default)]
+pub struct OwnExecutable {
+    path: Option<String>,
+    /// The comm the kernel gives it (the file name, cut to 15 bytes), for
+    /// processes that exited before /proc showed their executable.
+    comm: Option<String>,
+}
+
+impl OwnExecutable {
+    /// This process's executable.
+    pub fn current() -> Self {
+        let path = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.to_str().map(str::to_owned));
+        let comm = path.as_deref().and_then(|p| {
+            let name = p.rsplit('/').next()?;
+            Some(name.chars().take(15).collect())
+        });
+        Self { path, comm }
+    }
+
+    /// Whether `process` runs this executable.
+    pub fn runs(&self, process: &ProcessInfo) -> bool {
+        match (&process.exe, &self.path) {
+            (Some(exe), Some(own)) => exe == own,
+            (None, _) => self.comm.as_deref() == Some(process.comm.as_str()),
+            (Some(_), None) => false,
+        }
+    }
+}
+
 /// Names processes by the configured rules.
 #[derive(Clone, Debug, Default)]
 pub struct ServiceNamer {
@@ -32,14 +65,27 @@ impl ServiceNamer {
                 return rule.name.clone();
             }
         }
-        process
-            .exe
-            .as_deref()
-            .and_then(|exe| exe.rsplit('/').next())
-            .map(|name| name.trim_end_matches(" (deleted)"))
-            .filter(|name| !name.is_empty())
-            .unwrap_or(&process.comm)
-            .to_owned()
+        executed_name(process).to_owned()
+    }
+}
+
+/// The name of the file the process was started as. The kernel sets the
+/// comm from it at exec (cut to 15 bytes), while `/proc/PID/exe` has the
+/// symlinks resolved: Debian's `redis-server` is a link to
+/// `redis-check-rdb`, busybox's applets are all `busybox`. So the
+/// executable's file name serves only where the comm is its beginning (the
+/// comm was cut short); otherwise the comm is what was executed.
+fn executed_name(process: &ProcessInfo) -> &str {
+    let comm = process.main_comm.as_deref().unwrap_or(&process.comm);
+    let exe_name = process
+        .exe
+        .as_deref()
+        .and_then(|exe| exe.rsplit('/').next())
+        .map(|name| name.trim_end_matches(" (deleted)"))
+        .filter(|name| !name.is_empty());
+    match exe_name {
+        Some(name) if comm.is_empty() || name.starts_with(comm) => name,
+        _ => comm,
     }
 }
 
@@ -76,6 +122,7 @@ mod tests {
             ppid: 0,
             comm: comm.into(),
             exe: exe.map(Into::into),
+            main_comm: exe.map(|_| comm.into()),
             cgroup: cgroup.map(Into::into),
             exited_ns: None,
         }
@@ -117,5 +164,24 @@ mod tests {
         assert_eq!(namer.name(&psql), "psql");
         let gone = process("head", None, None);
         assert_eq!(namer.name(&gone), "head");
+    }
+
+    /// The name a sysadmin typed, not the file a symlink leads to; the
+    /// whole file name where the comm was cut to 15 bytes.
+    #[test]
+    fn services_are_named_as_they_were_executed() {
+        let namer = ServiceNamer::default();
+        let redis = process("redis-server", Some("/usr/bin/redis-check-rdb"), None);
+        assert_eq!(namer.name(&redis), "redis-server");
+        let applet = process("sh", Some("/bin/busybox"), None);
+        assert_eq!(namer.name(&applet), "sh");
+        let long = process("postgres_export", Some("/opt/postgres_exporter_v2"), None);
+        assert_eq!(namer.name(&long), "postgres_exporter_v2");
+        let plain = process("cat", Some("/usr/bin/cat"), None);
+        assert_eq!(namer.name(&plain), "cat");
+        // A thread that named itself does not rename its process.
+        let mut worker = process("requester", Some("/srv/bin/requester"), None);
+        worker.comm = "tokio-runtime-w".into();
+        assert_eq!(namer.name(&worker), "requester");
     }
 }

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     agent::pair_figures,
-    aggregate::ServiceNamer,
+    aggregate::{OwnExecutable, ServiceNamer},
     config::{Config, DEFAULT_CONFIG_PATH},
     observer::{Observer, ObserverOptions},
     trace::{StartDetector, TraceEvent, TraceWriter},
@@ -52,6 +52,8 @@ pub fn run(args: Args) -> Result<()> {
     let mut writer = TraceWriter::new(file);
     let idle_gap_ns = u64::try_from(config.idle_gap.as_nanos()).unwrap_or(u64::MAX);
     let mut detector = StartDetector::new(idle_gap_ns);
+    let own = OwnExecutable::current();
+    let left_out = (!config.include_own_processes).then_some(&own);
     let deadline = Instant::now() + args.duration;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -61,12 +63,18 @@ pub fn run(args: Args) -> Result<()> {
         let left = deadline.saturating_duration_since(Instant::now());
         runtime.block_on(observer.watch(left.min(POLL)))?;
         let interactions = observer.interval();
-        let figures = pair_figures(&interactions, &namer);
+        let figures = pair_figures(&interactions, &namer, left_out);
         let mut events: BTreeMap<(u64, String, String, String), TraceEvent> = BTreeMap::new();
         for start in observer.interaction_starts() {
+            if left_out.is_some_and(|own| own.runs(&start.src)) {
+                continue;
+            }
             let src = namer.name(&start.src);
             let kind = start.kind.as_str().to_owned();
             for dst in &start.dst {
+                if left_out.is_some_and(|own| own.runs(dst)) {
+                    continue;
+                }
                 let dst = namer.name(dst);
                 if !detector.activity(start.ts_ns, &src, &dst, &kind) {
                     continue;

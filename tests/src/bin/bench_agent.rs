@@ -124,7 +124,7 @@ fn measure(mode: Mode) -> Result<Figures> {
             Mode::Pipeline => {
                 let n = observer.drain_events();
                 if last_tick.elapsed() >= Duration::from_millis(200) {
-                    let figures = pair_figures(&observer.interval(), &namer);
+                    let figures = pair_figures(&observer.interval(), &namer, None);
                     scorer.update(last_tick.elapsed(), &figures);
                     last_tick = Instant::now();
                 }
