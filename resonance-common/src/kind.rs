@@ -32,6 +32,13 @@ impl ChannelKind {
         })
     }
 
+    /// The kind whose [`ChannelKind::as_str`] is `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        (1..=6)
+            .filter_map(Self::from_u8)
+            .find(|kind| kind.as_str() == name)
+    }
+
     /// The stable name used in output (`pipe`, `unix_stream`, ...).
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    aggregate::{Interaction, ServiceNamer},
+    aggregate::{Interaction, OwnExecutable, ServiceNamer},
     config::Config,
     control::{self, Shared},
     http,
@@ -63,6 +63,8 @@ pub struct Agent {
     learning: Option<learn::Learning>,
     /// Held for the agent's life: one agent per state folder.
     _state_lock: state_lock::StateLock,
+    /// The agent's executable, whose other processes (the CLI) are left out.
+    own: OwnExecutable,
 }
 
 impl Agent {
@@ -71,6 +73,12 @@ impl Agent {
         let state_lock = state_lock::StateLock::take(&config.state_dir)?;
         let store = Store::open(&config.database_path(), config.store.clone())
             .context("opening the history store")?;
+        let mut scorer = Scorer::new(config.score.half_life);
+        match restore_scores(&store, &mut scorer, 3 * config.score.half_life) {
+            Ok(0) => {}
+            Ok(pairs) => log::info!("scores of {pairs} pairs carried on from the history store"),
+            Err(error) => log::warn!("scores start afresh: reading the history failed: {error:#}"),
+        }
         let observer = Observer::start(&ObserverOptions {
             idle_gap: config.idle_gap,
             ..ObserverOptions::default()
@@ -84,7 +92,7 @@ impl Agent {
         }
         Ok(Self {
             namer: ServiceNamer::new(config.services.clone()),
-            scorer: Scorer::new(config.score.half_life),
+            scorer,
             metrics: Arc::new(metrics),
             shared: Arc::new(Mutex::new(Shared::default())),
             store,
@@ -92,6 +100,7 @@ impl Agent {
             last_stats: ObserverStats::default(),
             learning: None,
             _state_lock: state_lock,
+            own: OwnExecutable::current(),
             config,
             source,
             observer,
@@ -219,7 +228,8 @@ impl Agent {
         let interval = self.last_tick.elapsed();
         self.last_tick = Instant::now();
         let interactions = self.observer.interval();
-        let figures = pair_figures(&interactions, &self.namer);
+        let left_out = (!self.config.include_own_processes).then_some(&self.own);
+        let figures = pair_figures(&interactions, &self.namer, left_out);
         let now_ns = epoch_ns();
         for (key, f) in &figures {
             self.store.add(&PairSample {
@@ -366,13 +376,20 @@ async fn readable(
     }
 }
 
-/// Folds process-level interactions into service pairs.
+/// Folds process-level interactions into service pairs, leaving out those
+/// with a process of `left_out` at either end (the agent's own CLI).
 pub fn pair_figures(
     interactions: &[Interaction],
     namer: &ServiceNamer,
+    left_out: Option<&OwnExecutable>,
 ) -> BTreeMap<PairKey, IntervalFigures> {
     let mut figures: BTreeMap<PairKey, IntervalFigures> = BTreeMap::new();
     for i in interactions {
+        if let Some(own) = left_out
+            && (own.runs(&i.src) || i.dst.as_ref().is_some_and(|dst| own.runs(dst)))
+        {
+            continue;
+        }
         let dst = match (&i.dst, &i.dst_addr) {
             (Some(dst), _) => namer.name(dst),
             (None, Some(addr)) => addr.clone(),
@@ -391,6 +408,65 @@ pub fn pair_figures(
         entry.latency.merge(&i.latency);
     }
     figures
+}
+
+/// Replays the store's last `window` of buckets into `scorer`, oldest
+/// first, then the silence since: a restarted agent's scores go on from
+/// where the last one's stopped instead of starting empty while `history`
+/// still has the pairs. Returns how many pairs it restored.
+fn restore_scores(
+    store: &Store,
+    scorer: &mut Scorer,
+    window: std::time::Duration,
+) -> Result<usize> {
+    let now = epoch_ns();
+    let since = now.saturating_sub(u64::try_from(window.as_nanos()).unwrap_or(u64::MAX));
+    let mut buckets: BTreeMap<(u64, u64), BTreeMap<PairKey, IntervalFigures>> = BTreeMap::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (src, dst, _) in store.pairs()? {
+        if !seen.insert((src.clone(), dst.clone())) {
+            continue;
+        }
+        for row in store.history(&src, &dst, since, now)? {
+            let Some(kind) = resonance_common::ChannelKind::from_name(&row.kind) else {
+                continue;
+            };
+            let key = PairKey {
+                src: row.src.clone(),
+                dst: row.dst.clone(),
+                kind,
+            };
+            let figures = IntervalFigures {
+                interactions: row.interactions,
+                messages: row.messages,
+                bytes: row.bytes,
+                errors: row.errors,
+                latency: row.latency.clone(),
+            };
+            buckets
+                .entry((row.start_ns, row.width_ns))
+                .or_default()
+                .insert(key, figures);
+        }
+    }
+    let mut pairs = std::collections::BTreeSet::new();
+    let mut end = since;
+    for ((start, width), figures) in &buckets {
+        // A gap between buckets was silence; the bucket itself one tick.
+        if *start > end {
+            scorer.update(
+                std::time::Duration::from_nanos(start - end),
+                &BTreeMap::new(),
+            );
+        }
+        scorer.update(std::time::Duration::from_nanos(*width), figures);
+        pairs.extend(figures.keys().cloned());
+        end = end.max(start + width);
+    }
+    if !buckets.is_empty() && now > end {
+        scorer.update(std::time::Duration::from_nanos(now - end), &BTreeMap::new());
+    }
+    Ok(pairs.len())
 }
 
 /// Binds the control socket, replacing a stale one left by a crash but

@@ -354,8 +354,27 @@ fn sigkill_mid_traffic_leaves_a_store_that_opens_with_history_up_to_the_last_flu
         "history after SIGKILL holds {bytes} bytes of head->cat; the agent had \
          reported {flushed} at least 700 ms before the kill"
     );
-    // A new agent starts on the same state.
+    // A new agent starts on the same state, and carries on the pair's
+    // score and totals from the store (they used to start empty while
+    // `history` still had the pair).
     let mut again = start_agent(&dir);
+    let restored = again.pair_bytes("head", "cat", "pipe");
+    assert_eq!(
+        restored,
+        Some(bytes),
+        "pairs after the restart: {:#?}",
+        again.pairs()
+    );
+    let explained = Command::new(resonance_bin())
+        .args(["explain", "head", "cat", "--json", "--control-socket"])
+        .arg(&again.control)
+        .output()
+        .expect("running resonance explain");
+    assert!(
+        explained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&explained.stderr)
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(again.process.0.id() as i32, libc::SIGTERM) };
     assert!(
@@ -821,8 +840,56 @@ fn a_second_agent_on_the_same_state_folder_is_refused_and_nothing_is_counted_twi
         (bytes >= 7_777_777).then_some(bytes)
     });
     assert_eq!(stored, Some(7_777_777), "{}", first.log_text());
+    // The store lists what it knows.
+    let listed = Command::new(resonance_bin())
+        .args(["history", "--list", "--state-dir"])
+        .arg(&state)
+        .output()
+        .expect("running resonance history --list");
+    assert!(listed.status.success(), "{listed:?}");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.lines().any(|l| l == "head\tcat\tpipe"), "{listed}");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(first.process.0.id() as i32, libc::SIGTERM) };
     assert!(first.process.0.wait().expect("waiting").success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The agent's own CLI is not a service of the host: `resonance pairs`
+/// (whose table always has a header line) piped into `cat`, and its
+/// control-socket requests, make no pair, while the host's own pipeline
+/// does.
+#[test]
+fn the_agents_own_cli_is_left_out_of_the_pairs() {
+    let _serial = serial();
+    let dir = scratch("own-cli");
+    let agent = start_agent(&dir);
+    for _ in 0..5 {
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "\"$0\" pairs --control-socket \"$1\" | cat >/dev/null"
+            ))
+            .arg(resonance_bin())
+            .arg(&agent.control)
+            .status()
+            .expect("running resonance pairs | cat");
+        assert!(status.success());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = pipelines(1, 1_000_000).wait().expect("the pipeline");
+    assert!(status.success());
+    let seen = wait_for(Duration::from_secs(15), || {
+        agent
+            .pair_bytes("head", "cat", "pipe")
+            .filter(|b| *b == 1_000_000)
+    });
+    assert!(seen.is_some(), "pairs: {:#?}", agent.pairs());
+    let own: Vec<Value> = agent
+        .pairs()
+        .into_iter()
+        .filter(|p| p["src"] == "resonance" || p["dst"] == "resonance")
+        .collect();
+    assert!(own.is_empty(), "the CLI's own pairs: {own:#?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
