@@ -19,11 +19,14 @@ use crate::{
 #[derive(clap::Args)]
 pub struct Args {
     /// Source service.
-    #[arg(long)]
-    pub src: String,
+    #[arg(long, required_unless_present = "list")]
+    pub src: Option<String>,
     /// Destination service.
-    #[arg(long)]
-    pub dst: String,
+    #[arg(long, required_unless_present = "list")]
+    pub dst: Option<String>,
+    /// List the pairs the store knows (source, destination, kind) instead.
+    #[arg(long, conflicts_with_all = ["src", "dst"])]
+    pub list: bool,
     /// Start of the window: a duration ago (`1h`, `90m`) or an RFC 3339 time.
     #[arg(long, default_value = "1h", value_parser = parse_time)]
     pub since: TimeArg,
@@ -118,21 +121,26 @@ pub fn run(args: Args) -> Result<()> {
     }
     let path = args.state_dir.join(DB_FILE_NAME);
     let store = Store::open_read_only(&path)?;
+    let mut out = std::io::stdout().lock();
+    if args.list {
+        return list_pairs(&mut out, &store, args.json);
+    }
+    let (Some(src), Some(dst)) = (args.src.as_deref(), args.dst.as_deref()) else {
+        bail!("--src and --dst name the pair (or --list shows the pairs known)");
+    };
     let rows = store
-        .history(&args.src, &args.dst, since_ns, until_ns)
-        .with_context(|| format!("reading the history of {} -> {}", args.src, args.dst))?;
+        .history(src, dst, since_ns, until_ns)
+        .with_context(|| format!("reading the history of {src} -> {dst}"))?;
     if rows.is_empty() {
         let known = store.pairs().context("listing known pairs")?;
         eprintln!(
-            "no buckets for {} -> {} between {} and {} ({} pairs known)",
-            args.src,
-            args.dst,
+            "no buckets for {src} -> {dst} between {} and {} ({} pairs known; \
+             `resonance history --list` names them)",
             rfc3339(since_ns),
             rfc3339(until_ns),
             known.len()
         );
     }
-    let mut out = std::io::stdout().lock();
     if args.json {
         for row in &rows {
             serde_json::to_writer(&mut out, &HistoryRecord::from(row)).context("writing JSON")?;
@@ -140,6 +148,22 @@ pub fn run(args: Args) -> Result<()> {
         }
     } else if !rows.is_empty() {
         write_table(&mut out, &rows).context("writing the table")?;
+    }
+    out.flush().context("writing the output")?;
+    Ok(())
+}
+
+/// `--list`: every pair the store has buckets for, one per line.
+fn list_pairs(out: &mut impl Write, store: &Store, json: bool) -> Result<()> {
+    let pairs = store.pairs().context("listing known pairs")?;
+    for (src, dst, kind) in &pairs {
+        if json {
+            let record = serde_json::json!({ "src": src, "dst": dst, "kind": kind });
+            serde_json::to_writer(&mut *out, &record).context("writing JSON")?;
+            out.write_all(b"\n").context("writing JSON")?;
+        } else {
+            writeln!(out, "{src}\t{dst}\t{kind}").context("writing the list")?;
+        }
     }
     out.flush().context("writing the output")?;
     Ok(())

@@ -30,36 +30,132 @@ pub fn run(args: Args) -> Result<()> {
         }
         return Ok(());
     }
-    println!(
-        "{:<20} {:<20} {:<14} {:>6} {:>10} {:>12} {:>12} {:>7}",
-        "SOURCE", "DESTINATION", "KIND", "SCORE", "INTER/s", "BYTES/s", "LAT p50", "ERR %"
-    );
-    for pair in &pairs {
-        let text = |key: &str| {
-            pair.get(key)
-                .and_then(|v| v.as_str())
-                .unwrap_or("?")
-                .to_owned()
-        };
-        let number = |path: &[&str]| {
-            let mut value = pair;
-            for key in path {
-                value = value.get(key).unwrap_or(&serde_json::Value::Null);
-            }
-            value.as_f64()
-        };
-        println!(
-            "{:<20} {:<20} {:<14} {:>6.3} {:>10.2} {:>12.0} {:>12} {:>7.2}",
-            text("src"),
-            text("dst"),
-            text("kind"),
-            number(&["score"]).unwrap_or(0.0),
-            number(&["components", "interactions_per_s"]).unwrap_or(0.0),
-            number(&["components", "bytes_per_s"]).unwrap_or(0.0),
-            number(&["components", "latency_p50_ns"])
-                .map_or("-".to_owned(), |ns| format!("{:.0}us", ns / 1000.0)),
-            number(&["components", "error_ratio"]).unwrap_or(0.0) * 100.0,
-        );
-    }
+    let rows: Vec<[String; 8]> = pairs.iter().map(row).collect();
+    print!("{}", table(&rows));
     Ok(())
+}
+
+/// The table's header. The rates and the latency are the agent's decayed
+/// averages (half-life `score.half_life`, 5 minutes by default) since the
+/// pair was first seen, which the headers say.
+const HEADER: [&str; 8] = [
+    "SOURCE",
+    "DESTINATION",
+    "KIND",
+    "SCORE",
+    "INTER/s (avg)",
+    "BYTES/s (avg)",
+    "LAT p50 (avg)",
+    "ERR %",
+];
+
+/// One pair's cells, formatted.
+fn row(pair: &serde_json::Value) -> [String; 8] {
+    let text = |key: &str| {
+        pair.get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or("?")
+            .to_owned()
+    };
+    let number = |path: &[&str]| {
+        let mut value = pair;
+        for key in path {
+            value = value.get(key).unwrap_or(&serde_json::Value::Null);
+        }
+        value.as_f64()
+    };
+    [
+        text("src"),
+        text("dst"),
+        text("kind"),
+        format!("{:.3}", number(&["score"]).unwrap_or(0.0)),
+        format!(
+            "{:.2}",
+            number(&["components", "interactions_per_s"]).unwrap_or(0.0)
+        ),
+        format!(
+            "{:.0}",
+            number(&["components", "bytes_per_s"]).unwrap_or(0.0)
+        ),
+        crate::report::human_ns(number(&["components", "latency_p50_ns"]).map(|ns| ns as u64)),
+        format!(
+            "{:.2}",
+            number(&["components", "error_ratio"]).unwrap_or(0.0) * 100.0
+        ),
+    ]
+}
+
+/// The header and `rows`, each column as wide as its widest cell (names
+/// left-aligned, figures right-aligned), so long socket paths do not push
+/// the figures out of their columns.
+fn table(rows: &[[String; 8]]) -> String {
+    let mut widths = HEADER.map(|h| h.chars().count());
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header = HEADER.map(str::to_owned);
+    for cells in std::iter::once(&header).chain(rows) {
+        let line: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(column, (cell, width))| {
+                if column < 3 {
+                    format!("{cell:<width$}")
+                } else {
+                    format!("{cell:>width$}")
+                }
+            })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_stay_aligned_whatever_the_names() {
+        let long = "/run/some/deeply/nested/application/socket.sock";
+        let rows = [
+            [
+                "web".into(),
+                long.into(),
+                "unix_dgram".into(),
+                "0.500".into(),
+                "1.00".into(),
+                "10".into(),
+                "-".into(),
+                "0.00".into(),
+            ],
+            [
+                "a".into(),
+                "b".into(),
+                "pipe".into(),
+                "0.900".into(),
+                "120.00".into(),
+                "3000000".into(),
+                "2us".into(),
+                "0.00".into(),
+            ],
+        ];
+        let text = table(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        // Every line ends its ERR % column at the same place, and the
+        // score column starts at the same place in every line.
+        let score_at: Vec<usize> = lines
+            .iter()
+            .map(|l| l.find("SCORE").or_else(|| l.find("0.")).unwrap())
+            .collect();
+        assert!(score_at.windows(2).all(|w| w[0] == w[1]), "{text}");
+        assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{text}");
+        assert!(lines[0].contains("BYTES/s (avg)"), "{text}");
+    }
 }
