@@ -867,9 +867,7 @@ fn the_agents_own_cli_is_left_out_of_the_pairs() {
     for _ in 0..5 {
         let status = Command::new("sh")
             .arg("-c")
-            .arg(format!(
-                "\"$0\" pairs --control-socket \"$1\" | cat >/dev/null"
-            ))
+            .arg("\"$0\" pairs --control-socket \"$1\" | cat >/dev/null")
             .arg(resonance_bin())
             .arg(&agent.control)
             .status()
