@@ -411,3 +411,47 @@ fn the_probes_run_in_the_forced_mode_or_else_tp_btf() {
     println!("probe mode: {}", observer.mode());
     assert_eq!(observer.mode().as_str(), expected);
 }
+
+/// Pipe latency against a known wait, many times over (one run in seven
+/// used to come out five orders of magnitude off, 470 ms for a 5 us
+/// wait): a writer sends 1,000 bytes every 100 ms; a reader already
+/// waiting takes each at once, and a reader that looks 30 ms late waits
+/// 30 ms. Every run's median must be within the buckets' 25 % (plus the
+/// scheduler's jitter) of that wait.
+#[test]
+fn pipe_latency_is_the_wait_it_measures_in_every_one_of_thirty_runs() {
+    use resonance::ChannelKind;
+    let _serial = serial();
+    let mut bad = Vec::new();
+    let mut observer = resonance_tests::start_observer();
+    for run in 0..30 {
+        let delay_ms = if run % 2 == 0 { 0 } else { 30 };
+        let child = traffic(&["pipe-paced", "10", "100", &delay_ms.to_string()])
+            .spawn()
+            .expect("starting pipe-paced");
+        let writer = child.id();
+        wait(child, "pipe-paced").expect("pipe-paced");
+        let records = observer.interactions();
+        let Some(pipe) = records
+            .iter()
+            .find(|i| i.src.pid == writer && i.kind == ChannelKind::Pipe)
+        else {
+            bad.push(format!("run {run}: no pipe from the writer"));
+            continue;
+        };
+        let p50 = pipe.latency.quantile(0.5);
+        let fine = match (delay_ms, p50) {
+            (0, Some(p50)) => p50 < 1_000_000,
+            (_, Some(p50)) => (22_500_000..=40_000_000).contains(&p50),
+            (_, None) => false,
+        };
+        if !fine || pipe.bytes != 10_000 {
+            bad.push(format!(
+                "run {run} (reader {delay_ms} ms late): p50 {p50:?} ns over {} samples, {} bytes",
+                pipe.latency.count(),
+                pipe.bytes
+            ));
+        }
+    }
+    assert!(bad.is_empty(), "{bad:#?}");
+}

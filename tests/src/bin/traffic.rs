@@ -51,6 +51,10 @@ fn main() -> Result<()> {
         // pipe-burst CAPACITY BURST WRITE: BURST bytes in WRITE-byte writes
         // into a pipe of CAPACITY bytes whose reader starts 100 ms late
         "pipe-burst" => pipe_burst(number(1)?, number(2)?, number(3)?),
+        // pipe-paced COUNT INTERVAL_MS DELAY_MS: COUNT 1,000-byte writes
+        // INTERVAL_MS apart; the reader takes each DELAY_MS after it was
+        // written (0: a reader already waiting, like cat)
+        "pipe-paced" => pipe_paced(number(1)?, number(2)?, number(3)?),
         // fd-reuse: descriptor numbers that change meaning (close, dup2,
         // fork), for the probes' descriptor cache; prints the forked
         // child's pid
@@ -338,6 +342,35 @@ fn fd_reuse() -> Result<()> {
         },
         || {
             b_read.read_exact(&mut buffer[..333])?;
+            Ok(())
+        },
+    )
+}
+
+/// Writes `count` messages of 1,000 bytes `interval_ms` apart into a pipe
+/// whose reader takes each one `delay_ms` after it was due: a known wait.
+fn pipe_paced(count: u64, interval_ms: u64, delay_ms: u64) -> Result<()> {
+    let (mut reader, mut writer) = std::io::pipe()?;
+    let start = std::time::Instant::now();
+    let due = move |i: u64| start + Duration::from_millis(i * interval_ms);
+    fork_child(
+        || {
+            let mut message = [0u8; 1000];
+            for i in 0..count {
+                if delay_ms > 0 {
+                    let at = due(i) + Duration::from_millis(delay_ms);
+                    sleep(at.saturating_duration_since(std::time::Instant::now()));
+                }
+                reader.read_exact(&mut message)?;
+            }
+            Ok(())
+        },
+        || {
+            let message = [b'p'; 1000];
+            for i in 0..count {
+                sleep(due(i).saturating_duration_since(std::time::Instant::now()));
+                writer.write_all(&message)?;
+            }
             Ok(())
         },
     )
