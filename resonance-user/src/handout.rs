@@ -784,11 +784,19 @@ impl Core {
         want: Want,
     ) -> Result<(), Reject> {
         let Some((responder, responder_conn)) = self.responder_of(&service) else {
-            return Err(Reject::new(
-                code::UNKNOWN_SERVICE,
-                "unknown_service",
-                format!("no process serves {service:?}"),
-            ));
+            // A request that cannot be served, not a client that
+            // misbehaves: that open fails, the connection stays.
+            log::debug!("broker: open of {service:?}, which no process serves");
+            self.send(
+                id,
+                Message::Error {
+                    req,
+                    code: code::UNKNOWN_SERVICE,
+                    message: format!("no process serves {service:?}"),
+                },
+                None,
+            );
+            return Ok(());
         };
         let owner = responder_conn.identity.cred.uid;
         let identity = self.conns.get(&id).map(|c| c.identity.clone());
