@@ -255,6 +255,30 @@ fn measure(variants: &mut [Variant<'_>]) -> Result<()> {
     Ok(())
 }
 
+/// One variant's figures as both tables show them (ns, and ratios to the
+/// connect + accept medians).
+struct Row {
+    acquire_p50: u64,
+    acquire_p99: u64,
+    rtt_p50: u64,
+    rtt_p99: u64,
+    acquire_ratio: f64,
+    rtt_ratio: f64,
+}
+
+impl Row {
+    fn of(f: &Figures, a_acq: f64, a_rtt: f64) -> Self {
+        Self {
+            acquire_p50: percentile(&f.acquire, 0.5),
+            acquire_p99: percentile(&f.acquire, 0.99),
+            rtt_p50: percentile(&f.rtt, 0.5),
+            rtt_p99: percentile(&f.rtt, 0.99),
+            acquire_ratio: percentile(&f.acquire, 0.5) as f64 / a_acq,
+            rtt_ratio: percentile(&f.rtt, 0.5) as f64 / a_rtt,
+        }
+    }
+}
+
 /// The table as the docs show it, with how and when it was made.
 fn print_markdown(variants: &[&Figures], a_acq: f64, a_rtt: f64) {
     let us = |v: u64| format!("{:.2} µs", v as f64 / 1000.0);
@@ -271,16 +295,17 @@ fn print_markdown(variants: &[&Figures], a_acq: f64, a_rtt: f64) {
     );
     println!("|---|---|---|---|---|---|---|---|");
     for f in variants {
+        let row = Row::of(f, a_acq, a_rtt);
         println!(
             "| {} | {}/{TRIALS} | {} | {} | {} | {} | {:.3} | {:.3} |",
             f.variant,
             f.hits,
-            us(percentile(&f.acquire, 0.5)),
-            us(percentile(&f.acquire, 0.99)),
-            us(percentile(&f.rtt, 0.5)),
-            us(percentile(&f.rtt, 0.99)),
-            percentile(&f.acquire, 0.5) as f64 / a_acq,
-            percentile(&f.rtt, 0.5) as f64 / a_rtt
+            us(row.acquire_p50),
+            us(row.acquire_p99),
+            us(row.rtt_p50),
+            us(row.rtt_p99),
+            row.acquire_ratio,
+            row.rtt_ratio
         );
     }
 }
@@ -379,16 +404,17 @@ fn run(dir: &Path, json: bool, markdown: bool) -> Result<()> {
     );
     for f in [&a, &b, &c] {
         let us = |v: u64| v as f64 / 1000.0;
+        let row = Row::of(f, a_acq, a_rtt);
         println!(
             "{:<18} {:>6} {:>12.2} {:>12.2} {:>12.2} {:>12.2} {:>9.3} {:>9.3}",
             f.variant,
             f.hits,
-            us(percentile(&f.acquire, 0.5)),
-            us(percentile(&f.acquire, 0.99)),
-            us(percentile(&f.rtt, 0.5)),
-            us(percentile(&f.rtt, 0.99)),
-            percentile(&f.acquire, 0.5) as f64 / a_acq,
-            percentile(&f.rtt, 0.5) as f64 / a_rtt
+            us(row.acquire_p50),
+            us(row.acquire_p99),
+            us(row.rtt_p50),
+            us(row.rtt_p99),
+            row.acquire_ratio,
+            row.rtt_ratio
         );
     }
     let acq_ratio = percentile(&c.acquire, 0.5) as f64 / a_acq;
