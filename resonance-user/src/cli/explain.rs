@@ -65,6 +65,9 @@ fn render(explain: &Value) -> String {
             .map_or_else(|| n.to_string(), |f| format!("{f:.3}")),
         other => other.to_string(),
     };
+    // Durations in the unit that keeps them readable (`7ms`, not
+    // `7723355 ns`); `-` where the agent sent none.
+    let time = |value: Value| crate::report::human_ns(value.as_f64().map(|ns| ns as u64));
     let mut out = format!(
         "{} -> {}\n",
         show(get(explain, &["src"])),
@@ -77,13 +80,13 @@ fn render(explain: &Value) -> String {
     }
     for score in &scores {
         out.push_str(&format!(
-            "score ({}): {} (performance x{})  interactions/s {}  bytes/s {}  latency p50 ns {}  errors {}\n",
+            "score ({}): {} (performance x{})  interactions/s {}  bytes/s {}  latency p50 {}  errors {}\n",
             show(get(score, &["kind"])),
             show(get(score, &["score"])),
             show(get(score, &["performance"])),
             show(get(score, &["components", "interactions_per_s"])),
             show(get(score, &["components", "bytes_per_s"])),
-            show(get(score, &["components", "latency_p50_ns"])),
+            time(get(score, &["components", "latency_p50_ns"])),
             show(get(score, &["components", "error_ratio"])),
         ));
     }
@@ -94,9 +97,9 @@ fn render(explain: &Value) -> String {
     }
     let b = |path: &str| show(get(&broker, &[path]));
     out.push_str(&format!(
-        "prediction: probability {} within the TTL, expected lead {} ns, need {}\n",
+        "prediction: probability {} within the TTL, expected lead {}, need {}\n",
         b("probability"),
-        b("expected_lead_ns"),
+        time(get(&broker, &["expected_lead_ns"])),
         b("need")
     ));
     out.push_str(&format!(
@@ -126,7 +129,7 @@ fn render(explain: &Value) -> String {
         out.push_str("measured: no channel of this pair measured by the probes yet\n");
     } else {
         out.push_str(&format!(
-            "last measured channel {} ({} bytes capacity): {} bytes sent, {} received, {} errors, {} writes found it full, {} bytes/s, first use {} ns after delivery, wait p50 {} ns, turnaround p50 {} ns\n",
+            "last measured channel {} ({} bytes capacity): {} bytes sent, {} received, {} errors, {} writes found it full, {} bytes/s, first use {} after delivery, wait p50 {}, turnaround p50 {}\n",
             m(&["channel"]),
             m(&["capacity"]),
             m(&["measure", "sent"]),
@@ -134,9 +137,9 @@ fn render(explain: &Value) -> String {
             m(&["measure", "errors"]),
             m(&["measure", "blocked_writes"]),
             m(&["throughput_bytes_per_s"]),
-            m(&["time_to_first_use_ns"]),
-            m(&["measure", "wait_p50_ns"]),
-            m(&["measure", "turnaround_p50_ns"]),
+            time(get(&broker, &["last_measured", "time_to_first_use_ns"])),
+            time(get(&broker, &["last_measured", "measure", "wait_p50_ns"])),
+            time(get(&broker, &["last_measured", "measure", "turnaround_p50_ns"])),
         ));
     }
     out.push_str(&format!(
@@ -182,6 +185,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("2 writes found it full"), "{text}");
+        // Times in human units.
+        assert!(
+            text.contains("first use 1500ns after delivery, wait p50 40us, turnaround p50 -"),
+            "{text}"
+        );
+        assert!(!text.contains(" ns"), "{text}");
         assert!(
             text.contains("performance: x0.800 (of the last 1"),
             "{text}"
