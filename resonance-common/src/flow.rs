@@ -80,24 +80,43 @@ pub struct FlowStats {
     pub syscall_hist: [u64; HIST_BUCKETS],
 }
 
+/// Writes remembered per pipe for [`EndState`]: enough for a pipe of 16
+/// slots filled by page-sized writes to be read in the order written; more
+/// unread writes than this share the newest entry (see `EndState`).
+pub const PIPE_CHECKPOINTS: usize = 8;
+
 /// Latency state of one channel end, shared by every process using it.
 ///
-/// For pipes and FIFOs (`end` = inode) it measures how long written data
-/// waits before a reader takes it. For sockets it measures the turnaround of
-/// requests *sent from this end*: the time from the first unanswered send to
-/// the next data received at this end (the answer's arrival).
+/// For pipes and FIFOs (`end` = inode) it measures how long the data a
+/// reader takes waited in the pipe: from the completion of the write that
+/// put the oldest byte of that read into the pipe. Writes are remembered as
+/// checkpoints (bytes written so far, when), oldest first; a read of bytes
+/// `(read, read + n]` finds the first checkpoint past `read`. When more
+/// writes are unread than [`PIPE_CHECKPOINTS`], the newest entry absorbs
+/// the later ones and keeps its time, so those reads are timed from an
+/// earlier write: a wait is never under-stated by more than nothing and
+/// over-stated by at most the span of the absorbed writes. For sockets it
+/// measures the turnaround of requests *sent from this end*: the time from
+/// the first unanswered send to the next data received at this end (the
+/// answer's arrival).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct EndState {
-    /// Pipes: when the oldest unread data was written (0 = pipe empty as far
-    /// as we know; while `pending_bytes` is negative, when that began).
-    /// Sockets: when the oldest unanswered send happened.
+    /// Sockets: when the oldest unanswered send happened (0 = none).
     pub waiting_since_ns: u64,
-    /// Pipes: bytes written and not yet read, as the programs have seen
-    /// them. Negative when a reader's syscall was accounted before the
-    /// write it read from (both are accounted at syscall exit, and the
-    /// woken reader can finish first on another CPU).
-    pub pending_bytes: i64,
+    /// Pipes: bytes the probes saw written into this end so far.
+    pub written: u64,
+    /// Pipes: bytes the probes saw read from it so far.
+    pub read: u64,
+    /// Pipes: `written` after each remembered write, oldest first from
+    /// `first` (a ring of [`PIPE_CHECKPOINTS`]).
+    pub checkpoint_bytes: [u64; PIPE_CHECKPOINTS],
+    /// Pipes: when each remembered write completed.
+    pub checkpoint_ns: [u64; PIPE_CHECKPOINTS],
+    /// Pipes: index of the oldest remembered write.
+    pub first: u32,
+    /// Pipes: how many writes are remembered.
+    pub count: u32,
     /// Latency samples taken.
     pub samples: u64,
     /// Sum of all samples, ns.

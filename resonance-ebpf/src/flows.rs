@@ -3,7 +3,9 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::helpers::bpf_get_current_comm;
-use resonance_common::{Direction, EndState, EventKind, FlowKey, HIST_BUCKETS, bucket_index};
+use resonance_common::{
+    Direction, EndState, EventKind, FlowKey, HIST_BUCKETS, PIPE_CHECKPOINTS, bucket_index,
+};
 
 use crate::{
     emit::{Happening, emit},
@@ -189,50 +191,100 @@ fn sample(state: *mut EndState, latency_ns: u64) {
     }
 }
 
-/// Pipes: how long data waits before a reader takes it. The age is taken
-/// from when the pipe last went from empty to holding data.
+/// Pipes: how long the data a reader takes waited in the pipe, timed from
+/// the write that put its oldest byte there (see `EndState`). Returns the
+/// bytes waiting after this syscall, as far as the probes saw.
 ///
 /// Both sides are accounted at syscall exit, and a reader woken by a write
 /// can finish (on another CPU, or by preempting the writer) before the
-/// writer's exit is accounted. Its bytes then drive `pending_bytes` below
-/// zero, a debt the late write repays without starting a wait: that data
-/// was taken before it could be timed, and no sample is better than one
-/// measured from an earlier write. While in debt, `waiting_since_ns` holds
-/// when the debt began; a debt older than the idle gap is not a late write
-/// but data written before the probes saw it, and is forgiven.
-/// Returns the bytes waiting after this syscall, as far as the probes saw.
+/// writer's exit is accounted: it is then ahead of the writes by at most
+/// that write, whose bytes were taken before they could be timed, and
+/// only what is left of it gets a checkpoint. A reader ahead by more than
+/// the write being accounted read data written before the probes saw the
+/// pipe; the count is resynchronised so that old data is not mistaken for
+/// this write's.
 #[inline(always)]
 fn pipe_latency(end: u64, dir: Direction, bytes: u64, now: u64) -> Option<i64> {
     let state = end_state(end)?;
-    let bytes = bytes as i64;
-    // SAFETY: `state` points at a live map value.
+    // SAFETY: `state` points at a live map value for this call; indices
+    // are masked into the checkpoint arrays.
     unsafe {
-        let mut pending = (*state).pending_bytes;
         match dir {
             Direction::Send => {
-                if pending < 0 && now.saturating_sub((*state).waiting_since_ns) > idle_gap_ns() {
-                    pending = 0;
+                let read = (*state).read;
+                if read > (*state).written.saturating_add(bytes) {
+                    (*state).written = read - bytes;
                 }
-                if pending <= 0 && pending + bytes > 0 {
-                    (*state).waiting_since_ns = now;
+                let written = (*state).written + bytes;
+                (*state).written = written;
+                if written > read {
+                    remember_write(state, written, now);
                 }
-                (*state).pending_bytes = pending + bytes;
             }
             Direction::Recv => {
-                let since = (*state).waiting_since_ns;
-                if pending > 0 && since != 0 {
-                    sample(state, now.saturating_sub(since));
+                let before = (*state).read;
+                let read = before + bytes;
+                (*state).read = read;
+                drop_consumed(state, before);
+                if (*state).count > 0 {
+                    let oldest = ((*state).first as usize) % PIPE_CHECKPOINTS;
+                    if let Some(&written_at) = (*state).checkpoint_ns.get(oldest) {
+                        sample(state, now.saturating_sub(written_at));
+                    }
                 }
-                let left = pending - bytes;
-                (*state).pending_bytes = left;
-                if left == 0 {
-                    (*state).waiting_since_ns = 0;
-                } else if left < 0 && pending >= 0 {
-                    (*state).waiting_since_ns = now;
-                }
+                drop_consumed(state, read);
             }
         }
-        Some((*state).pending_bytes)
+        Some((*state).written as i64 - (*state).read as i64)
+    }
+}
+
+/// Appends a checkpoint (`written` bytes so far at `now`), or lets the
+/// newest one absorb it when all are in use.
+#[inline(always)]
+unsafe fn remember_write(state: *mut EndState, written: u64, now: u64) {
+    // SAFETY: the caller's `state` is live; indices are masked.
+    unsafe {
+        let count = (*state).count as usize;
+        let first = (*state).first as usize;
+        if count < PIPE_CHECKPOINTS {
+            let slot = (first + count) % PIPE_CHECKPOINTS;
+            if let (Some(bytes), Some(at)) = (
+                (*state).checkpoint_bytes.get_mut(slot),
+                (*state).checkpoint_ns.get_mut(slot),
+            ) {
+                *bytes = written;
+                *at = now;
+                (*state).count += 1;
+            }
+        } else {
+            let newest = (first + PIPE_CHECKPOINTS - 1) % PIPE_CHECKPOINTS;
+            if let Some(bytes) = (*state).checkpoint_bytes.get_mut(newest) {
+                *bytes = written;
+            }
+        }
+    }
+}
+
+/// Forgets the checkpoints of writes whose bytes were all read once
+/// `read` bytes were.
+#[inline(always)]
+unsafe fn drop_consumed(state: *mut EndState, read: u64) {
+    // SAFETY: the caller's `state` is live; indices are masked.
+    unsafe {
+        for _ in 0..PIPE_CHECKPOINTS {
+            if (*state).count == 0 {
+                break;
+            }
+            let first = ((*state).first as usize) % PIPE_CHECKPOINTS;
+            match (*state).checkpoint_bytes.get(first) {
+                Some(&upto) if upto <= read => {
+                    (*state).first = ((first + 1) % PIPE_CHECKPOINTS) as u32;
+                    (*state).count -= 1;
+                }
+                _ => break,
+            }
+        }
     }
 }
 

@@ -455,3 +455,33 @@ fn pipe_latency_is_the_wait_it_measures_in_every_one_of_thirty_runs() {
     }
     assert!(bad.is_empty(), "{bad:#?}");
 }
+
+/// On a pipe that stays full the wait is how long data sits in it (the
+/// pipe's 64 KiB at the reader's 4 KiB per 5 ms: about 80 ms), not the age
+/// of the busy period (which grows to the whole 1.3 s transfer; the median
+/// used to report half of that).
+#[test]
+fn a_saturated_pipe_reports_how_long_data_sits_not_how_long_it_has_been_busy() {
+    use resonance::ChannelKind;
+    let _serial = serial();
+    let mut observer = resonance_tests::start_observer();
+    let child = traffic(&["pipe-saturated", "1048576", "4096", "5"])
+        .spawn()
+        .expect("starting pipe-saturated");
+    let writer = child.id();
+    wait(child, "pipe-saturated").expect("pipe-saturated");
+    let records = observer.interactions();
+    let pipe = records
+        .iter()
+        .find(|i| i.src.pid == writer && i.kind == ChannelKind::Pipe)
+        .expect("the writer's pipe");
+    assert_eq!(pipe.bytes, 1_048_576);
+    let p50 = pipe.latency.quantile(0.5).expect("a median wait");
+    let p99 = pipe.latency.quantile(0.99).expect("a p99 wait");
+    assert!(
+        (50_000_000..=130_000_000).contains(&p50),
+        "p50 {p50} ns over {} samples",
+        pipe.latency.count()
+    );
+    assert!(p99 < 250_000_000, "p99 {p99} ns");
+}

@@ -55,6 +55,10 @@ fn main() -> Result<()> {
         // INTERVAL_MS apart; the reader takes each DELAY_MS after it was
         // written (0: a reader already waiting, like cat)
         "pipe-paced" => pipe_paced(number(1)?, number(2)?, number(3)?),
+        // pipe-saturated TOTAL READ READ_MS: TOTAL bytes written in 4 KiB
+        // writes as fast as the pipe takes them; the reader takes READ
+        // bytes every READ_MS, so the pipe stays full
+        "pipe-saturated" => pipe_saturated(number(1)?, number(2)?, number(3)?),
         // fd-reuse: descriptor numbers that change meaning (close, dup2,
         // fork), for the probes' descriptor cache; prints the forked
         // child's pid
@@ -370,6 +374,36 @@ fn pipe_paced(count: u64, interval_ms: u64, delay_ms: u64) -> Result<()> {
             for i in 0..count {
                 sleep(due(i).saturating_duration_since(std::time::Instant::now()));
                 writer.write_all(&message)?;
+            }
+            Ok(())
+        },
+    )
+}
+
+/// A writer that keeps the pipe full and a reader that takes `read` bytes
+/// every `read_ms`: each byte waits about the pipe's size over the
+/// reader's rate, however long the transfer runs.
+fn pipe_saturated(total: u64, read: u64, read_ms: u64) -> Result<()> {
+    let (mut reader, mut writer) = std::io::pipe()?;
+    fork_child(
+        || {
+            let mut buffer = vec![0u8; usize::try_from(read)?];
+            let mut got = 0;
+            while got < total {
+                sleep(Duration::from_millis(read_ms));
+                let want = (total - got).min(read) as usize;
+                reader.read_exact(&mut buffer[..want])?;
+                got += want as u64;
+            }
+            Ok(())
+        },
+        || {
+            let chunk = [b's'; 4096];
+            let mut left = total;
+            while left > 0 {
+                let n = left.min(4096) as usize;
+                writer.write_all(&chunk[..n])?;
+                left -= n as u64;
             }
             Ok(())
         },
