@@ -104,19 +104,25 @@ pub const PIPE_CHECKPOINTS: usize = 8;
 pub struct EndState {
     /// Sockets: when the oldest unanswered send happened (0 = none).
     pub waiting_since_ns: u64,
-    /// Pipes: bytes the probes saw written into this end so far.
+    /// Pipes: bytes the probes saw written into this end so far (moved by
+    /// writers only).
     pub written: u64,
-    /// Pipes: bytes the probes saw read from it so far.
+    /// Pipes: bytes the probes saw read from it so far (moved by readers
+    /// only).
     pub read: u64,
-    /// Pipes: `written` after each remembered write, oldest first from
-    /// `first` (a ring of [`PIPE_CHECKPOINTS`]).
+    /// Pipes: `written` after each remembered write, in a ring of
+    /// [`PIPE_CHECKPOINTS`] slots.
     pub checkpoint_bytes: [u64; PIPE_CHECKPOINTS],
     /// Pipes: when each remembered write completed.
     pub checkpoint_ns: [u64; PIPE_CHECKPOINTS],
-    /// Pipes: index of the oldest remembered write.
-    pub first: u32,
-    /// Pipes: how many writes are remembered.
-    pub count: u32,
+    /// Pipes: checkpoints appended so far (the writers' count; slot
+    /// `next % PIPE_CHECKPOINTS` is the next one).
+    pub next: u32,
+    /// Pipes: checkpoints consumed so far (the readers' count). Writers and
+    /// readers each move only their own count, and may run at once on
+    /// two CPUs: a shared count moved by both lost updates and left a wait
+    /// open for good.
+    pub consumed: u32,
     /// Latency samples taken.
     pub samples: u64,
     /// Sum of all samples, ns.

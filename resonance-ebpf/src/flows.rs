@@ -206,85 +206,95 @@ fn sample(state: *mut EndState, latency_ns: u64) {
 #[inline(always)]
 fn pipe_latency(end: u64, dir: Direction, bytes: u64, now: u64) -> Option<i64> {
     let state = end_state(end)?;
-    // SAFETY: `state` points at a live map value for this call; indices
-    // are masked into the checkpoint arrays.
+    // SAFETY: `state` points at a live map value for this call. A writer
+    // and a reader of the pipe can run this at once on two CPUs: each
+    // changes only its own fields (written/next, read/consumed) and reads
+    // the other's, so a stale read costs at most one sample, never a wait
+    // left open.
     unsafe {
+        let volatile = |field: *const u64| core::ptr::read_volatile(field);
         match dir {
             Direction::Send => {
-                let read = (*state).read;
-                if read > (*state).written.saturating_add(bytes) {
-                    (*state).written = read - bytes;
+                let read = volatile(&raw const (*state).read);
+                let mut before = volatile(&raw const (*state).written);
+                if read > before.saturating_add(bytes) {
+                    before = read - bytes;
+                    core::ptr::write_volatile(&raw mut (*state).written, before);
                 }
-                let written = (*state).written + bytes;
-                (*state).written = written;
+                add(&raw mut (*state).written, bytes);
+                let written = before + bytes;
                 if written > read {
                     remember_write(state, written, now);
                 }
+                Some(written as i64 - read as i64)
             }
             Direction::Recv => {
-                let before = (*state).read;
+                let before = volatile(&raw const (*state).read);
+                add(&raw mut (*state).read, bytes);
                 let read = before + bytes;
-                (*state).read = read;
-                drop_consumed(state, before);
-                if (*state).count > 0 {
-                    let oldest = ((*state).first as usize) % PIPE_CHECKPOINTS;
-                    if let Some(&written_at) = (*state).checkpoint_ns.get(oldest) {
+                let next = core::ptr::read_volatile(&raw const (*state).next);
+                let mut consumed = (*state).consumed;
+                consumed = consume(state, consumed, next, before);
+                if consumed != next {
+                    let slot = (consumed as usize) % PIPE_CHECKPOINTS;
+                    if let Some(&written_at) = (*state).checkpoint_ns.get(slot) {
                         sample(state, now.saturating_sub(written_at));
                     }
                 }
-                drop_consumed(state, read);
+                (*state).consumed = consume(state, consumed, next, read);
+                Some(volatile(&raw const (*state).written) as i64 - read as i64)
             }
         }
-        Some((*state).written as i64 - (*state).read as i64)
     }
 }
 
 /// Appends a checkpoint (`written` bytes so far at `now`), or lets the
-/// newest one absorb it when all are in use.
+/// newest one absorb it when the ring is full. Writers only.
 #[inline(always)]
 unsafe fn remember_write(state: *mut EndState, written: u64, now: u64) {
     // SAFETY: the caller's `state` is live; indices are masked.
     unsafe {
-        let count = (*state).count as usize;
-        let first = (*state).first as usize;
-        if count < PIPE_CHECKPOINTS {
-            let slot = (first + count) % PIPE_CHECKPOINTS;
+        let next = (*state).next;
+        let consumed = core::ptr::read_volatile(&raw const (*state).consumed);
+        if (next.wrapping_sub(consumed) as usize) < PIPE_CHECKPOINTS {
+            let slot = (next as usize) % PIPE_CHECKPOINTS;
             if let (Some(bytes), Some(at)) = (
                 (*state).checkpoint_bytes.get_mut(slot),
                 (*state).checkpoint_ns.get_mut(slot),
             ) {
-                *bytes = written;
-                *at = now;
-                (*state).count += 1;
+                core::ptr::write_volatile(bytes, written);
+                core::ptr::write_volatile(at, now);
+                // After the slot: a reader that sees the count sees the slot.
+                core::ptr::write_volatile(&raw mut (*state).next, next.wrapping_add(1));
             }
         } else {
-            let newest = (first + PIPE_CHECKPOINTS - 1) % PIPE_CHECKPOINTS;
+            let newest = (next.wrapping_sub(1) as usize) % PIPE_CHECKPOINTS;
             if let Some(bytes) = (*state).checkpoint_bytes.get_mut(newest) {
-                *bytes = written;
+                core::ptr::write_volatile(bytes, written);
             }
         }
     }
 }
 
-/// Forgets the checkpoints of writes whose bytes were all read once
-/// `read` bytes were.
+/// Steps `consumed` past the checkpoints whose writes were all read once
+/// `read` bytes were; returns the new count. Readers only.
 #[inline(always)]
-unsafe fn drop_consumed(state: *mut EndState, read: u64) {
+unsafe fn consume(state: *mut EndState, mut consumed: u32, next: u32, read: u64) -> u32 {
     // SAFETY: the caller's `state` is live; indices are masked.
     unsafe {
         for _ in 0..PIPE_CHECKPOINTS {
-            if (*state).count == 0 {
+            if consumed == next {
                 break;
             }
-            let first = ((*state).first as usize) % PIPE_CHECKPOINTS;
-            match (*state).checkpoint_bytes.get(first) {
-                Some(&upto) if upto <= read => {
-                    (*state).first = ((first + 1) % PIPE_CHECKPOINTS) as u32;
-                    (*state).count -= 1;
+            let slot = (consumed as usize) % PIPE_CHECKPOINTS;
+            match (*state).checkpoint_bytes.get(slot) {
+                Some(upto) if core::ptr::read_volatile(upto) <= read => {
+                    consumed = consumed.wrapping_add(1);
                 }
                 _ => break,
             }
         }
+        consumed
     }
 }
 
