@@ -76,14 +76,8 @@ pub fn lookup(tgid: u32, fd: u32) -> Option<Object> {
         // SAFETY: `entry` points at a live map value for this call.
         let cached = unsafe { *entry };
         if generation(tgid) == Some(cached.generation) {
-            let kind = ChannelKind::from_u8(cached.kind)?;
-            let mut object = Object {
-                kind,
-                end: cached.end,
-                peer: cached.peer,
-                pipe: cached.pipe,
-                slots: cached.slots,
-            };
+            let mut object = cached.object()?;
+            let kind = object.kind;
             // A socket cached before it was connected (or accepted on) has
             // no peer yet; look again until it has one.
             if object.peer == 0
@@ -138,13 +132,22 @@ pub fn cached(tgid: u32, fd: u32) -> Option<Object> {
     if generation(tgid) != Some(entry.generation) {
         return None;
     }
-    Some(Object {
-        kind: ChannelKind::from_u8(entry.kind)?,
-        end: entry.end,
-        peer: entry.peer,
-        pipe: entry.pipe,
-        slots: entry.slots,
-    })
+    entry.object()
+}
+
+impl FdEntry {
+    /// The channel end this entry remembers; `None` for a descriptor that
+    /// is not followed.
+    #[inline(always)]
+    fn object(&self) -> Option<Object> {
+        Some(Object {
+            kind: ChannelKind::from_u8(self.kind)?,
+            end: self.end,
+            peer: self.peer,
+            pipe: self.pipe,
+            slots: self.slots,
+        })
+    }
 }
 
 /// `fd` was freed or now refers to something else.

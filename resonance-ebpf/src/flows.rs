@@ -16,7 +16,8 @@ use crate::{
 
 const BPF_NOEXIST: u64 = 1;
 const EINTR: i64 = 4;
-const EAGAIN: i64 = 11;
+/// Resource temporarily unavailable: a full pipe for a non-blocking writer.
+pub const EAGAIN: i64 = 11;
 /// Kernel-internal restart codes (ERESTARTSYS..ERESTART_RESTARTBLOCK).
 const ERESTART_FIRST: i64 = 512;
 const ERESTART_LAST: i64 = 516;

@@ -375,13 +375,7 @@ fn sigkill_mid_traffic_leaves_a_store_that_opens_with_history_up_to_the_last_flu
         "{}",
         String::from_utf8_lossy(&explained.stderr)
     );
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(again.process.0.id() as i32, libc::SIGTERM) };
-    assert!(
-        again.process.0.wait().expect("waiting").success(),
-        "{}",
-        again.log_text()
-    );
+    stop(&mut again);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -849,9 +843,7 @@ fn a_second_agent_on_the_same_state_folder_is_refused_and_nothing_is_counted_twi
     assert!(listed.status.success(), "{listed:?}");
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.lines().any(|l| l == "head\tcat\tpipe"), "{listed}");
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(first.process.0.id() as i32, libc::SIGTERM) };
-    assert!(first.process.0.wait().expect("waiting").success());
+    stop(&mut first);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

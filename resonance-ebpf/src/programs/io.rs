@@ -14,7 +14,7 @@ use super::{arg, observed_task, ret};
 use crate::{
     emit::count_in_flight_full,
     fdwalk::{Object, pipe_would_block, resolve},
-    flows::{FullPipe, account},
+    flows::{EAGAIN, FullPipe, account},
     maps::{IN_FLIGHT, InFlight, Op},
 };
 
@@ -142,5 +142,3 @@ pub fn completed(tgid: u32, object: Object, dir: Direction, ret: i64, count: u64
     // No enter time: the syscall itself is not timed on this path.
     account(tgid, object, dir, ret, full, 0, now);
 }
-
-const EAGAIN: i64 = 11;
