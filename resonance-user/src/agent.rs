@@ -22,21 +22,19 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    aggregate::{Interaction, OwnExecutable, ServiceNamer},
+    aggregate::{OwnExecutable, ServiceNamer},
     config::Config,
     control::{self, Shared},
     http,
     metrics::Metrics,
     observer::{Observer, ObserverOptions, ObserverStats},
-    score::{IntervalFigures, PairKey, Scorer},
+    score::{IntervalFigures, PairKey, Scorer, pair_figures},
     store::{PairSample, Store},
+    trace::{StartDetector, named_starts},
 };
 
 /// How often retention (roll-up and deletion of old buckets) runs.
 const MAINTAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Service name for the far end of a send nobody was seen reading.
-pub const UNKNOWN_PEER: &str = "(unknown)";
 
 /// Where the config came from, for reloads.
 #[derive(Clone, Debug)]
@@ -65,6 +63,8 @@ pub struct Agent {
     _state_lock: state_lock::StateLock,
     /// The agent's executable, whose other processes (the CLI) are left out.
     own: OwnExecutable,
+    /// One observed start per pair and idle gap, for the model.
+    detector: StartDetector,
 }
 
 impl Agent {
@@ -101,6 +101,9 @@ impl Agent {
             learning: None,
             _state_lock: state_lock,
             own: OwnExecutable::current(),
+            detector: StartDetector::new(
+                u64::try_from(config.idle_gap.as_nanos()).unwrap_or(u64::MAX),
+            ),
             config,
             source,
             observer,
@@ -144,6 +147,8 @@ impl Agent {
                     let mut guard = guard.context("waiting for the ring buffer")?;
                     self.observer.drain_events();
                     guard.clear_ready();
+                    // At once, not on the tick: a herald leaves little time.
+                    self.learn_observed_starts();
                 }
                 guard = readable(kernel_log.as_ref()) => {
                     let mut guard = guard.context("waiting for the kernel log buffer")?;
@@ -192,6 +197,7 @@ impl Agent {
                 log::info!("serving the channel broker on {}", broker.path().display());
                 self.shared.lock().unwrap_or_else(|p| p.into_inner()).broker = Some(broker.view());
                 let view = broker.view();
+                view.set_namer(self.namer.clone());
                 let path = self.config.state_dir.join(learn::MODEL_FILE_NAME);
                 if let Some(mut model) = learn::load_model(&path) {
                     // What was learnt comes from the file; how to use it
@@ -227,10 +233,16 @@ impl Agent {
     fn tick(&mut self) {
         let interval = self.last_tick.elapsed();
         self.last_tick = Instant::now();
+        if let Some(broker) = self.broker_view() {
+            self.namer.set_introduced(broker.introduced());
+        }
         let interactions = self.observer.interval();
         let left_out = (!self.config.include_own_processes).then_some(&self.own);
         let figures = pair_figures(&interactions, &self.namer, left_out);
         let now_ns = epoch_ns();
+        // Starts whose readers this interval found.
+        self.learn_observed_starts();
+        self.detector.prune(now_ns);
         for (key, f) in &figures {
             self.store.add(&PairSample {
                 at_ns: now_ns,
@@ -249,11 +261,30 @@ impl Agent {
         let scores = self.scorer.scores();
         self.metrics.record_traffic(&figures);
         self.metrics.record_scores(&scores);
+        if let Some(broker) = self.broker_view() {
+            broker.set_priors(crate::predict::priors_from_scores(&scores));
+        }
         self.publish_health();
         self.shared.lock().unwrap_or_else(|p| p.into_inner()).scores = scores;
         if let Some(learning) = &mut self.learning {
             learning.step(&mut self.store, now_ns);
         }
+    }
+
+    /// Hands the interaction starts the probes saw to the broker's model
+    /// (named as the pairs are, the agent's own CLI left out), unless the
+    /// config turns that off.
+    fn learn_observed_starts(&mut self) {
+        let starts = self.observer.interaction_starts();
+        if starts.is_empty() || !self.config.predict.observed_starts {
+            return;
+        }
+        let Some(broker) = self.broker_view() else {
+            return;
+        };
+        let left_out = (!self.config.include_own_processes).then_some(&self.own);
+        let events = named_starts(starts, &self.namer, left_out, &mut self.detector);
+        broker.observed(&events);
     }
 
     /// Hands the broker what the probes saw on its channels, and takes the
@@ -342,6 +373,9 @@ impl Agent {
                     );
                 }
                 self.namer = ServiceNamer::new(new.services.clone());
+                if let Some(broker) = self.broker_view() {
+                    broker.set_namer(self.namer.clone());
+                }
                 self.scorer.set_half_life(new.score.half_life);
                 if let Some(learning) = &mut self.learning {
                     learning.reconfigure(&new.predict);
@@ -374,40 +408,6 @@ async fn readable(
         Some(fd) => fd.readable().await,
         None => std::future::pending().await,
     }
-}
-
-/// Folds process-level interactions into service pairs, leaving out those
-/// with a process of `left_out` at either end (the agent's own CLI).
-pub fn pair_figures(
-    interactions: &[Interaction],
-    namer: &ServiceNamer,
-    left_out: Option<&OwnExecutable>,
-) -> BTreeMap<PairKey, IntervalFigures> {
-    let mut figures: BTreeMap<PairKey, IntervalFigures> = BTreeMap::new();
-    for i in interactions {
-        if let Some(own) = left_out
-            && (own.runs(&i.src) || i.dst.as_ref().is_some_and(|dst| own.runs(dst)))
-        {
-            continue;
-        }
-        let dst = match (&i.dst, &i.dst_addr) {
-            (Some(dst), _) => namer.name(dst),
-            (None, Some(addr)) => addr.clone(),
-            (None, None) => UNKNOWN_PEER.to_owned(),
-        };
-        let key = PairKey {
-            src: namer.name(&i.src),
-            dst,
-            kind: i.kind,
-        };
-        let entry = figures.entry(key).or_default();
-        entry.interactions += i.interactions;
-        entry.messages += i.messages;
-        entry.bytes += i.bytes;
-        entry.errors += i.errors;
-        entry.latency.merge(&i.latency);
-    }
-    figures
 }
 
 /// Replays the store's last `window` of buckets into `scorer`, oldest

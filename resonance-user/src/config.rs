@@ -100,6 +100,9 @@ pub struct PredictSettings {
     /// How often the model is saved to the state folder (also on stop).
     #[serde(deserialize_with = "duration")]
     pub save_every: Duration,
+    /// Whether the model learns the interaction starts the probes observe,
+    /// not only the broker's opens (off only to measure what they add).
+    pub observed_starts: bool,
 }
 
 impl Default for PredictSettings {
@@ -114,6 +117,7 @@ impl Default for PredictSettings {
             drift_margin: retrain.drift_margin,
             drift_min_opens: retrain.drift_min_samples,
             save_every: Duration::from_secs(300),
+            observed_starts: true,
         }
     }
 }

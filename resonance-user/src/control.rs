@@ -71,8 +71,9 @@ pub struct Shared {
 }
 
 /// The explanation of pair `src` → `dst`: its scores (one per channel kind
-/// observed) and the broker's feedback for it (`null` when the broker never
-/// served it); an error when neither knows the pair.
+/// observed), the model's predictions (one per kind it learnt, observed or
+/// brokered) and the broker's feedback for it (`null` when the broker never
+/// served it); an error when none knows the pair.
 pub fn explain(shared: &Shared, src: &str, dst: &str) -> Result<serde_json::Value, String> {
     let scores: Vec<&PairScore> = shared
         .scores
@@ -80,7 +81,12 @@ pub fn explain(shared: &Shared, src: &str, dst: &str) -> Result<serde_json::Valu
         .filter(|s| s.key.src == src && s.key.dst == dst)
         .collect();
     let broker = shared.broker.as_ref().and_then(|b| b.pair(src, dst));
-    if scores.is_empty() && broker.is_none() {
+    let predictions = shared
+        .broker
+        .as_ref()
+        .map(|b| b.predictions(src, dst))
+        .unwrap_or_default();
+    if scores.is_empty() && broker.is_none() && predictions.is_empty() {
         return Err(format!(
             "neither the scores nor the broker know the pair {src} -> {dst}"
         ));
@@ -89,6 +95,7 @@ pub fn explain(shared: &Shared, src: &str, dst: &str) -> Result<serde_json::Valu
         "src": src,
         "dst": dst,
         "scores": scores,
+        "predictions": predictions,
         "broker": broker,
     }))
 }

@@ -38,6 +38,7 @@ use resonance_client::{
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use crate::{
+    aggregate::{ProcessInfo, ServiceNamer},
     alloc::{
         self, Limits,
         budget::{Budget, Usage},
@@ -46,7 +47,7 @@ use crate::{
     feedback::{
         ChannelMeasure, MeasuredChannel, Outcome, PairFeedback, Performance, Snapshot, Watched,
     },
-    predict::{Model, ModelConfig, PairKey, Prediction},
+    predict::{CHANNEL_KIND, Model, ModelConfig, PairKey, Prediction},
     sys::{self, Cred},
     trace::TraceEvent,
 };
@@ -56,8 +57,6 @@ use policy::{Identity, Policy};
 
 /// A client has this long to say `Hello`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Kind recorded in the broker's model for its channels.
-const MODEL_KIND: &str = "channel";
 /// Most channels watched for the probes at once; beyond it the oldest is
 /// closed out with what was measured so far.
 const MAX_WATCHED: usize = 4096;
@@ -95,7 +94,11 @@ enum Out {
 
 struct Conn {
     identity: Identity,
+    /// The service the client is, once it said `Hello`: what a configured
+    /// service rule names its process, else the name it introduced.
     name: Option<String>,
+    /// The name it introduced itself with.
+    introduced: Option<String>,
     tx: mpsc::UnboundedSender<Out>,
 }
 
@@ -141,19 +144,22 @@ pub struct Core {
     /// Channels handed out, until the probes' figures on them are final.
     watched: HashMap<u64, Watch>,
     model: Model,
+    /// Names clients by the agent's service rules.
+    namer: ServiceNamer,
     /// Where every open the model learns is also sent (the agent stores
     /// them and retrains the model from them), once [`Broker::opens`] asked.
     opens: Option<std::sync::mpsc::Sender<Open>>,
 }
 
-/// An open the broker's model learnt: the interaction start, and whether a
-/// prepared channel served it.
+/// An interaction start the broker's model learnt: a broker open, or a
+/// start the probes observed.
 #[derive(Clone, Debug)]
 pub struct Open {
-    /// The start, as the model saw it (kind `"channel"`).
+    /// The start, as the model saw it (kind [`CHANNEL_KIND`] for opens).
     pub event: TraceEvent,
-    /// Served by a pre-created channel.
-    pub hit: bool,
+    /// For a broker open, whether a prepared channel served it; `None`
+    /// for an observed start, which no channel could have served.
+    pub hit: Option<bool>,
 }
 
 /// The running broker.
@@ -246,6 +252,7 @@ impl Broker {
                 herald_probability: settings.threshold.clamp(0.0, 1.0),
                 ..ModelConfig::default()
             }),
+            namer: ServiceNamer::default(),
             opens: None,
             settings: settings.clone(),
         };
@@ -266,7 +273,10 @@ impl Broker {
     /// A read-only view of the broker's per-pair state, for the control
     /// socket.
     pub fn view(&self) -> BrokerView {
-        BrokerView(Arc::clone(&self.core))
+        BrokerView {
+            core: Arc::clone(&self.core),
+            wake: Arc::clone(&self.wake),
+        }
     }
 
     /// The socket path.
@@ -314,9 +324,34 @@ impl Broker {
     }
 }
 
-/// Reads the running broker's per-pair feedback (see [`Broker::view`]).
+/// Reads the running broker's per-pair feedback and feeds it what the
+/// agent learns (see [`Broker::view`]).
 #[derive(Clone)]
-pub struct BrokerView(Arc<Mutex<Core>>);
+pub struct BrokerView {
+    core: Arc<Mutex<Core>>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+/// The model's view of one pair, of any kind, for `explain`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PairPrediction {
+    /// The kind the model learnt it as ([`CHANNEL_KIND`] for broker opens).
+    pub kind: String,
+    /// Starts learnt.
+    pub starts: u64,
+    /// Probability of a start within the TTL.
+    pub probability: f64,
+    /// Expected time to it, ns.
+    pub expected_lead_ns: u64,
+    /// The chance a channel made now is the one the start uses.
+    pub need: f64,
+    /// The threshold the broker prepares this pair's channels at.
+    pub threshold: f64,
+    /// The resonance score in force as the pair's prior (0.5 neutral).
+    pub prior: f64,
+    /// Whether the broker can serve it (only its opens get channels).
+    pub brokered: bool,
+}
 
 impl std::fmt::Debug for BrokerView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -328,20 +363,20 @@ impl BrokerView {
     /// Runs `f` on the broker's model under the broker's lock (a copy for
     /// retraining, a swap, a save); keep it short, opens wait meanwhile.
     pub fn with_model<R>(&self, f: impl FnOnce(&mut Model) -> R) -> R {
-        f(&mut lock(&self.0).model)
+        f(&mut lock(&self.core).model)
     }
 
     /// The feedback of requester `src` → service `dst` with the broker
     /// model's current prediction for it; `None` if the broker never
     /// served the pair.
     pub fn pair(&self, src: &str, dst: &str) -> Option<Snapshot> {
-        let core = lock(&self.0);
+        let core = lock(&self.core);
         let pair = (src.to_owned(), dst.to_owned());
         let mut snapshot = core.feedback.get(&pair)?.snapshot();
         let key = PairKey {
             src: pair.0,
             dst: pair.1,
-            kind: MODEL_KIND.to_owned(),
+            kind: CHANNEL_KIND.to_owned(),
         };
         if let Some(id) = core.model.pair_id(&key) {
             let ttl = core.settings.ttl.as_nanos() as u64;
@@ -355,7 +390,7 @@ impl BrokerView {
 
     /// The channels handed out whose traffic the probes should measure.
     pub fn watched(&self) -> Vec<Watched> {
-        lock(&self.0)
+        lock(&self.core)
             .watched
             .values()
             .map(|w| w.watched.clone())
@@ -366,12 +401,12 @@ impl BrokerView {
     /// channel id) as of `now_ns` (CLOCK_MONOTONIC): acts on full pipes at
     /// once and closes out channels that are done.
     pub fn measured(&self, measures: &HashMap<u64, ChannelMeasure>, now_ns: u64) {
-        lock(&self.0).measured(measures, now_ns);
+        lock(&self.core).measured(measures, now_ns);
     }
 
     /// Every pair's score multiplier from measured channel performance.
     pub fn performance(&self) -> Vec<(Pair, Performance)> {
-        lock(&self.0)
+        lock(&self.core)
             .feedback
             .iter()
             .filter_map(|(pair, f)| Some((pair.clone(), f.performance()?)))
@@ -380,7 +415,86 @@ impl BrokerView {
 
     /// Pairs whose feedback the broker holds (at most `max_pairs`).
     pub fn pairs(&self) -> usize {
-        lock(&self.0).feedback.len()
+        lock(&self.core).feedback.len()
+    }
+
+    /// Interaction starts the probes saw: the model learns them as
+    /// context (an observed request may herald a brokered open), they go
+    /// where the broker's opens go ([`Broker::opens`]), and a preparation
+    /// pass runs at once, since a herald leaves little time.
+    pub fn observed(&self, events: &[TraceEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let mut core = lock(&self.core);
+        for event in events {
+            core.learn(event.clone(), None);
+        }
+        drop(core);
+        self.wake.notify_one();
+    }
+
+    /// The model's priors from the resonance scores
+    /// ([`crate::predict::priors_from_scores`]).
+    pub fn set_priors(&self, priors: Vec<(PairKey, f64)>) {
+        lock(&self.core).model.set_priors(priors);
+    }
+
+    /// Names clients from now on by these service rules.
+    pub fn set_namer(&self, namer: ServiceNamer) {
+        lock(&self.core).namer = namer;
+    }
+
+    /// The names live clients introduced themselves with, by pid, for the
+    /// probes' side; a process whose clients gave different names is left
+    /// out (the probes see one process, not which client spoke).
+    pub fn introduced(&self) -> HashMap<u32, String> {
+        let core = lock(&self.core);
+        let mut names: HashMap<u32, Option<String>> = HashMap::new();
+        for conn in core.conns.values() {
+            let Some(name) = &conn.introduced else {
+                continue;
+            };
+            names
+                .entry(conn.identity.cred.pid)
+                .and_modify(|known| {
+                    if known.as_deref() != Some(name.as_str()) {
+                        *known = None;
+                    }
+                })
+                .or_insert_with(|| Some(name.clone()));
+        }
+        names
+            .into_iter()
+            .filter_map(|(pid, name)| Some((pid, name?)))
+            .collect()
+    }
+
+    /// What the model predicts for every kind of pair `src` → `dst` it
+    /// tracks, observed or brokered.
+    pub fn predictions(&self, src: &str, dst: &str) -> Vec<PairPrediction> {
+        let core = lock(&self.core);
+        let now = now_ns();
+        let ttl = core.settings.ttl.as_nanos() as u64;
+        let threshold = core.threshold_of(&(src.to_owned(), dst.to_owned()));
+        core.model
+            .pairs_between(src, dst)
+            .into_iter()
+            .filter_map(|id| {
+                let key = core.model.key(id)?;
+                let score = core.model.score(id, now, ttl);
+                Some(PairPrediction {
+                    kind: key.kind.clone(),
+                    starts: core.model.seen(id),
+                    probability: score.probability,
+                    expected_lead_ns: score.expected_lead_ns,
+                    need: core.model.need(id, now, ttl),
+                    threshold,
+                    prior: core.model.prior(key),
+                    brokered: key.kind == CHANNEL_KIND,
+                })
+            })
+            .collect()
     }
 }
 
@@ -584,6 +698,7 @@ impl Core {
             Conn {
                 identity,
                 name: None,
+                introduced: None,
                 tx,
             },
         );
@@ -640,22 +755,50 @@ impl Core {
         Some(idle)
     }
 
+    /// Learns a broker open of `pair`, served by a prepared channel or not.
     fn observe(&mut self, pair: &Pair, hit: bool) {
         let event = TraceEvent {
             ts_ns: now_ns(),
             src: pair.0.clone(),
             dst: pair.1.clone(),
-            kind: MODEL_KIND.to_owned(),
+            kind: CHANNEL_KIND.to_owned(),
             bytes: 0,
             latency_ns: 0,
             error: false,
         };
+        self.learn(event, Some(hit));
+    }
+
+    /// The model learns a start, and the agent hears of it.
+    fn learn(&mut self, event: TraceEvent, hit: Option<bool>) {
         self.model.observe(&event);
         if let Some(opens) = &self.opens
             && opens.send(Open { event, hit }).is_err()
         {
             // The agent stopped listening: stop sending.
             self.opens = None;
+        }
+    }
+
+    /// The service a client is: what a configured rule names its process
+    /// (so it has the name the probes give it), else what it introduced
+    /// itself as.
+    fn client_name(&self, pid: u32, introduced: &str) -> String {
+        let process = ProcessInfo::read(pid, 0, "");
+        let process = ProcessInfo {
+            comm: process.main_comm.clone().unwrap_or_default(),
+            ..process
+        };
+        match self.namer.rule_name(&process) {
+            Some(name) => {
+                if name != introduced {
+                    log::debug!(
+                        "broker: client pid {pid} introduced as {introduced:?} is {name:?} by the service rules"
+                    );
+                }
+                name.to_owned()
+            }
+            None => introduced.to_owned(),
         }
     }
 
@@ -668,8 +811,10 @@ impl Core {
         match (message, name) {
             (Message::Hello { name }, None) => {
                 let cred = identity.cred;
+                let service = self.client_name(cred.pid, &name);
                 if let Some(conn) = self.conns.get_mut(&id) {
-                    conn.name = Some(name);
+                    conn.name = Some(service);
+                    conn.introduced = Some(name);
                 }
                 self.send(
                     id,
@@ -1040,17 +1185,19 @@ impl Core {
         // Pairs adapt their thresholds within the bounds: ask the model
         // down to the lowest any pair may have, then hold each to its own.
         let floor = self.settings.threshold_min.min(self.base_threshold());
+        // Observed pairs are context only: the broker serves its own opens.
         let mut predictions: Vec<(Prediction, bool)> = self
             .model
             .predict_above(now, horizon, floor)
             .into_iter()
+            .filter(|p| p.kind == CHANNEL_KIND)
             .map(|p| (p, false))
             .collect();
         // Pairs too new for their timing get a channel whatever their
         // probability, as the replay's strategy does (`Model::fallback`):
         // a pair's second open is then a hit, as with a static pool.
         for id in self.model.fallback_pairs(now) {
-            let Some(key) = self.model.key(id) else {
+            let Some(key) = self.model.key(id).filter(|key| key.kind == CHANNEL_KIND) else {
                 continue;
             };
             if predictions
@@ -1090,9 +1237,23 @@ impl Core {
             if self.policy.check_open(&identity, &pair.1, owner).is_err() {
                 continue;
             }
-            // Near-certain pairs get two channels so a burst of opens does
-            // not outrun the agent's replacement.
-            let stock = if prediction.probability >= 0.9 { 2 } else { 1 };
+            // A near-certain pair whose opens come in bursts (half its gaps
+            // under half the TTL) gets two channels so a burst does not
+            // outrun the replacement; otherwise the second would expire.
+            let bursty = self
+                .model
+                .pair_id(&PairKey {
+                    src: pair.0.clone(),
+                    dst: pair.1.clone(),
+                    kind: CHANNEL_KIND.to_owned(),
+                })
+                .and_then(|id| self.model.typical_gap(id))
+                .is_some_and(|gap| gap < horizon / 2);
+            let stock = if prediction.probability >= 0.9 && bursty {
+                2
+            } else {
+                1
+            };
             let want = self.wants.get(&pair).copied().unwrap_or_default();
             let memory = alloc::memory(&self.config_for(&pair, want));
             while self.usage.of(&pair) < stock {

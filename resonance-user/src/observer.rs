@@ -73,7 +73,10 @@ pub struct Observer {
     probes: Probes,
     processes: ProcessTable,
     failures: Vec<ConnectFailure>,
-    started: Vec<KernelEvent>,
+    /// Send-side starts not yet handed out by [`Observer::interaction_starts`].
+    pending_starts: Vec<PendingStart>,
+    /// How many times [`Observer::interval`] has read the maps.
+    intervals: u64,
     /// Flow starts per (pid, kind, dir, end), cumulative like the flows.
     starts: HashMap<FlowId, u64>,
     /// Readings at the last [`Observer::interval`], to turn cumulative
@@ -94,6 +97,17 @@ type FlowId = (u32, ChannelKind, Direction, u64);
 struct Previous {
     flows: HashMap<FlowId, FlowRecord>,
     ends: EndLatency,
+    /// Reading pids per (kind, end), built once per interval so that
+    /// resolving a start between intervals costs a lookup, not a walk.
+    readers: HashMap<(ChannelKind, u64), Vec<u32>>,
+}
+
+/// A send-side flow start waiting for its readers to be known.
+struct PendingStart {
+    event: KernelEvent,
+    /// The [`Observer::interval`] count when it arrived: once another
+    /// interval has read the maps, it goes out with whatever was found.
+    interval: u64,
 }
 
 impl Observer {
@@ -116,7 +130,8 @@ impl Observer {
             probes,
             processes: ProcessTable::default(),
             failures: Vec::new(),
-            started: Vec::new(),
+            pending_starts: Vec::new(),
+            intervals: 0,
             starts: HashMap::new(),
             previous: Previous::default(),
             stats: ObserverStats::default(),
@@ -185,7 +200,12 @@ impl Observer {
                     .starts
                     .entry((task.pid, end.kind, *dir, end.id))
                     .or_default() += 1;
-                self.started.push(event);
+                if *dir == Direction::Send {
+                    self.pending_starts.push(PendingStart {
+                        event: event.clone(),
+                        interval: self.intervals,
+                    });
+                }
             }
             Happening::Created { .. } | Happening::Accepted { .. } | Happening::Closed { .. } => {
                 self.processes.see(task.pid, task.ppid, &task.comm);
@@ -193,54 +213,47 @@ impl Observer {
         }
     }
 
-    /// Flow starts seen since the last call (raw events).
-    pub fn take_flow_starts(&mut self) -> Vec<KernelEvent> {
-        std::mem::take(&mut self.started)
-    }
-
-    /// Send-side flow starts since the last call, each joined to the
-    /// processes reading the end it writes to, as of the last
-    /// [`Observer::interval`] (call that first). Times are Unix epoch ns.
+    /// Send-side flow starts, each joined to the processes reading the end
+    /// it writes to, as soon as those are known: at once for an end whose
+    /// readers an earlier [`Observer::interval`] saw (a request on a
+    /// long-lived connection), else after the next interval has read the
+    /// maps (a new pipeline), then with the readers found, possibly none.
+    /// Each start is returned once. Times are Unix epoch ns.
     pub fn interaction_starts(&mut self) -> Vec<InteractionStart> {
-        let mut readers: HashMap<(ChannelKind, u64), Vec<u32>> = HashMap::new();
-        for flow in self.previous.flows.values() {
-            if flow.dir == Direction::Recv {
-                readers
-                    .entry((flow.kind, flow.end))
-                    .or_default()
-                    .push(flow.pid);
-            }
-        }
         let mut out = Vec::new();
-        for event in std::mem::take(&mut self.started) {
-            let Happening::FlowStarted {
-                end,
-                dir: Direction::Send,
-            } = event.what
-            else {
+        let mut waiting = Vec::new();
+        for pending in std::mem::take(&mut self.pending_starts) {
+            let Happening::FlowStarted { end, .. } = &pending.event.what else {
                 continue;
             };
-            let writer =
-                self.previous
-                    .flows
-                    .get(&(event.task.pid, end.kind, Direction::Send, end.id));
+            let pid = pending.event.task.pid;
+            let writer = self
+                .previous
+                .flows
+                .get(&(pid, end.kind, Direction::Send, end.id));
             let peer = writer.map_or(end.peer, |w| w.peer);
-            let Some(src) = self.processes.get(event.task.pid).cloned() else {
+            let readers = self.previous.readers.get(&(end.kind, peer));
+            if readers.is_none() && pending.interval == self.intervals {
+                waiting.push(pending);
+                continue;
+            }
+            let Some(src) = self.processes.get(pid).cloned() else {
                 continue;
             };
-            let dst: Vec<_> = readers
-                .get(&(end.kind, peer))
+            let dst = readers
                 .into_iter()
                 .flatten()
-                .filter_map(|pid| self.processes.get(*pid).cloned())
+                .filter(|reader| **reader != pid)
+                .filter_map(|reader| self.processes.get(*reader).cloned())
                 .collect();
             out.push(InteractionStart {
-                ts_ns: self.clock.to_epoch_ns(event.ts_ns),
+                ts_ns: self.clock.to_epoch_ns(pending.event.ts_ns),
                 src,
                 dst,
                 kind: end.kind,
             });
         }
+        self.pending_starts = waiting;
         out
     }
 
@@ -450,10 +463,24 @@ impl Observer {
         self.starts.retain(|id, _| seen.contains_key(id));
         self.processes
             .forget_exited_before(monotonic_ns().saturating_sub(60_000_000_000));
+        let mut readers: HashMap<(ChannelKind, u64), Vec<u32>> = HashMap::new();
+        for flow in seen.values().filter(|f| f.dir == Direction::Recv) {
+            readers
+                .entry((flow.kind, flow.end))
+                .or_default()
+                .push(flow.pid);
+        }
         self.previous = Previous {
             flows: seen,
             ends: latency,
+            readers,
         };
+        self.intervals += 1;
+        // Starts nobody asked for within an interval of being resolvable
+        // are dropped: observing alone must not grow without bound.
+        let intervals = self.intervals;
+        self.pending_starts
+            .retain(|pending| pending.interval + 1 >= intervals);
         for interaction in &mut interactions {
             interaction.first_ns = self.clock.to_epoch_ns(interaction.first_ns);
             interaction.last_ns = self.clock.to_epoch_ns(interaction.last_ns);

@@ -86,6 +86,10 @@ struct Heralds {
     as_announced: bool,
 }
 
+/// The kind the model gives the broker's opens: a brokered channel is one
+/// kind of interaction whatever pipe or socket carries it.
+pub const CHANNEL_KIND: &str = "channel";
+
 /// Index of an interned pair inside a model.
 pub type PairId = u32;
 
@@ -109,6 +113,31 @@ impl PairKey {
             kind: event.kind.clone(),
         }
     }
+}
+
+/// The model's priors from the resonance scores ([`Model::set_priors`]):
+/// an observed pair takes the score of the same (src, dst, kind); a
+/// brokered pair ([`CHANNEL_KIND`]) takes the highest score of its (src,
+/// dst) over the kinds the probes measured, since its channels' traffic is
+/// measured as the pipe or socket that carries it.
+pub fn priors_from_scores(scores: &[crate::score::PairScore]) -> Vec<(PairKey, f64)> {
+    let mut priors: BTreeMap<PairKey, f64> = BTreeMap::new();
+    for score in scores {
+        let own = PairKey {
+            src: score.key.src.clone(),
+            dst: score.key.dst.clone(),
+            kind: score.key.kind.as_str().to_owned(),
+        };
+        priors.insert(own, score.score);
+        let channel = PairKey {
+            src: score.key.src.clone(),
+            dst: score.key.dst.clone(),
+            kind: CHANNEL_KIND.to_owned(),
+        };
+        let best = priors.entry(channel).or_insert(score.score);
+        *best = best.max(score.score);
+    }
+    priors.into_iter().collect()
 }
 
 /// Tuning of the model. The defaults are the ones the replay targets were
@@ -263,7 +292,10 @@ pub struct Model {
     pairs: Vec<Option<PairState>>,
     free: Vec<PairId>,
     markov: Markov,
-    /// Resonance scores in [0, 1] by pair; 0.5 is neutral.
+    /// Resonance scores in [0, 1] by pair; 0.5 is neutral. Not saved: the
+    /// agent hands them over every tick, and a JSON map cannot have these
+    /// keys.
+    #[serde(skip)]
     priors: BTreeMap<PairKey, f64>,
     calibrator: Calibrator,
     #[serde(skip)]
@@ -315,6 +347,49 @@ impl Model {
             state.prior = prior_multiplier(score);
         }
         self.priors.insert(key, score);
+    }
+
+    /// Sets every pair's resonance score at once (see [`Model::set_prior`]);
+    /// a tracked pair not named goes back to neutral (0.5): the scores
+    /// forgot it, so there is no evidence either way. Memory stays bounded
+    /// by what the caller names.
+    pub fn set_priors(&mut self, scores: impl IntoIterator<Item = (PairKey, f64)>) {
+        self.priors = scores
+            .into_iter()
+            .map(|(key, score)| (key, score.clamp(0.0, 1.0)))
+            .collect();
+        for state in self.pairs.iter_mut().flatten() {
+            state.prior = prior_multiplier(self.priors.get(&state.key).copied().unwrap_or(0.5));
+        }
+    }
+
+    /// The resonance score in force for `key` (0.5, neutral, when none).
+    pub fn prior(&self, key: &PairKey) -> f64 {
+        self.priors.get(key).copied().unwrap_or(0.5)
+    }
+
+    /// The tracked pairs from `src` to `dst`, of any kind.
+    pub fn pairs_between(&self, src: &str, dst: &str) -> Vec<PairId> {
+        let mut pairs: Vec<PairId> = self
+            .index
+            .iter()
+            .filter(|(key, _)| key.src == src && key.dst == dst)
+            .map(|(_, id)| *id)
+            .collect();
+        pairs.sort_unstable();
+        pairs
+    }
+
+    /// The median of `pair`'s recent gaps between starts, once it has
+    /// [`FALLBACK_GAPS`] of them.
+    pub fn typical_gap(&self, pair: PairId) -> Option<u64> {
+        let state = self.state(pair)?;
+        (state.gaps.len() >= FALLBACK_GAPS).then(|| state.gaps.quantile(0.5))
+    }
+
+    /// How many starts of `pair` the model has learnt.
+    pub fn seen(&self, pair: PairId) -> u64 {
+        self.state(pair).map_or(0, |state| state.seen)
     }
 
     /// Number of pairs currently tracked.

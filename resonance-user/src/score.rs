@@ -28,7 +28,10 @@ use std::{
 use resonance_common::ChannelKind;
 use serde::Serialize;
 
-use crate::aggregate::Histogram;
+use crate::aggregate::{Histogram, Interaction, OwnExecutable, ServiceNamer};
+
+/// Service name for the far end of a send nobody was seen reading.
+pub const UNKNOWN_PEER: &str = "(unknown)";
 
 /// Weights of the components (they sum to 1).
 const WEIGHT_FREQUENCY: f64 = 0.3;
@@ -307,6 +310,40 @@ pub fn mid_rank(values: &[f64], value: f64) -> f64 {
     let below = values.iter().filter(|v| **v < value).count() as f64;
     let equal = values.iter().filter(|v| **v == value).count().max(1) as f64;
     (below + (equal - 1.0) / 2.0) / (values.len() - 1) as f64
+}
+
+/// Folds process-level interactions into service pairs, leaving out those
+/// with a process of `left_out` at either end (the agent's own CLI).
+pub fn pair_figures(
+    interactions: &[Interaction],
+    namer: &ServiceNamer,
+    left_out: Option<&OwnExecutable>,
+) -> BTreeMap<PairKey, IntervalFigures> {
+    let mut figures: BTreeMap<PairKey, IntervalFigures> = BTreeMap::new();
+    for i in interactions {
+        if let Some(own) = left_out
+            && (own.runs(&i.src) || i.dst.as_ref().is_some_and(|dst| own.runs(dst)))
+        {
+            continue;
+        }
+        let dst = match (&i.dst, &i.dst_addr) {
+            (Some(dst), _) => namer.name(dst),
+            (None, Some(addr)) => addr.clone(),
+            (None, None) => UNKNOWN_PEER.to_owned(),
+        };
+        let key = PairKey {
+            src: namer.name(&i.src),
+            dst,
+            kind: i.kind,
+        };
+        let entry = figures.entry(key).or_default();
+        entry.interactions += i.interactions;
+        entry.messages += i.messages;
+        entry.bytes += i.bytes;
+        entry.errors += i.errors;
+        entry.latency.merge(&i.latency);
+    }
+    figures
 }
 
 #[cfg(test)]

@@ -4,8 +4,10 @@
 //! (so a damaged file never stops a replay), and [`write_trace`] writes
 //! events back in the same format, which is what the scenario generators
 //! emit. For live recording, [`StartDetector`] turns raw flow activity into
-//! interaction starts (first activity after an idle gap) and
-//! [`TraceWriter`] appends them one at a time.
+//! interaction starts (first activity after an idle gap),
+//! [`named_starts`] names what the probes saw the same way for the agent's
+//! model and for `resonance record`, and [`TraceWriter`] appends them one
+//! at a time.
 
 use std::{
     fmt,
@@ -16,6 +18,11 @@ use std::{
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+
+use crate::{
+    aggregate::{OwnExecutable, ServiceNamer},
+    observer::InteractionStart,
+};
 
 /// One interaction start: the first activity of a (src, dst, kind) flow
 /// after an idle gap.
@@ -173,7 +180,11 @@ impl StartDetector {
     /// Records activity at `ts_ns`; true if it starts an interaction.
     pub fn activity(&mut self, ts_ns: u64, src: &str, dst: &str, kind: &str) -> bool {
         let key = (src.to_owned(), dst.to_owned(), kind.to_owned());
-        let previous = self.last_activity.insert(key, ts_ns);
+        // Starts resolved late may come out of order: the latest activity
+        // stays the reference.
+        let previous = self.last_activity.get(&key).copied();
+        self.last_activity
+            .insert(key, previous.map_or(ts_ns, |last| last.max(ts_ns)));
         previous.is_none_or(|last| ts_ns.saturating_sub(last) > self.idle_gap_ns)
     }
 
@@ -189,6 +200,50 @@ impl StartDetector {
     pub fn tracked(&self) -> usize {
         self.last_activity.len()
     }
+}
+
+/// The probes' interaction starts as trace events, in time order: each
+/// reader is one event named by `namer`, processes of `left_out` (the
+/// agent's own CLI) are dropped, and `detector` keeps one start per pair
+/// and idle gap (a writer with several readers, or a pair whose processes
+/// start flows in the same gap, is one start). A start whose readers were
+/// never seen names no pair and is dropped. Bytes, latency and error are
+/// left for the caller (they are figures of the interval, not the start).
+pub fn named_starts(
+    starts: Vec<InteractionStart>,
+    namer: &ServiceNamer,
+    left_out: Option<&OwnExecutable>,
+    detector: &mut StartDetector,
+) -> Vec<TraceEvent> {
+    let mut starts = starts;
+    starts.sort_by_key(|start| start.ts_ns);
+    let mut events = Vec::new();
+    for start in starts {
+        if left_out.is_some_and(|own| own.runs(&start.src)) {
+            continue;
+        }
+        let src = namer.name(&start.src);
+        let kind = start.kind.as_str();
+        for dst in &start.dst {
+            if left_out.is_some_and(|own| own.runs(dst)) {
+                continue;
+            }
+            let dst = namer.name(dst);
+            if !detector.activity(start.ts_ns, &src, &dst, kind) {
+                continue;
+            }
+            events.push(TraceEvent {
+                ts_ns: start.ts_ns,
+                src: src.clone(),
+                dst,
+                kind: kind.to_owned(),
+                bytes: 0,
+                latency_ns: 0,
+                error: false,
+            });
+        }
+    }
+    events
 }
 
 #[cfg(test)]

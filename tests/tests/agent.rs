@@ -883,3 +883,199 @@ fn the_agents_own_cli_is_left_out_of_the_pairs() {
     assert!(own.is_empty(), "the CLI's own pairs: {own:#?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What one run of the request chain showed.
+#[derive(Debug)]
+struct ChainFigures {
+    /// Share of the counted opens a prepared channel served.
+    hit_rate: f64,
+    /// Prepared channels claimed, from the agent's /metrics.
+    hits: u64,
+    /// Prepared channels wasted, from the agent's /metrics.
+    waste: u64,
+}
+
+impl ChainFigures {
+    /// Wasted prepared channels per prepared channel.
+    fn waste_ratio(&self) -> f64 {
+        self.waste as f64 / (self.hits + self.waste).max(1) as f64
+    }
+}
+
+/// Opens before these are the model's warm-up and are not counted.
+const CHAIN_WARMUP: usize = 10;
+
+/// Runs the chain (front end → relay over a plain Unix socket, relay →
+/// backend through the broker) under a fresh agent, with observed starts
+/// on or off, and returns what the relay and the agent counted.
+fn run_chain(name: &str, observed_starts: bool, rounds: usize) -> (ChainFigures, Agent, PathBuf) {
+    let dir = scratch(name);
+    let config = dir.join("resonance.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "idle_gap = \"150ms\"\n[broker]\nttl = \"500ms\"\n[predict]\nobserved_starts = {observed_starts}\n"
+        ),
+    )
+    .expect("writing the config");
+    let agent = start_agent_with(
+        &dir,
+        &[std::ffi::OsStr::new("--config"), config.as_os_str()],
+    );
+    let broker = dir.join("broker.sock");
+    let mut responder = Command::new(resonance_tests::helper_bin("responder"));
+    responder
+        .arg("--socket")
+        .arg(&broker)
+        .args(["--service", "chain-backend"]);
+    let _responder = Reaped(spawn_ready(responder, "the backend").expect("starting the backend"));
+    let front = dir.join("front.sock");
+    let summary = dir.join("relay.json");
+    let mut relay = Command::new(resonance_tests::helper_bin("chain"));
+    relay
+        .arg("relay")
+        .arg("--listen")
+        .arg(&front)
+        .arg("--broker")
+        .arg(&broker)
+        .args(["--service", "chain-backend", "--name", "chain-relay"])
+        .args(["--work-ms", "25", "--summary"])
+        .arg(&summary);
+    let mut relay = Reaped(spawn_ready(relay, "the relay").expect("starting the relay"));
+    // Gaps of 0.3-1 s around a 0.5 s TTL: the relay's opens keep no clock
+    // a channel could be timed by; only the request before each tells.
+    let asked = Command::new(resonance_tests::helper_bin("chain"))
+        .arg("ask")
+        .arg("--connect")
+        .arg(&front)
+        .args(["--rounds", &rounds.to_string()])
+        .args(["--min-gap-ms", "300", "--max-gap-ms", "1000", "--seed", "7"])
+        .output()
+        .expect("running the front end");
+    assert!(
+        asked.status.success(),
+        "the front end failed: {}\n{}",
+        String::from_utf8_lossy(&asked.stderr),
+        agent.log_text()
+    );
+    assert!(relay.0.wait().expect("waiting for the relay").success());
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).expect("the relay's summary"))
+            .expect("the relay's JSON summary");
+    assert_eq!(summary["verified"], rounds, "{summary}");
+    let pattern = summary["pattern"].as_str().unwrap_or_default().to_owned();
+    let counted = &pattern[CHAIN_WARMUP.min(pattern.len())..];
+    let hit_rate =
+        counted.chars().filter(|c| *c == '1').count() as f64 / counted.len().max(1) as f64;
+    // Channels still waiting expire within the TTL and count as waste.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, scrape) = http_get(agent.metrics, "/metrics").expect("scraping /metrics");
+    let hits = counter_sum(&scrape, "resonance_broker_hits_total", "chain-relay");
+    let waste = counter_sum(&scrape, "resonance_broker_waste_total", "chain-relay");
+    let figures = ChainFigures {
+        hit_rate,
+        hits,
+        waste,
+    };
+    eprintln!(
+        "observed starts {}: {figures:?}, waste ratio {:.3}, opens {pattern}",
+        if observed_starts { "on" } else { "off" },
+        figures.waste_ratio()
+    );
+    (figures, agent, dir)
+}
+
+/// One pipeline: the front end's requests reach the relay over a plain
+/// Unix socket that only the probes see, and each makes the relay open the
+/// backend through the broker 25 ms later. The broker prepares relay →
+/// backend channels because the probes saw front end → relay: over 100
+/// rounds at least 9 in 10 opens find a channel, at most 0.15 of the
+/// prepared ones wasted. With observed starts off, the same workload keeps
+/// no clock the broker could time channels by, and far fewer are ready.
+#[test]
+fn observed_requests_herald_brokered_opens() {
+    let _serial = serial();
+    let (on, agent, dir) = run_chain("chain-on", true, 100 + CHAIN_WARMUP);
+    // One name per service on both paths: the relay introduced itself as
+    // chain-relay, and the probes name its process so too.
+    let pairs = agent.pairs();
+    assert!(
+        pairs.iter().any(|p| p["src"] == "chain"
+            && p["dst"] == "chain-relay"
+            && p["kind"] == "unix_stream"),
+        "the probes did not name the relay as it introduced itself: {pairs:#?}"
+    );
+    let explained = agent
+        .explain("chain", "chain-relay")
+        .expect("explain of the observed pair");
+    let predictions = explained["predictions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        predictions
+            .iter()
+            .any(|p| p["kind"] == "unix_stream" && p["starts"].as_u64() >= Some(50)),
+        "the model did not learn the observed requests: {explained:#}"
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    let (off, agent, dir) = run_chain("chain-off", false, 50 + CHAIN_WARMUP);
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        on.hit_rate >= 0.9 && on.waste_ratio() <= 0.15,
+        "with observed starts: {on:?} (without: {off:?})"
+    );
+    assert!(
+        off.hit_rate <= on.hit_rate - 0.2 || off.waste_ratio() >= on.waste_ratio() + 0.1,
+        "observed starts made no difference: with {on:?}, without {off:?}"
+    );
+}
+
+/// A pair the probes alone see has the model's view in `explain`: with
+/// `head | cat` every second for 20 s, its probability, lead, threshold
+/// and the resonance score in force as its prior.
+#[test]
+fn explain_shows_the_models_view_of_an_observed_pipeline() {
+    let _serial = serial();
+    let dir = scratch("explain-pipeline");
+    let agent = start_agent(&dir);
+    for _ in 0..20 {
+        let status = Command::new("sh")
+            .args(["-c", "head -c 1000000 /dev/zero | cat >/dev/null"])
+            .status()
+            .expect("running the pipeline");
+        assert!(status.success());
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let explained = agent.explain("head", "cat").expect("explain head cat");
+    let pipe = explained["predictions"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["kind"] == "pipe"))
+        .cloned();
+    let Some(pipe) = pipe else {
+        panic!("no prediction for head -> cat: {explained:#}");
+    };
+    assert!(pipe["starts"].as_u64() >= Some(15), "{explained:#}");
+    let probability = pipe["probability"].as_f64().unwrap_or(-1.0);
+    assert!(
+        probability > 0.5 && probability <= 1.0,
+        "a pair seen every second, asked within the 2 s TTL: {explained:#}"
+    );
+    let lead = pipe["expected_lead_ns"].as_u64().unwrap_or(u64::MAX);
+    assert!(lead <= 2_000_000_000, "{explained:#}");
+    assert!(pipe["threshold"].as_f64().is_some(), "{explained:#}");
+    assert_eq!(pipe["brokered"], false, "{explained:#}");
+    let score = explained["scores"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["kind"] == "pipe"))
+        .and_then(|s| s["score"].as_f64())
+        .expect("the pair's score");
+    let prior = pipe["prior"].as_f64().unwrap_or(-1.0);
+    assert!(
+        (prior - score).abs() < 0.05 && (prior - 0.5).abs() > 1e-9,
+        "the prior in force is the pair's score {score}: {explained:#}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

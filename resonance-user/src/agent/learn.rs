@@ -214,7 +214,10 @@ impl Learning {
     /// memory for holdouts and catch-ups.
     fn record(&mut self, store: &mut Store, opens: Vec<Open>, now_ns: u64) {
         for open in opens {
-            self.trigger.drift.record(open.event.ts_ns, open.hit);
+            // The hit rate is the broker's: observed starts had no channel.
+            if let Some(hit) = open.hit {
+                self.trigger.drift.record(open.event.ts_ns, hit);
+            }
             store.add_start(Start {
                 ts_ns: open.event.ts_ns,
                 src: open.event.src.clone(),

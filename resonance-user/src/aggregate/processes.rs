@@ -28,6 +28,23 @@ pub struct ProcessInfo {
     pub exited_ns: Option<u64>,
 }
 
+impl ProcessInfo {
+    /// What `/proc` says of a live `pid`, with the kernel's `comm` (which
+    /// thread the kernel saw) and `ppid`; what `/proc` no longer has stays
+    /// unknown.
+    pub fn read(pid: u32, ppid: u32, comm: &str) -> Self {
+        Self {
+            pid,
+            ppid,
+            comm: comm.to_owned(),
+            exe: read_exe(pid),
+            main_comm: read_comm(pid),
+            cgroup: read_cgroup(pid),
+            exited_ns: None,
+        }
+    }
+}
+
 /// Every pid seen so far.
 #[derive(Debug, Default)]
 pub struct ProcessTable {
@@ -43,16 +60,7 @@ impl ProcessTable {
             .get(&pid)
             .is_some_and(|known| known.comm != comm && !comm.is_empty());
         if stale || !self.by_pid.contains_key(&pid) {
-            let info = ProcessInfo {
-                pid,
-                ppid,
-                comm: comm.to_owned(),
-                exe: read_exe(pid),
-                main_comm: read_comm(pid),
-                cgroup: read_cgroup(pid),
-                exited_ns: None,
-            };
-            self.by_pid.insert(pid, info);
+            self.by_pid.insert(pid, ProcessInfo::read(pid, ppid, comm));
         }
         let info = self.by_pid.entry(pid).or_default();
         if info.ppid == 0 {

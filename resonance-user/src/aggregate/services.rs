@@ -1,8 +1,12 @@
 //! Which service a process belongs to.
 //!
 //! A pair is a pair of services, not of pids: short-lived processes of one
-//! service fold together. Rules from the config come first; otherwise the
+//! service fold together. Rules from the config come first; then the name
+//! a broker client introduced itself with (so a service has one name
+//! whether the probes see it or the broker serves it); otherwise the
 //! executable's file name names the service, else the comm.
+
+use std::collections::HashMap;
 
 use crate::{aggregate::ProcessInfo, config::ServiceRule};
 
@@ -43,29 +47,51 @@ impl OwnExecutable {
 #[derive(Clone, Debug, Default)]
 pub struct ServiceNamer {
     rules: Vec<ServiceRule>,
+    /// Names live broker clients gave themselves, by pid.
+    introduced: HashMap<u32, String>,
 }
 
 impl ServiceNamer {
     /// Uses `rules` in order.
     pub fn new(rules: Vec<ServiceRule>) -> Self {
-        Self { rules }
+        Self {
+            rules,
+            introduced: HashMap::new(),
+        }
     }
 
     /// The service `process` belongs to.
     pub fn name(&self, process: &ProcessInfo) -> String {
-        for rule in &self.rules {
-            let matches = |pattern: &Option<String>, value: Option<&str>| match pattern {
-                None => true,
-                Some(pattern) => value.is_some_and(|v| glob(pattern, v)),
-            };
-            if matches(&rule.cgroup, process.cgroup.as_deref())
-                && matches(&rule.exe, process.exe.as_deref())
-                && matches(&rule.comm, Some(&process.comm))
-            {
-                return rule.name.clone();
-            }
+        if let Some(name) = self.rule_name(process) {
+            return name.to_owned();
+        }
+        if let Some(name) = self.introduced.get(&process.pid) {
+            return name.clone();
         }
         executed_name(process).to_owned()
+    }
+
+    /// The name the first configured rule matching `process` gives it.
+    pub fn rule_name(&self, process: &ProcessInfo) -> Option<&str> {
+        let matches = |pattern: &Option<String>, value: Option<&str>| match pattern {
+            None => true,
+            Some(pattern) => value.is_some_and(|v| glob(pattern, v)),
+        };
+        self.rules
+            .iter()
+            .find(|rule| {
+                matches(&rule.cgroup, process.cgroup.as_deref())
+                    && matches(&rule.exe, process.exe.as_deref())
+                    && matches(&rule.comm, Some(&process.comm))
+            })
+            .map(|rule| rule.name.as_str())
+    }
+
+    /// Replaces the names broker clients introduced themselves with, by
+    /// pid: a process no rule names is known by that name on the probes'
+    /// side too.
+    pub fn set_introduced(&mut self, introduced: HashMap<u32, String>) {
+        self.introduced = introduced;
     }
 }
 
@@ -183,5 +209,24 @@ mod tests {
         let mut worker = process("requester", Some("/srv/bin/requester"), None);
         worker.comm = "tokio-runtime-w".into();
         assert_eq!(namer.name(&worker), "requester");
+    }
+
+    /// A broker client's own name reaches the probes' side, below the
+    /// configured rules.
+    #[test]
+    fn an_introduced_name_beats_the_executable_but_not_a_rule() {
+        let mut namer = ServiceNamer::new(vec![ServiceRule {
+            name: "web".into(),
+            cgroup: None,
+            exe: None,
+            comm: Some("nginx".into()),
+        }]);
+        let script = process("python3", Some("/usr/bin/python3.11"), None);
+        let nginx = process("nginx", Some("/usr/sbin/nginx"), None);
+        namer.set_introduced(HashMap::from([(1, "billing".to_owned())]));
+        assert_eq!(namer.name(&script), "billing");
+        assert_eq!(namer.name(&nginx), "web");
+        namer.set_introduced(HashMap::new());
+        assert_eq!(namer.name(&script), "python3.11");
     }
 }

@@ -90,6 +90,25 @@ fn render(explain: &Value) -> String {
             show(get(score, &["components", "error_ratio"])),
         ));
     }
+    let predictions = get(explain, &["predictions"]);
+    for prediction in predictions.as_array().into_iter().flatten() {
+        let p = |path: &str| show(get(prediction, &[path]));
+        out.push_str(&format!(
+            "model ({}, {} starts learnt{}): probability {} within the TTL, expected lead {}, need {}, threshold {}, prior {}\n",
+            p("kind"),
+            p("starts"),
+            if prediction["brokered"] == Value::Bool(true) {
+                ""
+            } else {
+                ", context only"
+            },
+            p("probability"),
+            time(get(prediction, &["expected_lead_ns"])),
+            p("need"),
+            p("threshold"),
+            p("prior"),
+        ));
+    }
     let broker = get(explain, &["broker"]);
     if broker.is_null() {
         out.push_str("broker: never served this pair\n");
@@ -200,6 +219,16 @@ mod tests {
         assert!(text.contains("threshold: 0.600 (raised"), "{text}");
         assert!(
             text.contains("capacity: 8192 (the writer blocked)"),
+            "{text}"
+        );
+        let text = render(&serde_json::json!({
+            "src": "head", "dst": "cat", "scores": [], "broker": null,
+            "predictions": [{"kind": "pipe", "starts": 12, "probability": 0.9,
+                             "expected_lead_ns": 700_000_000u64, "need": 0.9,
+                             "threshold": 0.5, "prior": 0.62, "brokered": false}]
+        }));
+        assert!(
+            text.contains("model (pipe, 12 starts learnt, context only): probability 0.900 within the TTL, expected lead 700ms, need 0.900, threshold 0.500, prior 0.620"),
             "{text}"
         );
         let text =

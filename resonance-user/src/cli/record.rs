@@ -2,7 +2,6 @@
 //! `resonance replay` and the predictor read.
 
 use std::{
-    collections::BTreeMap,
     fs::File,
     path::PathBuf,
     time::{Duration, Instant},
@@ -11,11 +10,11 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    agent::pair_figures,
     aggregate::{OwnExecutable, ServiceNamer},
     config::{Config, DEFAULT_CONFIG_PATH},
     observer::{Observer, ObserverOptions},
-    trace::{StartDetector, TraceEvent, TraceWriter},
+    score::pair_figures,
+    trace::{StartDetector, TraceWriter, named_starts},
 };
 
 /// How often flows and starts are read.
@@ -64,39 +63,23 @@ pub fn run(args: Args) -> Result<()> {
         runtime.block_on(observer.watch(left.min(POLL)))?;
         let interactions = observer.interval();
         let figures = pair_figures(&interactions, &namer, left_out);
-        let mut events: BTreeMap<(u64, String, String, String), TraceEvent> = BTreeMap::new();
-        for start in observer.interaction_starts() {
-            if left_out.is_some_and(|own| own.runs(&start.src)) {
-                continue;
-            }
-            let src = namer.name(&start.src);
-            let kind = start.kind.as_str().to_owned();
-            for dst in &start.dst {
-                if left_out.is_some_and(|own| own.runs(dst)) {
-                    continue;
-                }
-                let dst = namer.name(dst);
-                if !detector.activity(start.ts_ns, &src, &dst, &kind) {
-                    continue;
-                }
-                let figures = figures
-                    .iter()
-                    .find(|(k, _)| k.src == src && k.dst == dst && k.kind == start.kind);
-                let event = TraceEvent {
-                    ts_ns: start.ts_ns,
-                    src: src.clone(),
-                    dst: dst.clone(),
-                    kind: kind.clone(),
-                    bytes: figures.map_or(0, |(_, f)| f.bytes),
-                    latency_ns: figures
-                        .and_then(|(_, f)| f.latency.quantile(0.5))
-                        .unwrap_or(0),
-                    error: figures.is_some_and(|(_, f)| f.errors > 0),
-                };
-                events.insert((start.ts_ns, src.clone(), dst, kind.clone()), event);
+        let mut events = named_starts(
+            observer.interaction_starts(),
+            &namer,
+            left_out,
+            &mut detector,
+        );
+        for event in &mut events {
+            let figures = figures.iter().find(|(k, _)| {
+                k.src == event.src && k.dst == event.dst && k.kind.as_str() == event.kind
+            });
+            if let Some((_, f)) = figures {
+                event.bytes = f.bytes;
+                event.latency_ns = f.latency.quantile(0.5).unwrap_or(0);
+                event.error = f.errors > 0;
             }
         }
-        for event in events.values() {
+        for event in &events {
             writer.write(event)?;
         }
         if left.is_zero() {

@@ -190,6 +190,9 @@ fn saved_model_predicts_the_same_after_reload() {
         model.observe(&event(ts + run * 30 * S, "cron", "job"));
     }
     let now = ts + 6 * 30 * S;
+    // Priors in force are part of what is saved (a map keyed by pairs once
+    // made the save fail).
+    model.set_priors(vec![(PairKey::of(&event(0, "cron", "job")), 0.9)]);
     let dir = std::env::temp_dir().join(format!("resonance-model-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("model.json");
@@ -451,4 +454,54 @@ fn a_context_no_tighter_than_the_followers_own_gaps_is_left_to_its_timing() {
     // model (the spread-out `a -> b` entry alone says about a third).
     let p = probability(&model, now, 2 * S, "check", "b");
     assert!(p < 0.05, "{p}");
+}
+
+fn scored(
+    src: &str,
+    dst: &str,
+    kind: resonance_common::ChannelKind,
+    score: f64,
+) -> crate::score::PairScore {
+    crate::score::PairScore {
+        key: crate::score::PairKey {
+            src: src.into(),
+            dst: dst.into(),
+            kind,
+        },
+        score,
+        components: Default::default(),
+        normalized: Default::default(),
+        performance: 1.0,
+        totals: Default::default(),
+    }
+}
+
+/// Each observed pair takes its own score; a brokered pair the best of its
+/// (src, dst) over the kinds its channels were measured as; pairs the
+/// scores no longer name go back to neutral.
+#[test]
+fn scores_become_priors_and_forgotten_pairs_turn_neutral() {
+    use resonance_common::ChannelKind;
+    let priors = priors_from_scores(&[
+        scored("web", "db", ChannelKind::UnixStream, 0.8),
+        scored("web", "db", ChannelKind::Pipe, 0.3),
+        scored("head", "cat", ChannelKind::Pipe, 0.6),
+    ]);
+    let of = |src: &str, dst: &str, kind: &str| {
+        priors
+            .iter()
+            .find(|(k, _)| k.src == src && k.dst == dst && k.kind == kind)
+            .map(|(_, score)| *score)
+    };
+    assert_eq!(of("web", "db", "unix_stream"), Some(0.8));
+    assert_eq!(of("web", "db", "pipe"), Some(0.3));
+    assert_eq!(of("web", "db", CHANNEL_KIND), Some(0.8));
+    assert_eq!(of("head", "cat", "pipe"), Some(0.6));
+    let mut model = Model::default();
+    let head_cat = PairKey::of(&event(0, "head", "cat"));
+    model.observe(&event(S, "head", "cat"));
+    model.set_priors(priors);
+    assert_eq!(model.prior(&head_cat), 0.6);
+    model.set_priors(Vec::new());
+    assert_eq!(model.prior(&head_cat), 0.5);
 }

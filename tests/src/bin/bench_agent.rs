@@ -16,10 +16,10 @@ use std::{
 
 use anyhow::{Context, Result};
 use resonance::{
-    agent::pair_figures,
     aggregate::ServiceNamer,
     observer::{Observer, ObserverOptions},
     score::Scorer,
+    score::pair_figures,
 };
 use resonance_tests::traffic_bin;
 

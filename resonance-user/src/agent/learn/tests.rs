@@ -39,7 +39,7 @@ fn open(ts_ns: u64, src: &str, dst: &str) -> Open {
             latency_ns: 0,
             error: false,
         },
-        hit: false,
+        hit: Some(false),
     }
 }
 
@@ -232,9 +232,9 @@ fn a_falling_hit_rate_starts_a_drift_retrain() {
     while decided() == 0 && now < T0 + 420 * S {
         while next_open <= now {
             let mut first = open(next_open, "poller", "app");
-            first.hit = next_open < fall;
+            first.hit = Some(next_open < fall);
             let mut second = open(next_open + 500_000_000, "app", "db");
-            second.hit = next_open < fall;
+            second.hit = Some(next_open < fall);
             tx.send(first).unwrap();
             tx.send(second).unwrap();
             next_open += S;
