@@ -94,7 +94,10 @@ impl Agent {
             namer: ServiceNamer::new(config.services.clone()),
             scorer,
             metrics: Arc::new(metrics),
-            shared: Arc::new(Mutex::new(Shared::default())),
+            shared: Arc::new(Mutex::new(Shared {
+                half_life: config.score.half_life,
+                ..Shared::default()
+            })),
             store,
             last_tick: Instant::now(),
             last_stats: ObserverStats::default(),
@@ -174,7 +177,7 @@ impl Agent {
         if let Some(learning) = &self.learning {
             match learning.save() {
                 Ok(()) => log::info!(
-                    "saved the broker model to {}",
+                    "saved the broker model to {} and its per-pair feedback beside it",
                     learning.model_path().display()
                 ),
                 Err(error) => log::error!("saving the broker model failed: {error:#}"),
@@ -207,11 +210,18 @@ impl Agent {
                         *serving = model;
                     });
                 }
+                let feedback_path = self.config.state_dir.join(learn::FEEDBACK_FILE_NAME);
+                if let Some(saved) = learn::load_feedback(&feedback_path) {
+                    let pairs = view.restore(saved);
+                    log::info!(
+                        "broker feedback of {pairs} pairs carried on from {}",
+                        feedback_path.display()
+                    );
+                }
                 match learn::Learning::new(
                     view,
                     broker.opens(),
                     &self.config.predict,
-                    &self.config.broker,
                     &self.config.state_dir,
                     self.metrics.registry(),
                 ) {
@@ -265,7 +275,10 @@ impl Agent {
             broker.set_priors(crate::predict::priors_from_scores(&scores));
         }
         self.publish_health();
-        self.shared.lock().unwrap_or_else(|p| p.into_inner()).scores = scores;
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.scores = scores;
+        shared.half_life = self.config.score.half_life;
+        drop(shared);
         if let Some(learning) = &mut self.learning {
             learning.step(&mut self.store, now_ns);
         }

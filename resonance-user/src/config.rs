@@ -157,13 +157,17 @@ pub struct BrokerSettings {
     /// How often predictions are turned into channels.
     #[serde(deserialize_with = "duration")]
     pub prepare_interval: Duration,
-    /// Probability (within `ttl`) from which a pair gets a channel ahead of
-    /// time; above 1 disables pre-creation.
+    /// Probability (within `ttl`) from which a pair always gets a channel
+    /// ahead of time: the waste budget's ceiling (see `crate::plan`); above
+    /// 1 disables pre-creation.
     pub threshold: f64,
-    /// Lowest a pair's threshold may adapt to (see `crate::feedback`).
+    /// Lowest the waste budget takes the threshold.
     pub threshold_min: f64,
-    /// Highest a pair's threshold may adapt to.
+    /// Highest a pair's own threshold goes when its channels go to waste.
     pub threshold_max: f64,
+    /// Share of prepared channels allowed to expire unused; the threshold
+    /// moves to hold it (0: the threshold stays fixed).
+    pub waste_budget: f64,
     /// Idle pre-created channels in total.
     pub max_idle: usize,
     /// Idle pre-created channels per pair.
@@ -196,11 +200,12 @@ impl Default for BrokerSettings {
             socket: PathBuf::from("/run/resonance/broker.sock"),
             mode: "0660".to_owned(),
             group: None,
-            ttl: Duration::from_secs(2),
+            ttl: Duration::from_nanos(crate::plan::DEFAULT_TTL_NS),
             prepare_interval: Duration::from_millis(5),
-            threshold: 0.5,
-            threshold_min: 0.3,
-            threshold_max: 0.95,
+            threshold: crate::plan::DEFAULT_THRESHOLD,
+            threshold_min: crate::predict::budget::BudgetSettings::default().floor,
+            threshold_max: crate::plan::DEFAULT_THRESHOLD_MAX,
+            waste_budget: crate::predict::budget::BudgetSettings::default().target,
             max_idle: 256,
             max_idle_per_pair: 4,
             max_fds: 1024,

@@ -56,6 +56,9 @@ pub struct Response {
     /// Scores, for `pairs`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub pairs: Option<Vec<serde_json::Value>>,
+    /// The half-life the scores' averages decay with, ns, for `pairs`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub half_life_ns: Option<u64>,
     /// The explanation, for `explain`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub explain: Option<serde_json::Value>,
@@ -66,6 +69,8 @@ pub struct Response {
 pub struct Shared {
     /// Latest scores.
     pub scores: Vec<PairScore>,
+    /// The half-life of their averages (`score.half_life`).
+    pub half_life: Duration,
     /// The broker's per-pair state, when it runs.
     pub broker: Option<BrokerView>,
 }
@@ -143,6 +148,7 @@ async fn answer(stream: tokio::net::UnixStream, shared: Arc<Mutex<Shared>>) -> R
                     ok: true,
                     error: None,
                     pairs: Some(pairs),
+                    half_life_ns: u64::try_from(shared.half_life.as_nanos()).ok(),
                     explain: None,
                 }
             }
@@ -153,6 +159,7 @@ async fn answer(stream: tokio::net::UnixStream, shared: Arc<Mutex<Shared>>) -> R
                         ok: true,
                         error: None,
                         pairs: None,
+                        half_life_ns: None,
                         explain: Some(value),
                     },
                     Err(error) => failure(error),
@@ -175,6 +182,7 @@ fn failure(error: String) -> Response {
         ok: false,
         error: Some(error),
         pairs: None,
+        half_life_ns: None,
         explain: None,
     }
 }
@@ -232,6 +240,7 @@ mod tests {
         let shared = Shared {
             scores: vec![score("web", "db", 0.25), score("db", "web", 0.75)],
             broker: None,
+            half_life: Duration::from_secs(300),
         };
         let value = explain(&shared, "web", "db").expect("a known pair");
         let scores = value["scores"].as_array().expect("scores");

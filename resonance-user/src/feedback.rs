@@ -1,41 +1,29 @@
 //! Per-pair feedback: what the broker's channels for a pair measured, and
-//! the pure rules that turn it into the pair's next channel capacity and
-//! preparation threshold.
+//! the pure rules that turn it into the pair's next channel capacity.
 //!
 //! The broker ([`crate::handout`]) keeps one [`PairFeedback`] per pair it
 //! served. It records each channel it creates ([`PairFeedback::created`]),
 //! each outcome of a channel ([`Outcome`]: a prepared one claimed or
 //! wasted, an open served on demand) and each usage report a requester sends
-//! ([`resonance_client::proto::ChannelUsage`]). [`decide_capacity`] and
-//! [`adapt_threshold`] are the rules (documented in README.md, `## Broker`);
-//! both return what changed with a reason, which the broker records and
-//! counts.
+//! ([`resonance_client::proto::ChannelUsage`]). [`decide_capacity`] is the
+//! capacity rule (documented in `docs/broker.md`); it returns what changed
+//! with a reason, which the broker records and counts. The threshold is the
+//! planner's ([`crate::plan`]), fed the same outcomes.
 
 pub mod measure;
 
 use std::collections::VecDeque;
 
 use resonance_client::proto::ChannelUsage;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use measure::{ChannelMeasure, Watched, measure};
 
 /// A channel that never carried more than this is "small": it goes back to
 /// the default capacity.
 pub const SMALL_BYTES: u64 = 8 << 10;
-/// Outcomes remembered per pair for the threshold rule.
-pub const WINDOW: usize = 8;
-/// Outcomes needed before the threshold is raised.
-pub const RAISE_EVIDENCE: usize = 4;
-/// Waste ratio above which the threshold is raised.
-pub const WASTE_HIGH: f64 = 0.5;
-/// Waste ratio at or below which (over a full window) it is lowered.
-pub const WASTE_LOW: f64 = 0.125;
-/// Threshold step up for a channel of default cost; lowering steps half
-/// as far, so a pair does not oscillate.
-pub const STEP: f64 = 0.1;
-/// Most a channel's cost multiplies the step up by.
-pub const MAX_COST: f64 = 3.0;
+/// Outcomes remembered per pair for `explain`.
+pub const RECENT: usize = crate::plan::WINDOW;
 
 /// Measured channels remembered per pair for the performance rule.
 pub const MEASURED: usize = 8;
@@ -47,7 +35,7 @@ pub const PERFORMANCE_MIN: f64 = 0.5;
 pub const PERFORMANCE_MAX: f64 = 1.2;
 
 /// A capacity chosen for a pair's next channels, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     /// Capacity, bytes.
     pub capacity: u32,
@@ -55,25 +43,7 @@ pub struct Decision {
     pub reason: String,
 }
 
-/// A threshold change, and why.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ThresholdChange {
-    /// The new threshold.
-    pub threshold: f64,
-    /// Why, for logs and `explain`.
-    pub reason: String,
-}
-
-/// How a channel of the pair ended up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// A prepared channel was claimed by `open()`.
-    Hit,
-    /// A prepared channel was dropped unused.
-    Waste,
-    /// An `open()` found no prepared channel and was served on demand.
-    Miss,
-}
+pub use crate::plan::Outcome;
 
 /// The next capacity for a pair whose last channel had `current` bytes and
 /// was used as `usage` says, within `[default, max]`-ish bounds (`max` is
@@ -112,51 +82,8 @@ pub fn decide_capacity(
     None
 }
 
-/// The threshold after the outcomes in `window` (oldest first), from
-/// `threshold`, within `[min, max]`; `cost` is the pair's channel memory
-/// over a default channel's (1 = default).
-///
-/// Rules: with at least [`RAISE_EVIDENCE`] outcomes and a waste ratio above
-/// [`WASTE_HIGH`], raise by [`STEP`] × cost (cost clamped to
-/// `[1, MAX_COST]`: wasting a big buffer is worse); with a full
-/// [`WINDOW`] and a waste ratio at most [`WASTE_LOW`] (prepared channels
-/// were used, or opens went unprepared), lower by half a step. `None`: no
-/// change (including at a bound).
-pub fn adapt_threshold(
-    threshold: f64,
-    window: &VecDeque<Outcome>,
-    cost: f64,
-    min: f64,
-    max: f64,
-) -> Option<ThresholdChange> {
-    let n = window.len();
-    if n == 0 {
-        return None;
-    }
-    let waste = window.iter().filter(|o| **o == Outcome::Waste).count();
-    let ratio = waste as f64 / n as f64;
-    let (target, why) = if n >= RAISE_EVIDENCE && ratio > WASTE_HIGH {
-        let step = STEP * cost.clamp(1.0, MAX_COST);
-        (threshold + step, "raised")
-    } else if n >= WINDOW && ratio <= WASTE_LOW {
-        (threshold - STEP / 2.0, "lowered")
-    } else {
-        return None;
-    };
-    let next = target.clamp(min, max);
-    if (next - threshold).abs() < 1e-9 {
-        return None;
-    }
-    Some(ThresholdChange {
-        threshold: next,
-        reason: format!(
-            "{why} from {threshold:.2} to {next:.2}: {waste} of the last {n} channels wasted"
-        ),
-    })
-}
-
 /// One channel of the pair as the probes measured it, once it is done.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MeasuredChannel {
     /// The broker's channel id.
     pub channel: u64,
@@ -228,8 +155,9 @@ pub fn performance<'a>(
     })
 }
 
-/// What the broker knows of one pair.
-#[derive(Clone, Debug, PartialEq)]
+/// What the broker knows of one pair. Saved across restarts (the last
+/// usage report excepted: what it decided is in `capacity`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PairFeedback {
     /// Channels created (prepared or on demand).
     pub created: u64,
@@ -243,22 +171,20 @@ pub struct PairFeedback {
     pub reports: u64,
     /// Capacity of the last channel created.
     pub last_capacity: Option<u32>,
-    /// The last usage reported.
+    /// The last usage reported (this run).
+    #[serde(skip)]
     pub last_usage: Option<ChannelUsage>,
     /// The capacity decision in force, if any (else the plan's).
     pub capacity: Option<Decision>,
-    /// The pair's preparation threshold.
-    pub threshold: f64,
-    /// Why the threshold is what it is.
-    pub threshold_reason: String,
     /// The last channels the probes measured, oldest first.
     pub measured: VecDeque<MeasuredChannel>,
-    window: VecDeque<Outcome>,
+    /// The latest outcomes, oldest first.
+    recent: VecDeque<Outcome>,
 }
 
 impl PairFeedback {
-    /// A pair starting at the configured threshold.
-    pub fn new(threshold: f64) -> Self {
+    /// A pair nothing is known of yet.
+    pub fn new() -> Self {
         Self {
             created: 0,
             hits: 0,
@@ -268,10 +194,8 @@ impl PairFeedback {
             last_capacity: None,
             last_usage: None,
             capacity: None,
-            threshold,
-            threshold_reason: "configured".to_owned(),
             measured: VecDeque::with_capacity(MEASURED),
-            window: VecDeque::with_capacity(WINDOW),
+            recent: VecDeque::with_capacity(RECENT),
         }
     }
 
@@ -360,30 +284,23 @@ impl PairFeedback {
         performance(&self.measured)
     }
 
-    /// Records an outcome and adapts the threshold; returns the change if
-    /// any. After a change the window starts over, so every step rests on
-    /// fresh evidence.
-    pub fn outcome(
-        &mut self,
-        outcome: Outcome,
-        cost: f64,
-        min: f64,
-        max: f64,
-    ) -> Option<ThresholdChange> {
+    /// Counts an outcome (the planner adapts the threshold from it).
+    pub fn outcome(&mut self, outcome: Outcome) {
         match outcome {
             Outcome::Hit => self.hits += 1,
             Outcome::Waste => self.waste += 1,
             Outcome::Miss => self.misses += 1,
         }
-        if self.window.len() == WINDOW {
-            self.window.pop_front();
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
         }
-        self.window.push_back(outcome);
-        let change = adapt_threshold(self.threshold, &self.window, cost, min, max)?;
-        self.threshold = change.threshold;
-        self.threshold_reason = change.reason.clone();
-        self.window.clear();
-        Some(change)
+        self.recent.push_back(outcome);
+    }
+}
+
+impl Default for PairFeedback {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -398,10 +315,10 @@ pub struct Snapshot {
     pub waste: u64,
     /// Opens served on demand.
     pub misses: u64,
-    /// The pair's preparation threshold.
-    pub threshold: f64,
+    /// The threshold the planner prepares the pair's channels at.
+    pub threshold: Option<f64>,
     /// Why it is what it is.
-    pub threshold_reason: String,
+    pub threshold_reason: Option<String>,
     /// Capacity of the last channel created, bytes.
     pub last_capacity: Option<u32>,
     /// The capacity decision in force (else the plan's applies).
@@ -441,8 +358,8 @@ impl PairFeedback {
             hits: self.hits,
             waste: self.waste,
             misses: self.misses,
-            threshold: self.threshold,
-            threshold_reason: self.threshold_reason.clone(),
+            threshold: None,
+            threshold_reason: None,
             last_capacity: self.last_capacity,
             capacity: self.capacity.as_ref().map(|d| d.capacity),
             capacity_reason: self.capacity.as_ref().map(|d| d.reason.clone()),
@@ -450,15 +367,7 @@ impl PairFeedback {
             last_bytes: self.last_usage.map(|u| u.bytes),
             last_max_fill: self.last_usage.map(|u| u.max_fill),
             last_writer_blocked: self.last_usage.map(|u| u.writer_blocked),
-            recent: self
-                .window
-                .iter()
-                .map(|o| match o {
-                    Outcome::Hit => "hit",
-                    Outcome::Waste => "waste",
-                    Outcome::Miss => "miss",
-                })
-                .collect(),
+            recent: self.recent.iter().map(|o| o.as_str()).collect(),
             last_measured: self.measured.back().cloned(),
             measured_unused: self.measured.iter().filter(|m| !m.measure.used()).count(),
             performance: self.performance(),
@@ -516,7 +425,7 @@ mod tests {
 
     #[test]
     fn reports_compound_from_the_decision_in_force() {
-        let mut pair = PairFeedback::new(0.5);
+        let mut pair = PairFeedback::new();
         pair.created(4096);
         assert_eq!(
             pair.report(blocked(), DEFAULT, MAX).map(|d| d.capacity),
@@ -530,78 +439,17 @@ mod tests {
         assert_eq!(pair.reports, 2);
     }
 
-    fn window(outcomes: &[Outcome]) -> VecDeque<Outcome> {
-        outcomes.iter().copied().collect()
-    }
-
     #[test]
-    fn waste_raises_use_lowers_within_bounds() {
-        use Outcome::*;
-        let wasted = window(&[Waste, Waste, Waste, Hit]);
-        let up = adapt_threshold(0.5, &wasted, 1.0, 0.3, 0.95).expect("raised");
-        assert!((up.threshold - 0.6).abs() < 1e-9, "{up:?}");
-        // Costly channels step further, still within the bound.
-        let up = adapt_threshold(0.5, &wasted, 10.0, 0.3, 0.95).expect("raised");
-        assert!((up.threshold - 0.8).abs() < 1e-9, "{up:?}");
-        assert_eq!(adapt_threshold(0.95, &wasted, 1.0, 0.3, 0.95), None);
-        // Too little evidence either way.
-        assert_eq!(
-            adapt_threshold(0.5, &window(&[Waste, Waste, Waste]), 1.0, 0.3, 0.95),
-            None
-        );
-        assert_eq!(
-            adapt_threshold(0.5, &window(&[Hit; 7]), 1.0, 0.3, 0.95),
-            None
-        );
-        let used = window(&[Hit, Hit, Miss, Hit, Hit, Hit, Waste, Hit]);
-        let down = adapt_threshold(0.5, &used, 1.0, 0.3, 0.95).expect("lowered");
-        assert!((down.threshold - 0.45).abs() < 1e-9, "{down:?}");
-        assert_eq!(adapt_threshold(0.3, &used, 1.0, 0.3, 0.95), None);
-        // A balanced pair stays put.
-        let mixed = window(&[Hit, Waste, Hit, Waste, Hit, Waste, Hit, Hit]);
-        assert_eq!(adapt_threshold(0.5, &mixed, 1.0, 0.3, 0.95), None);
-    }
-
-    /// The broker's accounting for a pair whose pattern stopped while the
-    /// model still predicts it at a stale probability: each TTL the broker
-    /// prepares one channel if the probability reaches the pair's
-    /// threshold, and that channel is wasted. The threshold must rise past
-    /// the stale probability, and the waste stop, within a bounded number
-    /// of TTLs.
-    #[test]
-    fn a_stopped_pattern_raises_the_threshold_until_waste_stops() {
-        let stale = 0.72;
-        let mut pair = PairFeedback::new(0.5);
-        let mut waste_per_ttl = Vec::new();
-        for _ttl in 0..40 {
-            let prepared = stale >= pair.threshold;
-            if prepared {
-                pair.created(DEFAULT);
-                pair.outcome(Outcome::Waste, 1.0, 0.3, 0.95);
-            }
-            waste_per_ttl.push(u32::from(prepared));
-        }
-        assert!(pair.threshold > stale, "threshold {}", pair.threshold);
-        let first: u32 = waste_per_ttl[..10].iter().sum();
-        let last: u32 = waste_per_ttl[30..].iter().sum();
-        assert_eq!(first, 10);
-        assert_eq!(last, 0);
-        // Bounded: three raises of four wasted channels each.
-        assert_eq!(pair.waste, 12);
-        assert!(pair.threshold_reason.contains("wasted"));
-    }
-
-    #[test]
-    fn the_window_keeps_the_latest_outcomes() {
-        let mut pair = PairFeedback::new(0.5);
+    fn the_latest_outcomes_are_kept_and_all_are_counted() {
+        let mut pair = PairFeedback::new();
         for _ in 0..3 {
-            assert_eq!(pair.outcome(Outcome::Hit, 1.0, 0.3, 0.95), None);
+            pair.outcome(Outcome::Hit);
         }
         for _ in 0..40 {
-            pair.outcome(Outcome::Miss, 1.0, 0.3, 0.95);
+            pair.outcome(Outcome::Miss);
         }
-        assert!((pair.threshold - 0.3).abs() < 1e-9, "{}", pair.threshold);
         assert_eq!((pair.hits, pair.misses), (3, 40));
+        assert_eq!(pair.snapshot().recent, vec!["miss"; RECENT]);
     }
 
     fn measured(
@@ -658,7 +506,7 @@ mod tests {
 
     #[test]
     fn a_probed_full_pipe_doubles_now_and_a_small_done_channel_resets() {
-        let mut pair = PairFeedback::new(0.6);
+        let mut pair = PairFeedback::new();
         pair.created(DEFAULT);
         let seen = measured(1, 200_000, 0, 5, 1_000).measure;
         let d = pair.probed_full_pipe(&seen, DEFAULT, MAX).expect("doubled");

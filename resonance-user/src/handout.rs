@@ -47,7 +47,8 @@ use crate::{
     feedback::{
         ChannelMeasure, MeasuredChannel, Outcome, PairFeedback, Performance, Snapshot, Watched,
     },
-    predict::{CHANNEL_KIND, Model, ModelConfig, PairKey, Prediction},
+    plan::{PlanSettings, Planner, SavedPlanner},
+    predict::{CHANNEL_KIND, Model, ModelConfig, PairKey, budget::BudgetSettings},
     sys::{self, Cred},
     trace::TraceEvent,
 };
@@ -85,6 +86,34 @@ pub enum HandoutError {
     /// Metrics could not be registered.
     #[error("registering broker metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+}
+
+/// The planner the broker runs: the configured TTL and thresholds, the
+/// waste budget (`waste_budget` 0: a fixed threshold), and a replacement
+/// that takes two preparation intervals to reach a client.
+pub fn plan_settings(settings: &BrokerSettings) -> PlanSettings {
+    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    PlanSettings {
+        ttl_ns: ns(settings.ttl).max(1),
+        threshold: settings.threshold.min(1.0),
+        threshold_max: settings.threshold_max,
+        budget: (settings.waste_budget > 0.0).then(|| BudgetSettings {
+            target: settings.waste_budget,
+            floor: settings.threshold_min,
+            ..BudgetSettings::default()
+        }),
+        replacement_ns: 2 * ns(settings.prepare_interval),
+        max_pairs: settings.max_pairs,
+    }
+}
+
+/// The model's key of a broker pair.
+fn channel_key(pair: &Pair) -> PairKey {
+    PairKey {
+        src: pair.0.clone(),
+        dst: pair.1.clone(),
+        kind: CHANNEL_KIND.to_owned(),
+    }
 }
 
 enum Out {
@@ -144,6 +173,8 @@ pub struct Core {
     /// Channels handed out, until the probes' figures on them are final.
     watched: HashMap<u64, Watch>,
     model: Model,
+    /// Which pairs get channels, at what threshold.
+    planner: Planner,
     /// Names clients by the agent's service rules.
     namer: ServiceNamer,
     /// Where every open the model learns is also sent (the agent stores
@@ -187,6 +218,12 @@ impl Broker {
         if !(0.0..=1.0).contains(&min) || !(0.0..=1.0).contains(&max) || min > max {
             return Err(HandoutError::Settings(format!(
                 "threshold_min {min} and threshold_max {max} must satisfy 0 <= min <= max <= 1"
+            )));
+        }
+        if !(0.0..1.0).contains(&settings.waste_budget) {
+            return Err(HandoutError::Settings(format!(
+                "waste_budget {} must be in [0, 1) (0: a fixed threshold)",
+                settings.waste_budget
             )));
         }
         let path = settings.socket.clone();
@@ -252,6 +289,7 @@ impl Broker {
                 herald_probability: settings.threshold.clamp(0.0, 1.0),
                 ..ModelConfig::default()
             }),
+            planner: Planner::new(plan_settings(settings)),
             namer: ServiceNamer::default(),
             opens: None,
             settings: settings.clone(),
@@ -332,6 +370,26 @@ pub struct BrokerView {
     wake: Arc<tokio::sync::Notify>,
 }
 
+/// The broker's state saved in the state folder.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedBroker {
+    /// The waste budget and the pairs' margins.
+    pub planner: SavedPlanner,
+    /// Each pair's feedback, least recently updated first.
+    pub pairs: Vec<SavedFeedback>,
+}
+
+/// One pair's feedback as saved in the state folder.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedFeedback {
+    /// Requester.
+    pub src: String,
+    /// Service.
+    pub dst: String,
+    /// What the broker learnt of it.
+    pub feedback: PairFeedback,
+}
+
 /// The model's view of one pair, of any kind, for `explain`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct PairPrediction {
@@ -373,11 +431,9 @@ impl BrokerView {
         let core = lock(&self.core);
         let pair = (src.to_owned(), dst.to_owned());
         let mut snapshot = core.feedback.get(&pair)?.snapshot();
-        let key = PairKey {
-            src: pair.0,
-            dst: pair.1,
-            kind: CHANNEL_KIND.to_owned(),
-        };
+        let key = channel_key(&pair);
+        snapshot.threshold = Some(core.planner.threshold_of(&key));
+        snapshot.threshold_reason = Some(core.planner.reason_of(&key));
         if let Some(id) = core.model.pair_id(&key) {
             let ttl = core.settings.ttl.as_nanos() as u64;
             let score = core.model.score(id, now_ns(), ttl);
@@ -416,6 +472,41 @@ impl BrokerView {
     /// Pairs whose feedback the broker holds (at most `max_pairs`).
     pub fn pairs(&self) -> usize {
         lock(&self.core).feedback.len()
+    }
+
+    /// What the broker learnt of its pairs and its thresholds, to save.
+    pub fn saved(&self) -> SavedBroker {
+        let core = lock(&self.core);
+        SavedBroker {
+            planner: core.planner.saved(),
+            pairs: core
+                .feedback
+                .oldest_first()
+                .map(|(pair, feedback)| SavedFeedback {
+                    src: pair.0.clone(),
+                    dst: pair.1.clone(),
+                    feedback: feedback.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes back what [`BrokerView::saved`] returned (at start, before
+    /// any client). Returns how many pairs it restored.
+    pub fn restore(&self, saved: SavedBroker) -> usize {
+        let mut core = lock(&self.core);
+        core.planner.restore(saved.planner);
+        let restored = saved.pairs.len();
+        for SavedFeedback { src, dst, feedback } in saved.pairs {
+            core.feedback.insert((src, dst), feedback);
+        }
+        restored
+    }
+
+    /// A copy of the planner as it stands (a retraining trial plays both
+    /// models with it).
+    pub fn planner(&self) -> Planner {
+        lock(&self.core).planner.clone()
     }
 
     /// Interaction starts the probes saw: the model learns them as
@@ -476,7 +567,6 @@ impl BrokerView {
         let core = lock(&self.core);
         let now = now_ns();
         let ttl = core.settings.ttl.as_nanos() as u64;
-        let threshold = core.threshold_of(&(src.to_owned(), dst.to_owned()));
         core.model
             .pairs_between(src, dst)
             .into_iter()
@@ -489,7 +579,7 @@ impl BrokerView {
                     probability: score.probability,
                     expected_lead_ns: score.expected_lead_ns,
                     need: core.model.need(id, now, ttl),
-                    threshold,
+                    threshold: core.planner.threshold_of(key),
                     prior: core.model.prior(key),
                     brokered: key.kind == CHANNEL_KIND,
                 })
@@ -1173,7 +1263,9 @@ impl Core {
             .adjusted(&pair.0, &pair.1, what, if up { "up" } else { "down" });
     }
 
-    /// Revokes expired channels, then prepares channels for predicted pairs.
+    /// Revokes expired channels, then makes the channels the planner asks
+    /// for, for pairs whose requester and service are connected and may
+    /// talk, within the budget.
     fn pass(&mut self) {
         self.expire();
         if self.settings.threshold > 1.0 {
@@ -1181,49 +1273,16 @@ impl Core {
         }
         let now = now_ns();
         self.model.tick(now);
-        let horizon = self.settings.ttl.as_nanos() as u64;
-        // Pairs adapt their thresholds within the bounds: ask the model
-        // down to the lowest any pair may have, then hold each to its own.
-        let floor = self.settings.threshold_min.min(self.base_threshold());
         // Observed pairs are context only: the broker serves its own opens.
-        let mut predictions: Vec<(Prediction, bool)> = self
-            .model
-            .predict_above(now, horizon, floor)
-            .into_iter()
-            .filter(|p| p.kind == CHANNEL_KIND)
-            .map(|p| (p, false))
-            .collect();
-        // Pairs too new for their timing get a channel whatever their
-        // probability, as the replay's strategy does (`Model::fallback`):
-        // a pair's second open is then a hit, as with a static pool.
-        for id in self.model.fallback_pairs(now) {
-            let Some(key) = self.model.key(id).filter(|key| key.kind == CHANNEL_KIND) else {
+        let usage = &self.usage;
+        let plans = self.planner.plan(&self.model, now, |key| {
+            (key.kind == CHANNEL_KIND).then(|| usage.of(&(key.src.clone(), key.dst.clone())))
+        });
+        for plan in plans {
+            let Some(key) = self.model.key(plan.pair) else {
                 continue;
             };
-            if predictions
-                .iter()
-                .any(|(p, _)| p.src == key.src && p.dst == key.dst)
-            {
-                continue;
-            }
-            let score = self.model.score(id, now, horizon);
-            let prediction = Prediction {
-                src: key.src.clone(),
-                dst: key.dst.clone(),
-                kind: key.kind.clone(),
-                probability: score.probability,
-                expected_lead_ns: score.expected_lead_ns,
-                need: self.model.need(id, now, horizon),
-            };
-            predictions.push((prediction, true));
-        }
-        for (prediction, fallback) in predictions {
-            let pair = (prediction.src, prediction.dst);
-            // A pair a herald announces gets its channel when the herald
-            // comes, not earlier, when it could expire waiting.
-            if !fallback && prediction.need < self.threshold_of(&pair) {
-                continue;
-            }
+            let pair = (key.src.clone(), key.dst.clone());
             let Some(&requester) = self.requesters.get(&pair.0) else {
                 continue;
             };
@@ -1237,26 +1296,9 @@ impl Core {
             if self.policy.check_open(&identity, &pair.1, owner).is_err() {
                 continue;
             }
-            // A near-certain pair whose opens come in bursts (half its gaps
-            // under half the TTL) gets two channels so a burst does not
-            // outrun the replacement; otherwise the second would expire.
-            let bursty = self
-                .model
-                .pair_id(&PairKey {
-                    src: pair.0.clone(),
-                    dst: pair.1.clone(),
-                    kind: CHANNEL_KIND.to_owned(),
-                })
-                .and_then(|id| self.model.typical_gap(id))
-                .is_some_and(|gap| gap < horizon / 2);
-            let stock = if prediction.probability >= 0.9 && bursty {
-                2
-            } else {
-                1
-            };
             let want = self.wants.get(&pair).copied().unwrap_or_default();
             let memory = alloc::memory(&self.config_for(&pair, want));
-            while self.usage.of(&pair) < stock {
+            for _ in 0..plan.count {
                 if self.budget.admit(&self.usage, &pair, memory).is_err() {
                     self.count(&self.metrics.skipped, &pair);
                     break;
@@ -1286,24 +1328,8 @@ impl Core {
         }
     }
 
-    /// The configured threshold, within the adaptation bounds.
-    fn base_threshold(&self) -> f64 {
-        self.settings
-            .threshold
-            .clamp(self.settings.threshold_min, self.settings.threshold_max)
-    }
-
-    /// The pair's threshold: adapted, or the configured one.
-    fn threshold_of(&self, pair: &Pair) -> f64 {
-        self.feedback
-            .get(pair)
-            .map_or_else(|| self.base_threshold(), |f| f.threshold)
-    }
-
     fn pair_feedback(&mut self, pair: &Pair) -> &mut PairFeedback {
-        let base = self.base_threshold();
-        self.feedback
-            .get_or_insert_with(pair, || PairFeedback::new(base))
+        self.feedback.get_or_insert_with(pair, PairFeedback::new)
     }
 
     /// The configuration of the pair's next channel: planned from what the
@@ -1317,18 +1343,16 @@ impl Core {
         config
     }
 
-    /// Records a channel outcome and adapts the pair's threshold; `memory`
-    /// is the channel's buffer memory (its cost relative to a default one
-    /// scales the step up).
+    /// Records a channel outcome with the pair and with the planner, which
+    /// adapts the thresholds; `memory` is the channel's buffer memory (its
+    /// cost relative to a default one scales a pair's step up).
     fn outcome(&mut self, pair: &Pair, outcome: Outcome, memory: u64) {
         let default = alloc::memory(&alloc::plan(Want::default(), &self.limits)).max(1);
         let cost = memory as f64 / default as f64;
-        let (min, max) = (self.settings.threshold_min, self.settings.threshold_max);
-        let before = self.threshold_of(pair);
-        let Some(change) = self.pair_feedback(pair).outcome(outcome, cost, min, max) else {
-            return;
-        };
-        self.adjusted(pair, "threshold", change.threshold > before, &change.reason);
+        self.pair_feedback(pair).outcome(outcome);
+        if let Some(change) = self.planner.outcome(&channel_key(pair), outcome, cost) {
+            self.adjusted(pair, "threshold", change.raised, &change.reason);
+        }
     }
 
     /// A requester's usage report: sizes the pair's next channels. Pairs

@@ -6,12 +6,14 @@
 //! into typed events; `aggregate` joins writers to readers and names the
 //! services; `observer` drives one observation session; `score` rates each
 //! service pair and `store` keeps its history; `trace` and `predict` learn
-//! which pair fires next and
-//! `replay` scores that on recorded traces (`scenario` makes synthetic
-//! ones); `agent` runs it all as a daemon, publishing through `metrics`
-//! (`http`) and `control`; `alloc` makes and sizes the kernel channels
-//! the broker in `handout` pushes to processes (raw calls in `sys`); `cli` is
-//! the front end.
+//! which pair starts next; `plan` decides which pairs get a channel now,
+//! for the broker and, in event time, for `replay`, which scores that on
+//! recorded traces (`scenario` makes synthetic ones); `alloc` makes and
+//! sizes the kernel channels the broker in `handout` pushes to processes
+//! (raw calls in `sys`), and `feedback` turns what the probes measured on
+//! them into the next ones; `agent` runs it all as a daemon, publishing
+//! through `metrics` (`http`) and `control` and keeping its state files
+//! with `persist`; `cli` is the front end.
 
 pub mod agent;
 pub mod aggregate;
@@ -25,6 +27,8 @@ pub mod handout;
 pub mod http;
 pub mod metrics;
 pub mod observer;
+pub mod persist;
+pub mod plan;
 pub mod predict;
 pub mod probe;
 pub mod replay;

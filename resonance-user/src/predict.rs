@@ -40,12 +40,10 @@ pub mod table;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    fs::File,
-    io::{BufReader, BufWriter},
     path::Path,
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::trace::TraceEvent;
@@ -235,6 +233,9 @@ pub struct Due {
     pub probability: f64,
     /// Expected lead time.
     pub expected_lead_ns: u64,
+    /// Kept by the evidence fallback ([`Model::fallback`]), whatever its
+    /// probability.
+    pub fallback: bool,
 }
 
 /// Probability and expected lead of one pair, as computed by
@@ -366,6 +367,11 @@ impl Model {
     /// The resonance score in force for `key` (0.5, neutral, when none).
     pub fn prior(&self, key: &PairKey) -> f64 {
         self.priors.get(key).copied().unwrap_or(0.5)
+    }
+
+    /// Every tracked pair's key.
+    pub fn keys(&self) -> impl Iterator<Item = &PairKey> {
+        self.pairs.iter().flatten().map(|state| &state.key)
     }
 
     /// The tracked pairs from `src` to `dst`, of any kind.
@@ -991,6 +997,7 @@ impl Model {
                     pair: id as PairId,
                     probability: score.probability,
                     expected_lead_ns: score.expected_lead_ns,
+                    fallback: false,
                 };
                 (due, false)
             })
@@ -1035,6 +1042,7 @@ impl Model {
                     pair,
                     probability: score.probability,
                     expected_lead_ns: score.expected_lead_ns,
+                    fallback: true,
                 });
             }
         }
@@ -1045,29 +1053,12 @@ impl Model {
     /// The file is written beside `path` and renamed over it, so a crash
     /// mid-save leaves the previous model intact for the next start.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut temporary = path.as_os_str().to_owned();
-        temporary.push(".tmp");
-        let temporary = std::path::PathBuf::from(temporary);
-        let file = File::create(&temporary)
-            .with_context(|| format!("creating model {}", temporary.display()))?;
-        let mut writer = BufWriter::new(file);
-        serde_json::to_writer(&mut writer, self)
-            .with_context(|| format!("writing model {}", temporary.display()))?;
-        let file = writer
-            .into_inner()
-            .map_err(|error| error.into_error())
-            .with_context(|| format!("flushing model {}", temporary.display()))?;
-        file.sync_all()
-            .with_context(|| format!("syncing model {}", temporary.display()))?;
-        std::fs::rename(&temporary, path)
-            .with_context(|| format!("replacing model {}", path.display()))
+        crate::persist::write_json(path, self, "model")
     }
 
     /// Reads a model written by [`Model::save`].
     pub fn load(path: &Path) -> Result<Self> {
-        let file = File::open(path).with_context(|| format!("opening model {}", path.display()))?;
-        let mut model: Self = serde_json::from_reader(BufReader::new(file))
-            .with_context(|| format!("decoding model {}", path.display()))?;
+        let mut model: Self = crate::persist::read_json(path, "model")?;
         model.index = model
             .pairs
             .iter()

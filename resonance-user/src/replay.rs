@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::{
+    plan::{PlanSettings, Planner},
     predict::{
         Model, ModelConfig, PairKey,
         budget::BudgetSettings,
@@ -53,10 +54,24 @@ pub struct ReplayConfig {
     pub budget: Option<BudgetSettings>,
 }
 
-/// Default creation threshold.
-pub const DEFAULT_THRESHOLD: f64 = 0.6;
-/// Default channel TTL.
-pub const DEFAULT_TTL_NS: u64 = 5_000_000_000;
+/// Default creation threshold: the agent's.
+pub const DEFAULT_THRESHOLD: f64 = crate::plan::DEFAULT_THRESHOLD;
+/// Default channel TTL: the agent's.
+pub const DEFAULT_TTL_NS: u64 = crate::plan::DEFAULT_TTL_NS;
+
+impl ReplayConfig {
+    /// The planner these settings describe (the agent's, with a
+    /// replacement that is instant in event time).
+    pub fn plan_settings(&self) -> PlanSettings {
+        PlanSettings {
+            ttl_ns: self.ttl_ns,
+            threshold: self.threshold,
+            budget: self.budget.clone(),
+            replacement_ns: 0,
+            ..PlanSettings::default()
+        }
+    }
+}
 
 impl Default for ReplayConfig {
     fn default() -> Self {
@@ -333,16 +348,9 @@ impl Retraining {
 
     /// At `now`, with `events` the whole trace: finishes the running trial
     /// once its holdout has passed (swapping the model if the candidate is
-    /// not worse, both played at `threshold`, the one channels are prepared
-    /// at now, a waste costing `waste_cost` hits), or starts one if due.
-    fn step(
-        &mut self,
-        now: u64,
-        events: &[TraceEvent],
-        model: &mut Model,
-        (threshold, waste_cost): (f64, f64),
-        ttl_ns: u64,
-    ) {
+    /// not worse, both played with a copy of `planner` as it stands), or
+    /// starts one if due.
+    fn step(&mut self, now: u64, events: &[TraceEvent], model: &mut Model, planner: &Planner) {
         let slice = |from: u64, to: u64| {
             let start = events.partition_point(|e| e.ts_ns < from);
             let end = events.partition_point(|e| e.ts_ns <= to);
@@ -362,12 +370,13 @@ impl Retraining {
                 reason,
                 started_ns: started,
                 end_ns: now,
-                threshold,
-                waste_cost,
-                ttl_ns: ttl_ns.max(1),
+                waste_cost: planner.waste_cost(),
                 min_holdout: self.config.min_holdout,
             };
-            let verdict = retrain::run_trial(baseline, history, slice(started, now), &trial);
+            let play = |model: &mut Model, holdout: &[&TraceEvent], from: u64, to: u64| {
+                evaluate(planner, model, holdout, from, to)
+            };
+            let verdict = retrain::run_trial(baseline, history, slice(started, now), &trial, play);
             if let Some(candidate) = verdict.candidate {
                 *model = candidate;
             }
@@ -380,6 +389,80 @@ impl Retraining {
     }
 }
 
+/// Plays `model` with a copy of `planner` over `events` (in time order,
+/// within `[from, to]`) exactly as the replay plays the whole trace: on a
+/// clock of a twentieth of the TTL and after every event the planner's
+/// channels are made, a start consumes its pair's channel (a hit), an
+/// unused one expires after the TTL (waste) and is replaced if still due,
+/// and the model learns every event as it goes. Channels still alive at
+/// `to` count as neither. This is how a retraining trial judges a model.
+pub fn evaluate(
+    planner: &Planner,
+    model: &mut Model,
+    events: &[&TraceEvent],
+    from: u64,
+    to: u64,
+) -> retrain::Evaluation {
+    // Every pair the model may prepare for, not only those the holdout
+    // has: a channel for a pair that never comes is waste.
+    let mut keys: Vec<PairKey> = Vec::new();
+    let mut index: HashMap<PairKey, usize> = HashMap::new();
+    let known: Vec<PairKey> = model.keys().cloned().collect();
+    for key in known
+        .into_iter()
+        .chain(events.iter().map(|e| PairKey::of(e)))
+    {
+        if !index.contains_key(&key) {
+            index.insert(key.clone(), keys.len());
+            keys.push(key);
+        }
+    }
+    let waste_cost = planner.waste_cost();
+    let ttl = planner.settings().ttl_ns.max(1);
+    let tick = (ttl / 20).max(1_000_000);
+    let mut predictive = Predictive::with_planner(std::mem::take(model), &keys, planner.clone());
+    let lookup = |key: &PairKey| index.get(key).copied();
+    let mut next_tick = from;
+    let clock = |predictive: &mut Predictive, at: u64| {
+        predictive.expire(&keys, at);
+        predictive.model.tick(at);
+        predictive.create_due(&lookup, at);
+    };
+    for event in events {
+        let now = event.ts_ns;
+        while next_tick < now {
+            clock(&mut predictive, next_tick);
+            next_tick += tick;
+        }
+        predictive.expire(&keys, now);
+        if let Some(pair) = lookup(&PairKey::of(event)) {
+            predictive.start(pair, &keys[pair], now);
+        }
+        predictive.model.observe(event);
+        predictive.create_due(&lookup, now);
+    }
+    while next_tick <= to {
+        clock(&mut predictive, next_tick);
+        next_tick += tick;
+    }
+    predictive.expire(&keys, to);
+    let tally = &predictive.tally;
+    let mut eval = retrain::Evaluation {
+        interactions: tally.interactions,
+        hits: tally.hits,
+        created: tally.created,
+        wasted: tally.wasted,
+        ..retrain::Evaluation::default()
+    };
+    if eval.interactions > 0 {
+        let n = eval.interactions as f64;
+        eval.hit_rate = eval.hits as f64 / n;
+        eval.score = (eval.hits as f64 - waste_cost * eval.wasted as f64) / n;
+    }
+    *model = predictive.model;
+    eval
+}
+
 /// Runs the model and both baselines over `events` (sorted by time).
 pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
     let ttl = config.ttl_ns.max(1);
@@ -389,8 +472,7 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
         calibration_horizon_ns: ttl,
         ..config.model.clone()
     });
-    let mut predictive =
-        Predictive::new(model, &pairs.keys, config.threshold, config.budget.as_ref());
+    let mut predictive = Predictive::new(model, &pairs.keys, config);
     let mut static_pool = StaticPool::new(count, ttl);
     let mut ratio = RatioPreconnect::new(count, ttl);
     let mut timeline: Vec<Bucket> = Vec::new();
@@ -411,9 +493,9 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
                  static_pool: &mut StaticPool,
                  ratio: &mut RatioPreconnect,
                  next_brier: &mut u64| {
-        predictive.expire(&pairs.keys, now, config);
+        predictive.expire(&pairs.keys, now);
         predictive.model.tick(now);
-        predictive.create_due(&|key| pairs.index.get(key).copied(), now, config);
+        predictive.create_due(&|key| pairs.index.get(key).copied(), now);
         if now >= *next_brier {
             *next_brier = now + brier_every;
             let scores = predictive.model.scores(now, ttl);
@@ -444,14 +526,18 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
                 &mut next_brier,
             );
             if let Some(retraining) = &mut retraining {
-                let cost = (predictive.threshold(config), predictive.waste_cost(config));
-                retraining.step(next_tick, events, &mut predictive.model, cost, ttl);
+                retraining.step(
+                    next_tick,
+                    events,
+                    &mut predictive.model,
+                    &predictive.planner,
+                );
             }
             next_tick += tick;
         }
         seen = seen.max(pair + 1);
-        predictive.expire(&pairs.keys, now, config);
-        let lead = predictive.start(pair, now);
+        predictive.expire(&pairs.keys, now);
+        let lead = predictive.start(pair, &pairs.keys[pair], now);
         let slot = ((now - first) / BUCKET_NS) as usize;
         if timeline.len() <= slot {
             timeline.resize_with(slot + 1, Bucket::default);
@@ -461,16 +547,16 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
         }
         timeline[slot].interactions += 1;
         timeline[slot].hits += u64::from(lead.is_some());
-        timeline[slot].threshold = predictive.threshold(config);
+        timeline[slot].threshold = predictive.threshold();
         predictive.model.observe(event);
         if let Some(retraining) = &mut retraining {
             retraining.trigger.drift.record(now, lead.is_some());
         }
-        predictive.create_due(&|key| pairs.index.get(key).copied(), now, config);
+        predictive.create_due(&|key| pairs.index.get(key).copied(), now);
         static_pool.interaction(pair, now);
         ratio.interaction(pair, now);
     }
-    predictive.expire(&pairs.keys, last, config);
+    predictive.expire(&pairs.keys, last);
     for &at in &predictive.wasted_at {
         let slot = (at.saturating_sub(first) / BUCKET_NS) as usize;
         if let Some(bucket) = timeline.get_mut(slot) {
@@ -482,7 +568,7 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
     Report {
         threshold: config.threshold,
         waste_budget: config.budget.as_ref().map(|budget| budget.target),
-        threshold_end: predictive.threshold(config),
+        threshold_end: predictive.threshold(),
         ttl_ms: ttl as f64 / 1e6,
         model: predictive.tally.figures(pending),
         static_pool: static_pool.finish(last),
@@ -493,3 +579,6 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
         retrains: retraining.map(|r| r.decisions).unwrap_or_default(),
     }
 }
+
+#[cfg(test)]
+mod tests;

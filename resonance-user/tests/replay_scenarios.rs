@@ -374,9 +374,10 @@ fn bounded_memory_degrades_gracefully() {
 /// freshly trained model would, and the evidence fallback keeps a channel
 /// for each new pair until its timing has two gaps. So retraining has
 /// nothing to restore here: the drift trial starts at the change and its
-/// candidate ties with the serving model on the holdout (0.927 against
-/// 0.930), which is kept. The test checks that the drift is noticed within
-/// 90 s, that trial's figures (kept, 0.927 against 0.930), and that
+/// candidate ties with the serving model on the holdout (0.934 against
+/// 0.937, both played with the agent's planner as it stood), which is
+/// kept. The test checks that the drift is noticed within 90 s, that
+/// trial's figures (kept, 0.934 against 0.937), and that
 /// retraining costs nothing: over the first two minutes after the change it
 /// serves at least as many starts as online learning alone, and every 30 s
 /// slice from two minutes after the change on is at 0.8 or better. The case
@@ -403,7 +404,7 @@ fn drift_is_detected_and_retraining_does_not_cost_hits() {
     assert_eq!(drift.outcome, Outcome::Kept, "{drift:#?}");
     let (candidate, current) = (drift.candidate.score, drift.current.score);
     assert!(
-        (candidate - 0.927).abs() < 0.0005 && (current - 0.930).abs() < 0.0005,
+        (candidate - 0.9345).abs() < 0.0005 && (current - 0.9368).abs() < 0.0005,
         "holdout scores {candidate:.4} (candidate) against {current:.4}: {drift:#?}"
     );
     assert!(

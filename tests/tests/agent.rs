@@ -476,7 +476,8 @@ fn the_agent_brokers_pre_created_channels_and_counts_them() {
         "{explained:#}"
     );
     let threshold = broker["threshold"].as_f64().unwrap_or(-1.0);
-    assert!((0.3..=0.95).contains(&threshold), "{explained:#}");
+    // Between the waste budget's floor and the most a pair reaches.
+    assert!((0.02..=0.95).contains(&threshold), "{explained:#}");
     // The probes measured the handed-out socketpairs themselves: once the
     // channels fall silent they are filed with the pair, used, with the
     // requester's turnaround and the bytes each carried.
@@ -523,6 +524,37 @@ fn the_agent_brokers_pre_created_channels_and_counts_them() {
         used.is_some(),
         "{:?} channels measured used on /metrics",
         used_channels()
+    );
+    // Once every channel is filed, the used ones are exactly the claimed
+    // and on-demand ones, and the unused ones the wasted (the revoked
+    // channels' end-of-file reads once counted as use: used = created).
+    let filed = wait_for(Duration::from_secs(30), || {
+        let (_, scrape) = http_get(agent.metrics, "/metrics").ok()?;
+        let sum = |family: &str| counter_sum(&scrape, family, "src=\"requester\"");
+        let figures = (
+            sum("resonance_broker_channels_created_total"),
+            sum("resonance_broker_channels_used_total"),
+            sum("resonance_broker_channels_unused_total"),
+            sum("resonance_broker_waste_total"),
+        );
+        (figures.1 + figures.2 == figures.0).then_some(figures)
+    });
+    let Some((created, used, unused, waste)) = filed else {
+        panic!(
+            "channels never all filed: {}",
+            http_get(agent.metrics, "/metrics")
+                .map(|r| r.1)
+                .unwrap_or_default()
+        );
+    };
+    assert!(
+        waste > 0,
+        "no channel wasted to check against: created {created}"
+    );
+    assert_eq!(
+        (used, unused),
+        (created - waste, waste),
+        "created {created}, waste {waste}"
     );
     assert!(
         explained["scores"]
@@ -726,6 +758,11 @@ fn the_broker_model_is_retrained_saved_and_survives_a_restart() {
     // Saved every second and on stop; the opens are in the store.
     let state = dir.join("state");
     let model_file = state.join("broker-model.json");
+    let before = agent
+        .explain("requester", "responder")
+        .expect("explain before the restart")["broker"]
+        .clone();
+    assert!(before["hits"].as_u64() >= Some(150), "{before:#}");
     stop(&mut agent);
     assert!(
         agent.log_text().contains("saved the broker model"),
@@ -770,6 +807,33 @@ fn the_broker_model_is_retrained_saved_and_survives_a_restart() {
         "{}",
         again.log_text()
     );
+    // The broker's feedback goes on too: counts, threshold, capacity and
+    // the measured channels, as they were before the stop.
+    let after = again
+        .explain("requester", "responder")
+        .expect("explain after the restart: the broker's feedback was lost")["broker"]
+        .clone();
+    // The last measured channel moves on while channels are filed up to
+    // the stop; the restored one is that one or a later one.
+    assert!(
+        before["last_measured"]["channel"].is_u64()
+            && after["last_measured"]["channel"].as_u64()
+                >= before["last_measured"]["channel"].as_u64(),
+        "before {before:#}, after {after:#}"
+    );
+    for field in [
+        "created",
+        "hits",
+        "waste",
+        "misses",
+        "threshold",
+        "capacity",
+    ] {
+        assert_eq!(
+            after[field], before[field],
+            "{field}: before {before:#}, after {after:#}"
+        );
+    }
     stop(&mut again);
 
     // A damaged file is set aside and the agent starts with a fresh model.
@@ -907,14 +971,19 @@ const CHAIN_WARMUP: usize = 10;
 
 /// Runs the chain (front end → relay over a plain Unix socket, relay →
 /// backend through the broker) under a fresh agent, with observed starts
-/// on or off, and returns what the relay and the agent counted.
+/// on or off, and returns what the relay and the agent counted. The
+/// planner runs at a fixed threshold of 0.5 with per-pair margins: under
+/// the default waste budget, about 160 outcomes leave the threshold near
+/// its floor and the same run wastes a third of its channels (the
+/// controller's trouble with few outcomes, measured and left for the
+/// predictor's next round).
 fn run_chain(name: &str, observed_starts: bool, rounds: usize) -> (ChainFigures, Agent, PathBuf) {
     let dir = scratch(name);
     let config = dir.join("resonance.toml");
     std::fs::write(
         &config,
         format!(
-            "idle_gap = \"150ms\"\n[broker]\nttl = \"500ms\"\n[predict]\nobserved_starts = {observed_starts}\n"
+            "idle_gap = \"150ms\"\n[broker]\nttl = \"500ms\"\nthreshold = 0.5\nwaste_budget = 0\n[predict]\nobserved_starts = {observed_starts}\n"
         ),
     )
     .expect("writing the config");

@@ -543,15 +543,18 @@ fn inverted_threshold_bounds_are_refused() {
 }
 
 /// A periodic pattern that stops: the broker keeps preparing the channels
-/// the model still expects from the period, they expire unused, the pair's
-/// threshold rises with the waste and the waste rate falls, both measured
-/// within eleven seconds of the stop.
+/// the model still expects from the period, they expire unused, and within
+/// eleven seconds of the stop the waste has fallen, to nothing or under a
+/// risen threshold.
 #[test]
-fn a_pattern_that_stops_raises_its_threshold_and_its_waste_falls() {
+fn a_pattern_that_stops_wastes_less_and_less() {
     let _serial = serial();
+    // A fixed threshold, where each pair adapts its own margin (under the
+    // waste budget the budget is the one control).
     let broker = start_broker("stop", |s| {
         s.ttl = Duration::from_millis(200);
         s.threshold = 0.5;
+        s.waste_budget = 0.0;
     });
     let _responder = broker.responder("responder");
     const OPENS: u64 = 30;
@@ -578,7 +581,8 @@ fn a_pattern_that_stops_raises_its_threshold_and_its_waste_falls() {
         .view
         .pair("requester", "responder")
         .expect("the pair's feedback")
-        .threshold;
+        .threshold
+        .unwrap_or(0.0);
     let waste_at = |after: Duration| {
         std::thread::sleep((stopped + after).saturating_duration_since(std::time::Instant::now()));
         total(&m.waste)
@@ -608,13 +612,17 @@ fn a_pattern_that_stops_raises_its_threshold_and_its_waste_falls() {
         late < early,
         "waste did not fall: {early} then {late}; {snapshot:?}"
     );
+    // Either the model stopped expecting the pair (one channel per TTL at
+    // most since a second goes only to bursts, so a few expiries) or the
+    // pair's margin rose: the waste has stopped or the threshold is up.
+    let threshold = snapshot.threshold.unwrap_or(0.0);
     assert!(
-        snapshot.threshold > at_stop,
-        "the threshold did not rise from {at_stop}: {snapshot:?}"
+        late == 0 || threshold > at_stop,
+        "still wasting ({late} in 8-11 s) at an unchanged threshold {at_stop}: {snapshot:?}"
     );
     println!(
-        "stopped pattern: waste {early} in the first 3 s, {late} in 8-11 s; threshold {at_stop:.2} -> {:.2} ({})",
-        snapshot.threshold, snapshot.threshold_reason
+        "stopped pattern: waste {early} in the first 3 s, {late} in 8-11 s; threshold {at_stop:.2} -> {threshold:.2} ({:?})",
+        snapshot.threshold_reason
     );
 }
 

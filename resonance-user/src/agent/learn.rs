@@ -27,8 +27,9 @@ use anyhow::{Context, Result};
 use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
 
 use crate::{
-    config::{BrokerSettings, PredictSettings},
-    handout::{BrokerView, Open},
+    config::PredictSettings,
+    handout::{BrokerView, Open, SavedBroker},
+    plan::Planner,
     predict::{
         Model,
         retrain::{self, Outcome, Reason, RetrainConfig, Trial, Trigger, Verdict},
@@ -39,6 +40,9 @@ use crate::{
 
 /// The broker's model inside the state folder.
 pub const MODEL_FILE_NAME: &str = "broker-model.json";
+
+/// The broker's per-pair feedback inside the state folder.
+pub const FEEDBACK_FILE_NAME: &str = "broker-feedback.json";
 
 /// How long opens stay in memory after they are stored: the holdout is
 /// read from here (the newest opens may not be flushed yet), and a
@@ -101,6 +105,8 @@ struct Pending {
     reason: Reason,
     started_ns: u64,
     baseline: Model,
+    /// The broker's planner as it was then: both models are played with it.
+    planner: Planner,
 }
 
 /// A trial being decided on a background thread.
@@ -117,14 +123,13 @@ pub struct Learning {
     opens: Receiver<Open>,
     settings: PredictSettings,
     retrain: RetrainConfig,
-    threshold: f64,
-    ttl_ns: u64,
     trigger: Trigger,
     pending: Option<Pending>,
     running: Option<Running>,
     /// Opens of the last few holdouts, oldest first.
     recent: VecDeque<TraceEvent>,
     path: PathBuf,
+    feedback_path: PathBuf,
     next_save_ns: Option<u64>,
     metrics: LearnMetrics,
 }
@@ -135,7 +140,6 @@ impl Learning {
         view: BrokerView,
         opens: Receiver<Open>,
         predict: &PredictSettings,
-        broker: &BrokerSettings,
         state_dir: &Path,
         registry: &Registry,
     ) -> Result<Self> {
@@ -146,16 +150,11 @@ impl Learning {
             trigger: Trigger::new(&retrain),
             retrain,
             settings: predict.clone(),
-            threshold: broker
-                .threshold
-                .clamp(broker.threshold_min, broker.threshold_max),
-            ttl_ns: u64::try_from(broker.ttl.as_nanos())
-                .unwrap_or(u64::MAX)
-                .max(1),
             pending: None,
             running: None,
             recent: VecDeque::new(),
             path: state_dir.join(MODEL_FILE_NAME),
+            feedback_path: state_dir.join(FEEDBACK_FILE_NAME),
             next_save_ns: None,
             metrics: LearnMetrics::new(registry).context("registering retraining metrics")?,
         })
@@ -256,6 +255,7 @@ impl Learning {
             reason,
             started_ns: now_ns,
             baseline,
+            planner: self.view.planner(),
         });
     }
 
@@ -282,19 +282,21 @@ impl Learning {
             .filter(|e| e.ts_ns >= pending.started_ns && e.ts_ns <= now_ns)
             .cloned()
             .collect();
+        let planner = pending.planner;
         let trial = Trial {
             reason: pending.reason,
             started_ns: pending.started_ns,
             end_ns: now_ns,
-            threshold: self.threshold,
-            waste_cost: crate::predict::retrain::waste_cost(self.threshold),
-            ttl_ns: self.ttl_ns,
+            waste_cost: planner.waste_cost(),
             min_holdout: self.retrain.min_holdout,
         };
         let baseline = pending.baseline;
+        let play = move |model: &mut Model, events: &[&TraceEvent], from: u64, to: u64| {
+            crate::replay::evaluate(&planner, model, events, from, to)
+        };
         let spawned = std::thread::Builder::new()
             .name("retrain".to_owned())
-            .spawn(move || retrain::run_trial(baseline, &history, &holdout, &trial));
+            .spawn(move || retrain::run_trial(baseline, &history, &holdout, &trial, play));
         match spawned {
             Ok(handle) => {
                 self.running = Some(Running {
@@ -393,11 +395,13 @@ impl Learning {
     /// lock, written outside it).
     pub fn save(&self) -> Result<()> {
         let model = self.view.with_model(|model| model.clone());
+        let feedback = self.view.saved();
         if let Some(parent) = self.path.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        model.save(&self.path)
+        model.save(&self.path)?;
+        crate::persist::write_json(&self.feedback_path, &feedback, "broker feedback")
     }
 }
 
@@ -424,22 +428,37 @@ fn start_event(start: Start) -> TraceEvent {
 /// to `<name>.unreadable` (so the next save does not destroy the evidence)
 /// and `None` is returned: the broker starts with a fresh model.
 pub fn load_model(path: &Path) -> Option<Model> {
+    let model = load_or_set_aside(path, "broker model", Model::load)?;
+    log::info!(
+        "loaded the broker model from {} ({} pairs)",
+        path.display(),
+        model.tracked()
+    );
+    Some(model)
+}
+
+/// The broker's per-pair feedback saved at `path` (capacity decisions,
+/// outcomes, measured channels) and its planner's thresholds, under the
+/// same rules as [`load_model`].
+pub fn load_feedback(path: &Path) -> Option<SavedBroker> {
+    load_or_set_aside(path, "broker feedback", |path| {
+        crate::persist::read_json(path, "broker feedback")
+    })
+}
+
+/// `load(path)`, or `None` for a missing file (a first start) and for one
+/// that does not load, which is set aside as `<name>.unreadable`.
+fn load_or_set_aside<T>(
+    path: &Path,
+    what: &str,
+    load: impl FnOnce(&Path) -> Result<T>,
+) -> Option<T> {
     if !path.exists() {
-        log::info!(
-            "no saved broker model at {}: starting with a fresh one",
-            path.display()
-        );
+        log::info!("no saved {what} at {}: starting afresh", path.display());
         return None;
     }
-    match Model::load(path) {
-        Ok(model) => {
-            log::info!(
-                "loaded the broker model from {} ({} pairs)",
-                path.display(),
-                model.tracked()
-            );
-            Some(model)
-        }
+    match load(path) {
+        Ok(value) => Some(value),
         Err(error) => {
             let mut aside = path.as_os_str().to_owned();
             aside.push(".unreadable");
@@ -449,8 +468,7 @@ pub fn load_model(path: &Path) -> Option<Model> {
                 Err(rename) => format!("could not be moved aside: {rename}"),
             };
             log::error!(
-                "the saved broker model is unusable ({error:#}); it was {moved}; \
-                 starting with a fresh model"
+                "the saved {what} is unusable ({error:#}); it was {moved}; starting afresh"
             );
             None
         }

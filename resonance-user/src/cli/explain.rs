@@ -126,10 +126,13 @@ fn render(explain: &Value) -> String {
         b("threshold"),
         b("threshold_reason")
     ));
+    let capacity = if get(&broker, &["capacity"]).is_null() {
+        "as planned from the declared traffic (no feedback decision yet)".to_owned()
+    } else {
+        format!("{} ({})", b("capacity"), b("capacity_reason"))
+    };
     out.push_str(&format!(
-        "capacity: {} ({}); last channel {}\n",
-        b("capacity"),
-        b("capacity_reason"),
+        "capacity: {capacity}; last channel {}\n",
         b("last_capacity")
     ));
     out.push_str(&format!(
@@ -219,6 +222,15 @@ mod tests {
         assert!(text.contains("threshold: 0.600 (raised"), "{text}");
         assert!(
             text.contains("capacity: 8192 (the writer blocked)"),
+            "{text}"
+        );
+        // No capacity decision yet: said in words, not `- (-)`.
+        let text = render(&serde_json::json!({
+            "src": "web", "dst": "db", "scores": [],
+            "broker": {"capacity": null, "capacity_reason": null, "last_capacity": 65536}
+        }));
+        assert!(
+            text.contains("capacity: as planned from the declared traffic (no feedback decision yet); last channel 65536"),
             "{text}"
         );
         let text = render(&serde_json::json!({

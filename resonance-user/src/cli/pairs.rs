@@ -31,23 +31,41 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     let rows: Vec<[String; 8]> = pairs.iter().map(row).collect();
-    print!("{}", table(&rows));
+    let half_life = response.half_life_ns.map(std::time::Duration::from_nanos);
+    print!("{}", table(&header(half_life), &rows));
     Ok(())
 }
 
 /// The table's header. The rates and the latency are the agent's decayed
-/// averages (half-life `score.half_life`, 5 minutes by default) since the
-/// pair was first seen, which the headers say.
-const HEADER: [&str; 8] = [
-    "SOURCE",
-    "DESTINATION",
-    "KIND",
-    "SCORE",
-    "INTER/s (avg)",
-    "BYTES/s (avg)",
-    "LAT p50 (avg)",
-    "ERR %",
-];
+/// averages since the pair was first seen, with the half-life the agent
+/// runs with (`score.half_life`), which the headers name.
+fn header(half_life: Option<std::time::Duration>) -> [String; 8] {
+    let window = half_life.map_or_else(
+        || "avg".to_owned(),
+        |h| format!("avg, {} half-life", short(h)),
+    );
+    [
+        "SOURCE".to_owned(),
+        "DESTINATION".to_owned(),
+        "KIND".to_owned(),
+        "SCORE".to_owned(),
+        format!("INTER/s ({window})"),
+        format!("BYTES/s ({window})"),
+        format!("LAT p50 ({window})"),
+        "ERR %".to_owned(),
+    ]
+}
+
+/// `5m`, `90s`, `2h`: a half-life as a config would write it.
+fn short(duration: std::time::Duration) -> String {
+    let secs = duration.as_secs();
+    match secs {
+        0 => format!("{}ms", duration.as_millis()),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
 
 /// One pair's cells, formatted.
 fn row(pair: &serde_json::Value) -> [String; 8] {
@@ -88,16 +106,15 @@ fn row(pair: &serde_json::Value) -> [String; 8] {
 /// The header and `rows`, each column as wide as its widest cell (names
 /// left-aligned, figures right-aligned), so long socket paths do not push
 /// the figures out of their columns.
-fn table(rows: &[[String; 8]]) -> String {
-    let mut widths = HEADER.map(|h| h.chars().count());
+fn table(header: &[String; 8], rows: &[[String; 8]]) -> String {
+    let mut widths = header.clone().map(|h| h.chars().count());
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    let header = HEADER.map(str::to_owned);
-    for cells in std::iter::once(&header).chain(rows) {
+    for cells in std::iter::once(header).chain(rows) {
         let line: Vec<String> = cells
             .iter()
             .zip(widths)
@@ -145,7 +162,7 @@ mod tests {
                 "0.00".into(),
             ],
         ];
-        let text = table(&rows);
+        let text = table(&header(Some(std::time::Duration::from_secs(300))), &rows);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
         // Every line ends its ERR % column at the same place, and the
@@ -156,6 +173,9 @@ mod tests {
             .collect();
         assert!(score_at.windows(2).all(|w| w[0] == w[1]), "{text}");
         assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{text}");
-        assert!(lines[0].contains("BYTES/s (avg)"), "{text}");
+        assert!(lines[0].contains("BYTES/s (avg, 5m half-life)"), "{text}");
+        let text = table(&header(Some(std::time::Duration::from_secs(90))), &rows);
+        assert!(text.contains("INTER/s (avg, 90s half-life)"), "{text}");
+        assert!(table(&header(None), &rows).contains("LAT p50 (avg)"));
     }
 }

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use resonance_common::{ChannelKind, Direction};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{EndLatency, FlowRecord};
 
@@ -40,7 +40,7 @@ impl Watched {
 }
 
 /// Cumulative figures of one channel since it was delivered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelMeasure {
     /// Bytes written into the channel (both directions).
     pub sent: u64,
@@ -65,9 +65,11 @@ pub struct ChannelMeasure {
 }
 
 impl ChannelMeasure {
-    /// Whether anything at all moved through the channel.
+    /// Whether any byte moved through the channel. Syscalls alone do not
+    /// count: a revoked channel's peer reads end-of-file (0 bytes) when
+    /// the other end is dropped, and an unused channel is not used for it.
     pub fn used(&self) -> bool {
-        self.writes + self.reads > 0
+        self.sent + self.received > 0
     }
 
     /// Time from delivery to first use, ns.
@@ -124,7 +126,8 @@ pub fn measure<'a>(
             }
         }
         m.errors += flow.errors;
-        if flow.ops > 0 {
+        // Use is bytes moving (see `ChannelMeasure::used`).
+        if flow.bytes > 0 {
             m.first_use_ns = if m.first_use_ns == 0 {
                 flow.first_ns
             } else {
@@ -208,6 +211,23 @@ mod tests {
         assert!(m.wait_p50_ns.is_some_and(|p| p > 10_000 && p < 40_000));
         assert_eq!(m.turnaround_p50_ns, None);
         assert!(m.throughput_bytes_per_s().is_some_and(|t| t > 0.0));
+    }
+
+    /// A revoked channel: the responder's read finds end-of-file when the
+    /// requester drops its end. That read moved nothing, so the channel
+    /// counts unused (it once made used channels equal created ones).
+    #[test]
+    fn an_end_of_file_read_does_not_make_a_channel_used() {
+        let watched = [pipe(7, 42, 500)];
+        let eof = FlowRecord {
+            bytes: 0,
+            ..flow(11, ChannelKind::Pipe, Direction::Recv, 42, 1)
+        };
+        let m = measure(&watched, &[eof], &EndLatency::new())[&7];
+        assert_eq!(m.reads, 1);
+        assert!(!m.used());
+        assert_eq!(m.time_to_first_use_ns(500), None);
+        assert_eq!(m.first_use_ns, 0);
     }
 
     #[test]

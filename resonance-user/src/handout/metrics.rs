@@ -122,12 +122,12 @@ impl BrokerMetrics {
             )?,
             used: vec(
                 "resonance_broker_channels_used_total",
-                "Brokered channels that carried data, as the probes saw them.",
+                "Brokered channels through which the probes saw bytes move.",
                 pair,
             )?,
             unused: vec(
                 "resonance_broker_channels_unused_total",
-                "Brokered channels the probes never saw used.",
+                "Brokered channels through which the probes saw no byte move (an end-of-file read is no use).",
                 pair,
             )?,
             blocked_writes: vec(

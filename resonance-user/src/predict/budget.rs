@@ -67,6 +67,26 @@ impl WasteBudget {
         self.threshold
     }
 
+    /// The waste ratio it aims at.
+    pub fn target(&self) -> f64 {
+        self.settings.target
+    }
+
+    /// Its settings (the floor as it applies under the ceiling).
+    pub fn settings(&self) -> &BudgetSettings {
+        &self.settings
+    }
+
+    /// Outcomes it remembers (decayed, at most about [`MEMORY`]).
+    pub fn outcomes(&self) -> f64 {
+        self.used + self.wasted
+    }
+
+    /// The highest it goes.
+    pub fn ceiling(&self) -> f64 {
+        self.ceiling
+    }
+
     /// The running waste ratio (0 before any outcome).
     pub fn waste_ratio(&self) -> f64 {
         let total = self.used + self.wasted;

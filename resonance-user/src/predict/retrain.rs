@@ -13,11 +13,11 @@
 //! current. Everything here is pure (no clock, no I/O), so the replay and
 //! the agent share it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use serde::Serialize;
 
-use super::{Model, PairKey};
+use super::Model;
 use crate::trace::TraceEvent;
 
 /// When and how to retrain.
@@ -151,14 +151,10 @@ pub struct Trial {
     pub started_ns: u64,
     /// End of the holdout (the decision time).
     pub end_ns: u64,
-    /// Probability at which a channel is prepared.
-    pub threshold: f64,
     /// What a wasted channel costs in hits in the score: by default
     /// ([`waste_cost`]) the threshold's own trade-off; under a waste budget
     /// the budget's exchange rate, `target / (1 − target)`.
     pub waste_cost: f64,
-    /// Channel lifetime, also the prediction horizon.
-    pub ttl_ns: u64,
     /// Fewest holdout interactions for a verdict.
     pub min_holdout: u64,
 }
@@ -198,6 +194,7 @@ pub fn run_trial(
     history: &[TraceEvent],
     holdout: &[TraceEvent],
     trial: &Trial,
+    play: impl Fn(&mut Model, &[&TraceEvent], u64, u64) -> Evaluation,
 ) -> Verdict {
     let mut candidate = baseline.clone();
     candidate.retrain(history.iter().filter(|e| e.ts_ns < trial.started_ns));
@@ -206,19 +203,8 @@ pub fn run_trial(
         .iter()
         .filter(|e| e.ts_ns >= trial.started_ns && e.ts_ns <= trial.end_ns)
         .collect();
-    let play = |model: &mut Model| {
-        evaluate(
-            model,
-            holdout.iter().copied(),
-            trial.started_ns,
-            trial.end_ns,
-            trial.threshold,
-            trial.waste_cost,
-            trial.ttl_ns,
-        )
-    };
-    let current_eval = play(&mut current);
-    let candidate_eval = play(&mut candidate);
+    let current_eval = play(&mut current, &holdout, trial.started_ns, trial.end_ns);
+    let candidate_eval = play(&mut candidate, &holdout, trial.started_ns, trial.end_ns);
     let (outcome, why) = if current_eval.interactions < trial.min_holdout {
         (
             Outcome::Kept,
@@ -266,77 +252,6 @@ pub fn run_trial(
         },
         candidate: (outcome == Outcome::Swapped).then_some(candidate),
     }
-}
-
-/// Plays `model` over `events` (in time order, within `[from, to]`) as the
-/// replay does: on a clock of a twentieth of the TTL and after every event
-/// it prepares a channel for each pair [`Model::due`] names that has none;
-/// a start of the pair consumes it (a hit), or it expires after `ttl_ns`
-/// (waste). The model learns every event as it goes. Channels still alive
-/// at `to` count as neither.
-pub fn evaluate<'a>(
-    model: &mut Model,
-    events: impl IntoIterator<Item = &'a TraceEvent>,
-    from: u64,
-    to: u64,
-    threshold: f64,
-    waste_cost: f64,
-    ttl_ns: u64,
-) -> Evaluation {
-    let ttl = ttl_ns.max(1);
-    let tick = (ttl / 20).max(1_000_000);
-    let step = (ttl / 8).max(1);
-    let mut channels: HashMap<PairKey, u64> = HashMap::new();
-    let mut eval = Evaluation::default();
-    let expire = |channels: &mut HashMap<PairKey, u64>, eval: &mut Evaluation, now: u64| {
-        channels.retain(|_, created| {
-            let alive = created.saturating_add(ttl) >= now;
-            eval.wasted += u64::from(!alive);
-            alive
-        });
-    };
-    let prepare =
-        |model: &Model, channels: &mut HashMap<PairKey, u64>, eval: &mut Evaluation, now| {
-            let ready = |id| model.key(id).is_some_and(|key| !channels.contains_key(key));
-            for due in model.due(now, ttl, threshold, step, ready) {
-                if let Some(key) = model.key(due.pair) {
-                    channels.insert(key.clone(), now);
-                    eval.created += 1;
-                }
-            }
-        };
-    let mut next_tick = from;
-    for event in events {
-        let now = event.ts_ns;
-        while next_tick < now {
-            expire(&mut channels, &mut eval, next_tick);
-            model.tick(next_tick);
-            prepare(model, &mut channels, &mut eval, next_tick);
-            next_tick += tick;
-        }
-        expire(&mut channels, &mut eval, now);
-        let key = PairKey::of(event);
-        eval.interactions += 1;
-        if channels.get(&key).is_some_and(|created| *created < now) {
-            channels.remove(&key);
-            eval.hits += 1;
-        }
-        model.observe(event);
-        prepare(model, &mut channels, &mut eval, now);
-    }
-    while next_tick <= to {
-        expire(&mut channels, &mut eval, next_tick);
-        model.tick(next_tick);
-        prepare(model, &mut channels, &mut eval, next_tick);
-        next_tick += tick;
-    }
-    expire(&mut channels, &mut eval, to);
-    if eval.interactions > 0 {
-        let n = eval.interactions as f64;
-        eval.hit_rate = eval.hits as f64 / n;
-        eval.score = (eval.hits as f64 - waste_cost * eval.wasted as f64) / n;
-    }
-    eval
 }
 
 /// A fall of the rolling hit rate of the opens below its usual level.

@@ -1,18 +1,16 @@
-//! The model's strategy in the replay: a channel for every pair
-//! [`Model::due`] names that has none ready, consumed by a start of that
-//! pair within the TTL (a hit) or expiring unused (waste). An expired
-//! channel whose pair is still due at the moment it expires is replaced
-//! then, as the broker's next preparation pass would, rather than at the
-//! replay's next clock tick: a pair that is late but still expected keeps
-//! a channel without a gap a start could fall into.
-//!
-//! The threshold is the configured one, or, with a waste budget
-//! ([`ReplayConfig::budget`]), the budget's, fed with every hit and waste.
+//! The model's strategy in the replay: the agent's own planner
+//! ([`crate::plan::Planner`]) run in event time. A channel for every pair
+//! it names that has none ready, consumed by a start of that pair within
+//! the TTL (a hit) or expiring unused (waste). An expired channel whose
+//! pair is still due at the moment it expires is replaced then, as the
+//! broker's next preparation pass would, rather than at the replay's next
+//! clock tick: a pair that is late but still expected keeps a channel
+//! without a gap a start could fall into. Every hit, waste and miss goes
+//! to the planner, which moves its thresholds as the broker's does.
 
-use crate::predict::{
-    Model, PairId, PairKey,
-    budget::{BudgetSettings, WasteBudget},
-    retrain,
+use crate::{
+    plan::{Outcome, Planner},
+    predict::{Model, PairKey},
 };
 
 use super::{PairFigures, ReplayConfig, Tally};
@@ -21,6 +19,8 @@ use super::{PairFigures, ReplayConfig, Tally};
 pub struct Predictive {
     /// The model, fed every event after its outcome is scored.
     pub model: Model,
+    /// The planner deciding which pairs get channels.
+    pub planner: Planner,
     /// Creation time of each pair's ready channel.
     channels: Vec<Option<u64>>,
     /// Running figures.
@@ -29,21 +29,21 @@ pub struct Predictive {
     pub per_pair: Vec<PairFigures>,
     /// When each wasted channel expired, for the timeline.
     pub wasted_at: Vec<u64>,
-    /// The threshold channels are prepared at, kept within the waste budget.
-    pub budget: Option<WasteBudget>,
 }
 
 impl Predictive {
-    /// The strategy for the trace's pairs (`keys`, in replay order), with
-    /// a waste budget below `threshold` if `budget` is set.
-    pub fn new(
-        model: Model,
-        keys: &[PairKey],
-        threshold: f64,
-        budget: Option<&BudgetSettings>,
-    ) -> Self {
+    /// The strategy for the trace's pairs (`keys`, in replay order) under
+    /// `config`'s planner settings.
+    pub fn new(model: Model, keys: &[PairKey], config: &ReplayConfig) -> Self {
+        Self::with_planner(model, keys, Planner::new(config.plan_settings()))
+    }
+
+    /// The strategy with a planner as it stands (a copy of the agent's,
+    /// for a retraining holdout).
+    pub fn with_planner(model: Model, keys: &[PairKey], planner: Planner) -> Self {
         Self {
             model,
+            planner,
             channels: vec![None; keys.len()],
             tally: Tally::default(),
             per_pair: keys
@@ -56,15 +56,14 @@ impl Predictive {
                 })
                 .collect(),
             wasted_at: Vec::new(),
-            budget: budget.map(|settings| WasteBudget::new(settings.clone(), threshold)),
         }
     }
 
     /// Plays the expiries up to `now`. The model has seen nothing since
     /// each expiry (events are replayed after expiring), so asking it at
     /// the expiry time does not look ahead.
-    pub fn expire(&mut self, keys: &[PairKey], now: u64, config: &ReplayConfig) {
-        let ttl = config.ttl_ns.max(1);
+    pub fn expire(&mut self, keys: &[PairKey], now: u64) {
+        let ttl = self.planner.settings().ttl_ns.max(1);
         for (pair, key) in keys.iter().enumerate().take(self.channels.len()) {
             while let Some(created) = self.channels[pair] {
                 let expiry = created.saturating_add(ttl);
@@ -74,14 +73,12 @@ impl Predictive {
                 self.channels[pair] = None;
                 self.tally.wasted += 1;
                 self.per_pair[pair].wasted += 1;
-                if let Some(budget) = &mut self.budget {
-                    budget.wasted();
-                }
+                self.planner.outcome(key, Outcome::Waste, 1.0);
                 self.wasted_at.push(expiry);
                 let still_due = self
                     .model
                     .pair_id(key)
-                    .is_some_and(|id| self.still_due(id, expiry, config));
+                    .is_some_and(|id| self.planner.still_due(&self.model, id, expiry));
                 if still_due {
                     self.make(pair, expiry);
                 }
@@ -89,31 +86,14 @@ impl Predictive {
         }
     }
 
-    /// Whether the pair's need clears the threshold at `at` (no lookahead:
-    /// it was already judged worth a channel, and waiting now could only
-    /// miss), or it is kept by the evidence fallback.
-    fn still_due(&self, id: PairId, at: u64, config: &ReplayConfig) -> bool {
-        self.model.need(id, at, config.ttl_ns) >= self.threshold(config)
-            || self.model.fallback(id, at)
+    /// The host-wide threshold now.
+    pub fn threshold(&self) -> f64 {
+        self.planner.threshold()
     }
 
-    /// The threshold now: the budget's, or the configured one.
-    pub fn threshold(&self, config: &ReplayConfig) -> f64 {
-        self.budget
-            .as_ref()
-            .map_or(config.threshold, WasteBudget::threshold)
-    }
-
-    /// What a wasted channel costs in hits when judging a model: under a
-    /// waste budget what the budget trades it for (one channel in
-    /// `1 / target` may be wasted), with a fixed threshold the threshold's
-    /// own trade-off.
-    pub fn waste_cost(&self, config: &ReplayConfig) -> f64 {
-        let rate = config
-            .budget
-            .as_ref()
-            .map_or_else(|| self.threshold(config), |budget| budget.target);
-        retrain::waste_cost(rate)
+    /// What a wasted channel costs in hits when judging a model.
+    pub fn waste_cost(&self) -> f64 {
+        self.planner.waste_cost()
     }
 
     fn make(&mut self, pair: usize, now: u64) {
@@ -122,41 +102,37 @@ impl Predictive {
         self.per_pair[pair].created += 1;
     }
 
-    /// A start of `pair` at `now`: consumes its channel if one was made
-    /// before; returns the lead time of a hit.
-    pub fn start(&mut self, pair: usize, now: u64) -> Option<u64> {
+    /// A start of `pair` (named `key`) at `now`: consumes its channel if
+    /// one was made before; returns the lead time of a hit.
+    pub fn start(&mut self, pair: usize, key: &PairKey, now: u64) -> Option<u64> {
         let lead = match self.channels[pair] {
             Some(created) if created < now => {
                 self.channels[pair] = None;
-                if let Some(budget) = &mut self.budget {
-                    budget.used();
-                }
                 Some(now - created)
             }
             _ => None,
         };
+        let outcome = if lead.is_some() {
+            Outcome::Hit
+        } else {
+            Outcome::Miss
+        };
+        self.planner.outcome(key, outcome, 1.0);
         self.tally.start(lead);
         self.per_pair[pair].interactions += 1;
         self.per_pair[pair].hits += u64::from(lead.is_some());
         lead
     }
 
-    /// Creates a channel for every pair the model says is due at `now` and
-    /// that has none; `index` maps a pair to its replay number.
-    pub fn create_due(
-        &mut self,
-        index: &impl Fn(&PairKey) -> Option<usize>,
-        now: u64,
-        config: &ReplayConfig,
-    ) {
-        let step = (config.ttl_ns / 8).max(1);
-        let replay_pair = |model: &Model, id: PairId| model.key(id).and_then(index);
-        let ready =
-            |id| replay_pair(&self.model, id).is_some_and(|pair| self.channels[pair].is_none());
-        let threshold = self.threshold(config);
-        let due = self.model.due(now, config.ttl_ns, threshold, step, ready);
-        for due in due {
-            if let Some(pair) = replay_pair(&self.model, due.pair)
+    /// Creates the channels the planner asks for at `now` (at most one per
+    /// pair: in event time a replacement is instant); `index` maps a pair
+    /// to its replay number.
+    pub fn create_due(&mut self, index: &impl Fn(&PairKey) -> Option<usize>, now: u64) {
+        let channels = &self.channels;
+        let ready = |key: &PairKey| index(key).map(|pair| usize::from(channels[pair].is_some()));
+        let plans = self.planner.plan(&self.model, now, ready);
+        for plan in plans {
+            if let Some(pair) = self.model.key(plan.pair).and_then(index)
                 && self.channels[pair].is_none()
             {
                 self.make(pair, now);
@@ -187,12 +163,12 @@ mod tests {
 
     /// Replays starts of the one pair `key()` at `times`, as the replay
     /// does: expiries, the start, learning, new channels.
-    fn play(strategy: &mut Predictive, times: &[u64], config: &ReplayConfig) {
+    fn play(strategy: &mut Predictive, times: &[u64]) {
         let keys = [key()];
         let index = |_: &PairKey| Some(0);
         for &at in times {
-            strategy.expire(&keys, at, config);
-            strategy.start(0, at);
+            strategy.expire(&keys, at);
+            strategy.start(0, &keys[0], at);
             strategy.model.observe(&TraceEvent {
                 ts_ns: at,
                 src: keys[0].src.clone(),
@@ -202,17 +178,21 @@ mod tests {
                 latency_ns: 0,
                 error: false,
             });
-            strategy.create_due(&index, at, config);
+            strategy.create_due(&index, at);
         }
     }
 
     #[test]
     fn a_new_pair_has_a_channel_for_its_second_start() {
-        let config = ReplayConfig::default();
-        let mut strategy = Predictive::new(Model::default(), &[key()], config.threshold, None);
+        // A fixed threshold, so the figures follow from the rules alone.
+        let config = ReplayConfig {
+            budget: None,
+            ..ReplayConfig::default()
+        };
+        let mut strategy = Predictive::new(Model::default(), &[key()], &config);
         // Second start 7 s after the first: the channel made at the first
         // expires at 5 s and, the pair still being kept, is replaced.
-        play(&mut strategy, &[0, 7 * S], &config);
+        play(&mut strategy, &[0, 7 * S]);
         assert_eq!(strategy.tally.hits, 1, "the second start is served");
         assert_eq!(strategy.tally.wasted, 1);
     }
@@ -224,23 +204,26 @@ mod tests {
             dst: "b".to_owned(),
             kind: "pipe".to_owned(),
         };
-        let config = ReplayConfig::default();
+        // A fixed threshold, so the figures follow from the rules alone.
+        let config = ReplayConfig {
+            budget: None,
+            ..ReplayConfig::default()
+        };
         // Raw probabilities, so the figures below follow from the timing
         // rule alone.
         let model = Model::new(ModelConfig {
             calibrate: false,
             ..ModelConfig::default()
         });
-        let mut strategy =
-            Predictive::new(model, std::slice::from_ref(&key), config.threshold, None);
+        let mut strategy = Predictive::new(model, std::slice::from_ref(&key), &config);
         let index = |_: &PairKey| Some(0);
         // A start every 4 s, each one served by the channel made after the
         // one before.
         let mut last = 0;
         for n in 0..20 {
             last = n * 4 * S;
-            strategy.expire(std::slice::from_ref(&key), last, &config);
-            strategy.start(0, last);
+            strategy.expire(std::slice::from_ref(&key), last);
+            strategy.start(0, &key, last);
             strategy.model.observe(&TraceEvent {
                 ts_ns: last,
                 src: key.src.clone(),
@@ -250,18 +233,14 @@ mod tests {
                 latency_ns: 0,
                 error: false,
             });
-            strategy.create_due(&index, last, &config);
+            strategy.create_due(&index, last);
         }
         assert_eq!(strategy.pending(), 1, "a channel after the last start");
         let created = strategy.tally.created;
         // The TTL passes with no start: the pair is late, not yet stopped
         // (quiet for less than twice its longest gap), so the channel is
         // replaced the moment it expires.
-        strategy.expire(
-            std::slice::from_ref(&key),
-            last + config.ttl_ns + 1,
-            &config,
-        );
+        strategy.expire(std::slice::from_ref(&key), last + config.ttl_ns + 1);
         assert_eq!(strategy.tally.wasted, 1);
         assert_eq!(strategy.tally.created, created + 1, "replaced at expiry");
         assert_eq!(strategy.pending(), 1);
@@ -270,7 +249,7 @@ mod tests {
         // so this may be its first think time: still kept, until the 30 s
         // window has passed.
         let expire_at = |strategy: &mut Predictive, at: u64| {
-            strategy.expire(std::slice::from_ref(&key), at, &config);
+            strategy.expire(std::slice::from_ref(&key), at);
         };
         expire_at(&mut strategy, last + 2 * config.ttl_ns + 1);
         assert_eq!(strategy.tally.wasted, 2);

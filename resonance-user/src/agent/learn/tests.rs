@@ -4,7 +4,7 @@
 use std::{sync::mpsc, time::Duration};
 
 use super::*;
-use crate::{handout::Broker, predict::PairKey, store::StoreConfig};
+use crate::{config::BrokerSettings, handout::Broker, predict::PairKey, store::StoreConfig};
 
 const S: u64 = 1_000_000_000;
 const T0: u64 = 1_700_000_000 * S;
@@ -105,8 +105,7 @@ fn a_scheduled_retrain_swaps_in_a_model_learnt_from_the_store_and_it_is_saved() 
         ..PredictSettings::default()
     };
     let (tx, rx) = mpsc::channel();
-    let mut learning =
-        Learning::new(view.clone(), rx, &predict, &settings, &dir.0, &registry).unwrap();
+    let mut learning = Learning::new(view.clone(), rx, &predict, &dir.0, &registry).unwrap();
     let mut store = Store::open(&dir.0.join("resonance.db"), StoreConfig::default()).unwrap();
 
     let swapped = || learning_counter(&registry, "schedule", "swapped");
@@ -216,8 +215,7 @@ fn a_falling_hit_rate_starts_a_drift_retrain() {
         ..PredictSettings::default()
     };
     let (tx, rx) = mpsc::channel();
-    let mut learning =
-        Learning::new(broker.view(), rx, &predict, &settings, &dir.0, &registry).unwrap();
+    let mut learning = Learning::new(broker.view(), rx, &predict, &dir.0, &registry).unwrap();
     let mut store = Store::open(&dir.0.join("resonance.db"), StoreConfig::default()).unwrap();
     let decided = || {
         ["swapped", "kept", "failed"]
