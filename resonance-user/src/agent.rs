@@ -485,19 +485,12 @@ fn restore_scores(
 /// Binds the control socket, replacing a stale one left by a crash but
 /// refusing to steal one a live agent answers on.
 fn bind_control(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("another agent is already serving {}", path.display());
+    crate::listen::listen(path).map_err(|error| match error {
+        crate::listen::ListenError::Busy(path) => {
+            anyhow::anyhow!("another agent is already serving {}", path.display())
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing stale socket {}", path.display()))?;
-    }
-    tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("binding the control socket {}", path.display()))
+        error => anyhow::Error::new(error).context("binding the control socket"),
+    })
 }
 
 fn epoch_ns() -> u64 {

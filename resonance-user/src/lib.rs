@@ -25,6 +25,7 @@ pub mod decode;
 pub mod feedback;
 pub mod handout;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod observer;
 pub mod persist;

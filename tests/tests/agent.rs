@@ -1148,3 +1148,100 @@ fn explain_shows_the_models_view_of_an_observed_pipeline() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Hit rate and waste ratio (wasted per prepared: hits + waste) of a run.
+fn rates(hits: u64, misses: u64, waste: u64) -> (f64, f64) {
+    (
+        hits as f64 / (hits + misses).max(1) as f64,
+        waste as f64 / (hits + waste).max(1) as f64,
+    )
+}
+
+/// The replay measures what the agent does: `resonance record` runs beside
+/// an agent whose broker serves a periodic requester; the recording,
+/// replayed at the agent's settings (the replay's defaults are the
+/// agent's), gives the requester → responder pair the hit rate and waste
+/// ratio the agent counted on /metrics over the same run, within 0.03.
+#[test]
+fn the_replay_of_a_recording_agrees_with_what_the_agent_counted() {
+    let _serial = serial();
+    let dir = scratch("replay-agrees");
+    let agent = start_agent(&dir);
+    let socket = dir.join("broker.sock");
+    let _responder = start_responder(&socket);
+    let config = dir.join("record.toml");
+    // Each channel's first write is a new flow, so an idle gap below the
+    // 400 ms period makes every open one recorded start.
+    std::fs::write(&config, "idle_gap = \"100ms\"\n").expect("writing the recorder config");
+    let trace = dir.join("trace.jsonl");
+    let mut recorder = Reaped(
+        Command::new(resonance_bin())
+            .args(["record", "--duration", "40s", "--config"])
+            .arg(&config)
+            .arg("--output")
+            .arg(&trace)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting resonance record"),
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || trace.exists().then_some(())).is_some(),
+        "resonance record did not start"
+    );
+    let output = Command::new(resonance_tests::helper_bin("requester"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--count", "60", "--interval-ms", "400", "--warmup", "0"])
+        .output()
+        .expect("running the requester");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(recorder.0.wait().expect("waiting for record").success());
+    let (_, scrape) = http_get(agent.metrics, "/metrics").expect("scraping /metrics");
+    let sum = |family: &str| counter_sum(&scrape, family, "src=\"requester\"");
+    let (hits, misses, waste) = (
+        sum("resonance_broker_hits_total"),
+        sum("resonance_broker_misses_total"),
+        sum("resonance_broker_waste_total"),
+    );
+    assert_eq!(hits + misses, 60, "{scrape}");
+    let replayed = Command::new(resonance_bin())
+        .arg("replay")
+        .arg(&trace)
+        .arg("--json")
+        .output()
+        .expect("running resonance replay");
+    assert!(
+        replayed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    let report: Value = serde_json::from_slice(&replayed.stdout).expect("the replay's JSON");
+    let pair = report["pairs"]
+        .as_array()
+        .and_then(|pairs| {
+            pairs.iter().find(|p| {
+                p["src"] == "requester" && p["dst"] == "responder" && p["kind"] == "unix_stream"
+            })
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("the recording lacks requester -> responder: {report:#}"));
+    let starts = pair["interactions"].as_u64().unwrap_or(0);
+    assert_eq!(starts, 60, "one recorded start per open: {pair:#}");
+    let replay_hits = pair["hits"].as_u64().unwrap_or(0);
+    let replay_waste = pair["wasted"].as_u64().unwrap_or(0);
+    let (agent_hit, agent_waste) = rates(hits, misses, waste);
+    let (replay_hit, replay_waste) = rates(replay_hits, starts - replay_hits, replay_waste);
+    eprintln!(
+        "agent: hit rate {agent_hit:.3}, waste {agent_waste:.3} ({hits} hits, {misses} misses, {waste} waste); \
+         replay: hit rate {replay_hit:.3}, waste {replay_waste:.3} ({pair})"
+    );
+    assert!(
+        (agent_hit - replay_hit).abs() <= 0.03 && (agent_waste - replay_waste).abs() <= 0.03,
+        "agent hit {agent_hit:.3} waste {agent_waste:.3}, replay hit {replay_hit:.3} waste {replay_waste:.3}: {pair:#}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
