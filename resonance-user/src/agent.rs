@@ -308,7 +308,7 @@ impl Agent {
         };
         let watched = broker.watched();
         let measures = self.observer.measure_channels(&watched);
-        broker.measured(&measures, crate::observer::monotonic_ns());
+        broker.measured(&measures, crate::sys::monotonic_ns());
         let factors = broker
             .performance()
             .into_iter()

@@ -4,8 +4,10 @@
 //! direction). `join` pairs each writer with the readers of the end it
 //! writes to and folds the result into one [`Interaction`] per (source
 //! process, destination process, kind); `processes` attributes each pid to
-//! a comm, executable and cgroup; `histogram` holds the latency buckets.
+//! a comm, executable and cgroup; `histogram` holds the latency buckets;
+//! `channels` picks the flows of the channels the broker handed out.
 
+pub mod channels;
 pub mod histogram;
 pub mod join;
 pub mod processes;
@@ -14,4 +16,4 @@ pub mod services;
 pub use histogram::Histogram;
 pub use join::{ConnectFailure, EndLatency, FlowRecord, Interaction, join};
 pub use processes::{ProcessInfo, ProcessTable};
-pub use services::{OwnExecutable, ServiceNamer};
+pub use services::{OwnExecutable, ServiceNamer, ServiceRule};

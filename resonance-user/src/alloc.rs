@@ -60,6 +60,18 @@ pub struct Created {
     pub responder: OwnedFd,
 }
 
+impl Created {
+    /// The kind the probes see this channel as (the one conversion from
+    /// the protocol's channel kinds to the kernel's).
+    pub fn observed_kind(&self) -> resonance_common::ChannelKind {
+        match self.config.kind {
+            ChannelKind::Pipe | ChannelKind::PacketPipe => resonance_common::ChannelKind::Pipe,
+            ChannelKind::Stream => resonance_common::ChannelKind::UnixStream,
+            ChannelKind::SeqPacket => resonance_common::ChannelKind::UnixSeqpacket,
+        }
+    }
+}
+
 /// PIPE_BUF: writes up to this are atomic, and packet-mode pipes split
 /// larger writes into several packets.
 const PACKET: u32 = 4096;

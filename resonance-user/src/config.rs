@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::{predict::retrain::RetrainConfig, store::StoreConfig};
 
@@ -278,20 +278,7 @@ impl Default for MetricsSettings {
     }
 }
 
-/// Names the processes matching every given pattern. Patterns are globs
-/// where `*` matches any run of characters.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceRule {
-    /// The service name to give.
-    pub name: String,
-    /// cgroup v2 path, e.g. `/system.slice/nginx.service`.
-    pub cgroup: Option<String>,
-    /// Executable path, e.g. `/usr/sbin/php-fpm*`.
-    pub exe: Option<String>,
-    /// Kernel comm, e.g. `postgres*`.
-    pub comm: Option<String>,
-}
+pub use crate::aggregate::ServiceRule;
 
 /// A config file that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -387,20 +374,7 @@ impl Config {
     }
 }
 
-/// Reads a duration written for people (`10s`, `5m`, `1d`).
-pub(crate) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    parse_duration(&text).map_err(serde::de::Error::custom)
-}
-
-/// A duration as the config and the command line write it (`5s`, `2m`,
-/// `1h30m`, `250ms`), with an error that names the bad value and the form
-/// expected (humantime alone says "expected number at 0").
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|error| {
-        format!("invalid duration {text:?} ({error}): expected a number and a unit, such as 250ms, 5s, 2m or 1h30m")
-    })
-}
+pub use crate::units::{duration, parse_duration};
 
 #[cfg(test)]
 mod tests {

@@ -10,14 +10,12 @@
 //! with a reason, which the broker records and counts. The threshold is the
 //! planner's ([`crate::plan`]), fed the same outcomes.
 
-pub mod measure;
-
 use std::collections::VecDeque;
 
 use resonance_client::proto::ChannelUsage;
 use serde::{Deserialize, Serialize};
 
-pub use measure::{ChannelMeasure, Watched, measure};
+pub use crate::aggregate::channels::{ChannelMeasure, Watched, measure};
 
 /// A channel that never carried more than this is "small": it goes back to
 /// the default capacity.

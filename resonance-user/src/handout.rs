@@ -37,7 +37,7 @@ use std::{
 
 use prometheus::Registry;
 use resonance_client::{
-    proto::{ChannelConfig, ChannelKind, ChannelUsage, Message, Peer, Role, Want, code},
+    proto::{ChannelConfig, ChannelUsage, Message, Peer, Role, Want, code},
     wire::{self, FrameReader, WireError},
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc};

@@ -28,6 +28,7 @@ pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod observer;
+pub mod pair;
 pub mod persist;
 pub mod plan;
 pub mod predict;
@@ -39,6 +40,7 @@ pub mod score;
 pub mod store;
 pub mod sys;
 pub mod trace;
+pub mod units;
 
 /// Channel kinds and flow directions as the probes report them.
 pub use resonance_common::{ChannelKind, Direction};

@@ -23,8 +23,9 @@ use crate::{
     score::{IntervalFigures, PairKey, PairScore},
 };
 
-/// The label value pairs beyond the cap are folded into.
-pub const OTHER: &str = "_other";
+/// The label value pairs beyond the cap are folded into (the broker's
+/// metrics fold the same way).
+pub use crate::handout::metrics::OTHER;
 
 /// Powers of two from 2^10 ns (~1 µs) to 2^34 ns (~17 s): latency bucket
 /// bounds published to Prometheus. Each is a bucket edge of the kernel's

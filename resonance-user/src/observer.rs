@@ -492,9 +492,13 @@ impl Observer {
     /// last [`Observer::interval`] read (so it costs no map walk of its own).
     pub fn measure_channels(
         &self,
-        watched: &[crate::feedback::Watched],
-    ) -> HashMap<u64, crate::feedback::ChannelMeasure> {
-        crate::feedback::measure(watched, self.previous.flows.values(), &self.previous.ends)
+        watched: &[crate::aggregate::channels::Watched],
+    ) -> HashMap<u64, crate::aggregate::channels::ChannelMeasure> {
+        crate::aggregate::channels::measure(
+            watched,
+            self.previous.flows.values(),
+            &self.previous.ends,
+        )
     }
 
     /// Counters about the observer, with the kernel's drop count.
@@ -583,13 +587,4 @@ impl Clock {
     }
 }
 
-/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
-}
+pub use crate::sys::monotonic_ns;

@@ -91,27 +91,7 @@ pub const CHANNEL_KIND: &str = "channel";
 /// Index of an interned pair inside a model.
 pub type PairId = u32;
 
-/// What identifies an interaction: who talks to whom over what.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct PairKey {
-    /// Initiating service.
-    pub src: String,
-    /// Receiving service.
-    pub dst: String,
-    /// Channel kind.
-    pub kind: String,
-}
-
-impl PairKey {
-    /// The key of an event.
-    pub fn of(event: &TraceEvent) -> Self {
-        Self {
-            src: event.src.clone(),
-            dst: event.dst.clone(),
-            kind: event.kind.clone(),
-        }
-    }
-}
+pub use crate::pair::PairKey;
 
 /// The model's priors from the resonance scores ([`Model::set_priors`]):
 /// an observed pair takes the score of the same (src, dst, kind); a
@@ -121,12 +101,7 @@ impl PairKey {
 pub fn priors_from_scores(scores: &[crate::score::PairScore]) -> Vec<(PairKey, f64)> {
     let mut priors: BTreeMap<PairKey, f64> = BTreeMap::new();
     for score in scores {
-        let own = PairKey {
-            src: score.key.src.clone(),
-            dst: score.key.dst.clone(),
-            kind: score.key.kind.as_str().to_owned(),
-        };
-        priors.insert(own, score.score);
+        priors.insert(score.key.model_key(), score.score);
         let channel = PairKey {
             src: score.key.src.clone(),
             dst: score.key.dst.clone(),

@@ -43,7 +43,7 @@ const ERROR_CEILING: f64 = 0.05;
 /// A pair whose decayed activity falls below this is forgotten.
 const FORGET_BELOW: f64 = 1e-6;
 
-/// A service pair.
+/// A service pair as the scores key it: by the probes' typed kind.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct PairKey {
     /// Sending service.
@@ -53,6 +53,17 @@ pub struct PairKey {
     /// Channel kind.
     #[serde(serialize_with = "kind_name")]
     pub kind: ChannelKind,
+}
+
+impl PairKey {
+    /// The same pair as the store and the model key it (the kind as text).
+    pub fn model_key(&self) -> crate::pair::PairKey {
+        crate::pair::PairKey {
+            src: self.src.clone(),
+            dst: self.dst.clone(),
+            kind: self.kind.as_str().to_owned(),
+        }
+    }
 }
 
 fn kind_name<S: serde::Serializer>(kind: &ChannelKind, serializer: S) -> Result<S::Ok, S::Error> {

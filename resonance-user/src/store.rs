@@ -89,19 +89,19 @@ pub struct PairSample {
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// Width of the buckets flushes write (whole seconds).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::units::duration")]
     pub fine_bucket: Duration,
     /// Age after which fine buckets are rolled up into coarse ones.
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::units::duration")]
     pub fine_retention: Duration,
     /// Width of the rolled-up buckets (a whole multiple of `fine_bucket`).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::units::duration")]
     pub coarse_bucket: Duration,
     /// Age after which coarse buckets are deleted.
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::units::duration")]
     pub coarse_retention: Duration,
     /// Age after which single interaction starts are deleted.
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::units::duration")]
     pub starts_retention: Duration,
 }
 

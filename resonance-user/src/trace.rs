@@ -24,6 +24,17 @@ use crate::{
     observer::InteractionStart,
 };
 
+impl crate::pair::PairKey {
+    /// The key of an event.
+    pub fn of(event: &TraceEvent) -> Self {
+        Self {
+            src: event.src.clone(),
+            dst: event.dst.clone(),
+            kind: event.kind.clone(),
+        }
+    }
+}
+
 /// One interaction start: the first activity of a (src, dst, kind) flow
 /// after an idle gap.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

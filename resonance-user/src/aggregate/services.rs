@@ -8,7 +8,24 @@
 
 use std::collections::HashMap;
 
-use crate::{aggregate::ProcessInfo, config::ServiceRule};
+use serde::Deserialize;
+
+use crate::aggregate::ProcessInfo;
+
+/// Names the processes matching every given pattern. Patterns are globs
+/// where `*` matches any run of characters.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRule {
+    /// The service name to give.
+    pub name: String,
+    /// cgroup v2 path, e.g. `/system.slice/nginx.service`.
+    pub cgroup: Option<String>,
+    /// Executable path, e.g. `/usr/sbin/php-fpm*`.
+    pub exe: Option<String>,
+    /// Kernel comm, e.g. `postgres*`.
+    pub comm: Option<String>,
+}
 
 /// The executable this program runs from, to tell its own processes (the
 /// `resonance` CLI beside the agent) from everyone else's.

@@ -503,11 +503,7 @@ impl Core {
     /// Starts watching a channel about to be handed out. A channel whose
     /// inodes cannot be read is simply not watched.
     pub(super) fn watch(&mut self, channel: u64, pair: &Pair, created: &alloc::Created) {
-        let kind = match created.config.kind {
-            ChannelKind::Pipe | ChannelKind::PacketPipe => resonance_common::ChannelKind::Pipe,
-            ChannelKind::Stream => resonance_common::ChannelKind::UnixStream,
-            ChannelKind::SeqPacket => resonance_common::ChannelKind::UnixSeqpacket,
-        };
+        let kind = created.observed_kind();
         let (Ok(requester_end), Ok(responder_end)) = (
             sys::inode(created.requester.as_fd()),
             sys::inode(created.responder.as_fd()),
@@ -528,7 +524,7 @@ impl Core {
                     kind,
                     requester_end,
                     responder_end,
-                    delivered_ns: crate::observer::monotonic_ns(),
+                    delivered_ns: crate::sys::monotonic_ns(),
                     capacity: created.config.capacity,
                 },
                 blocked_seen: 0,

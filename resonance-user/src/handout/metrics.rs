@@ -15,7 +15,8 @@ use std::{
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 
-use crate::metrics::OTHER;
+/// The label value pairs beyond the cap are folded into.
+pub const OTHER: &str = "_other";
 
 /// Labels already given out, shared by every clone of the metrics.
 #[derive(Default)]

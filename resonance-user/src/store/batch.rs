@@ -66,16 +66,7 @@ impl Sums {
     }
 }
 
-/// Identity of a pair in memory.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PairKey {
-    /// Source service.
-    pub src: String,
-    /// Destination service.
-    pub dst: String,
-    /// Channel kind.
-    pub kind: String,
-}
+pub use crate::pair::PairKey;
 
 /// Buckets of one pair by start (Unix seconds).
 type ByStart = HashMap<i64, Sums>;

@@ -1,4 +1,5 @@
-//! What the probes saw on the channels the broker handed out.
+//! What the probes saw on the channels the broker handed out (an observe
+//! stage: the broker only says which inodes to look at).
 //!
 //! The broker records the inode numbers of both ends of every channel it
 //! creates ([`Watched`]); the kernel keys its flows by those same numbers,
@@ -12,7 +13,7 @@ use std::collections::HashMap;
 use resonance_common::{ChannelKind, Direction};
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{EndLatency, FlowRecord};
+use super::{EndLatency, FlowRecord};
 
 /// A channel the broker created, as the probes will see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
