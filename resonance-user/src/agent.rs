@@ -258,7 +258,7 @@ impl Agent {
                 at_ns: now_ns,
                 src: key.src.clone(),
                 dst: key.dst.clone(),
-                kind: key.kind.as_str().to_owned(),
+                kind: key.kind.clone(),
                 interactions: f.interactions,
                 messages: f.messages,
                 bytes: f.bytes,
@@ -441,13 +441,14 @@ fn restore_scores(
             continue;
         }
         for row in store.history(&src, &dst, since, now)? {
-            let Some(kind) = resonance_common::ChannelKind::from_name(&row.kind) else {
+            // Only what the probes measure has a score (broker opens do not).
+            if resonance_common::ChannelKind::from_name(&row.kind).is_none() {
                 continue;
-            };
+            }
             let key = PairKey {
                 src: row.src.clone(),
                 dst: row.dst.clone(),
-                kind,
+                kind: row.kind.clone(),
             };
             let figures = IntervalFigures {
                 interactions: row.interactions,

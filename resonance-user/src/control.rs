@@ -215,7 +215,6 @@ pub fn ask(socket: &Path, request: &Request) -> Result<Response> {
 
 #[cfg(test)]
 mod tests {
-    use resonance_common::ChannelKind;
 
     use super::*;
     use crate::score::{Components, Normalized, PairKey, Totals};
@@ -225,7 +224,7 @@ mod tests {
             key: PairKey {
                 src: src.into(),
                 dst: dst.into(),
-                kind: ChannelKind::UnixStream,
+                kind: "unix_stream".to_owned(),
             },
             score: value,
             components: Components::default(),

@@ -192,11 +192,7 @@ impl Metrics {
         let mut admitted = self.admitted.lock().unwrap_or_else(|p| p.into_inner());
         if admitted.contains(key) || admitted.len() < self.max_pairs {
             admitted.insert(key.clone());
-            [
-                key.src.clone(),
-                key.dst.clone(),
-                key.kind.as_str().to_owned(),
-            ]
+            [key.src.clone(), key.dst.clone(), key.kind.clone()]
         } else {
             [OTHER.to_owned(), OTHER.to_owned(), OTHER.to_owned()]
         }
@@ -332,13 +328,12 @@ fn to_proto(hist: &Histogram) -> proto::Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use resonance_common::ChannelKind;
 
     fn key(src: &str) -> PairKey {
         PairKey {
             src: src.into(),
             dst: "db".into(),
-            kind: ChannelKind::UnixStream,
+            kind: "unix_stream".to_owned(),
         }
     }
 

@@ -1,7 +1,7 @@
-//! A service pair with its kind, as the history store, the traces and the
-//! model name it: the kind is text, since a broker open (`channel`) is no
-//! kernel kind. The scores key pairs by the probes' typed kind
-//! ([`crate::score::PairKey`]) and convert with `model_key`.
+//! A service pair with its kind: the one key of the scores, the history
+//! store, the traces and the model. The kind is text, since a broker open
+//! (`channel`) is no kernel kind; the probes' kinds are named by
+//! `ChannelKind::as_str`.
 
 use serde::{Deserialize, Serialize};
 

@@ -101,7 +101,7 @@ pub use crate::pair::PairKey;
 pub fn priors_from_scores(scores: &[crate::score::PairScore]) -> Vec<(PairKey, f64)> {
     let mut priors: BTreeMap<PairKey, f64> = BTreeMap::new();
     for score in scores {
-        priors.insert(score.key.model_key(), score.score);
+        priors.insert(score.key.clone(), score.score);
         let channel = PairKey {
             src: score.key.src.clone(),
             dst: score.key.dst.clone(),

@@ -25,7 +25,6 @@ use std::{
     time::Duration,
 };
 
-use resonance_common::ChannelKind;
 use serde::Serialize;
 
 use crate::aggregate::{Histogram, Interaction, OwnExecutable, ServiceNamer};
@@ -43,32 +42,8 @@ const ERROR_CEILING: f64 = 0.05;
 /// A pair whose decayed activity falls below this is forgotten.
 const FORGET_BELOW: f64 = 1e-6;
 
-/// A service pair as the scores key it: by the probes' typed kind.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct PairKey {
-    /// Sending service.
-    pub src: String,
-    /// Receiving service.
-    pub dst: String,
-    /// Channel kind.
-    #[serde(serialize_with = "kind_name")]
-    pub kind: ChannelKind,
-}
-
-impl PairKey {
-    /// The same pair as the store and the model key it (the kind as text).
-    pub fn model_key(&self) -> crate::pair::PairKey {
-        crate::pair::PairKey {
-            src: self.src.clone(),
-            dst: self.dst.clone(),
-            kind: self.kind.as_str().to_owned(),
-        }
-    }
-}
-
-fn kind_name<S: serde::Serializer>(kind: &ChannelKind, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(kind.as_str())
-}
+/// A service pair with its kind: the one key of scores, store and model.
+pub use crate::pair::PairKey;
 
 /// What one pair did during one tick.
 #[derive(Clone, Debug, Default)]
@@ -345,7 +320,7 @@ pub fn pair_figures(
         let key = PairKey {
             src: namer.name(&i.src),
             dst,
-            kind: i.kind,
+            kind: i.kind.as_str().to_owned(),
         };
         let entry = figures.entry(key).or_default();
         entry.interactions += i.interactions;
@@ -365,7 +340,7 @@ mod tests {
         PairKey {
             src: src.into(),
             dst: dst.into(),
-            kind: ChannelKind::UnixStream,
+            kind: "unix_stream".to_owned(),
         }
     }
 

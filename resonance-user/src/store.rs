@@ -277,18 +277,10 @@ pub struct MaintainStats {
     pub duration: Duration,
 }
 
-/// One interaction start, as [`Store::add_start`] keeps it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Start {
-    /// When it started, Unix epoch ns.
-    pub ts_ns: u64,
-    /// Initiating service.
-    pub src: String,
-    /// Receiving service.
-    pub dst: String,
-    /// Channel kind (`"channel"` for the broker's opens).
-    pub kind: String,
-}
+/// One interaction start, as [`Store::add_start`] keeps it: the trace's
+/// event (its time, pair and kind are stored; bytes, latency and error are
+/// figures of the buckets and read back as zero).
+pub use crate::trace::TraceEvent as Start;
 
 /// Which table a bucket came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

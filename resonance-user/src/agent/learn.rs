@@ -34,7 +34,7 @@ use crate::{
         Model,
         retrain::{self, Outcome, Reason, RetrainConfig, Trial, Trigger, Verdict},
     },
-    store::{Start, Store},
+    store::Store,
     trace::TraceEvent,
 };
 
@@ -217,12 +217,7 @@ impl Learning {
             if let Some(hit) = open.hit {
                 self.trigger.drift.record(open.event.ts_ns, hit);
             }
-            store.add_start(Start {
-                ts_ns: open.event.ts_ns,
-                src: open.event.src.clone(),
-                dst: open.event.dst.clone(),
-                kind: open.event.kind.clone(),
-            });
+            store.add_start(open.event.clone());
             self.recent.push_back(open.event);
         }
         let keep = self.retrain.holdout_ns.saturating_mul(2).max(KEEP_MIN_NS);
@@ -267,7 +262,7 @@ impl Learning {
         };
         let (from, to) = retrain::training_span(&self.retrain, pending.reason, pending.started_ns);
         let history: Vec<TraceEvent> = match store.starts(from, to) {
-            Ok(starts) => starts.into_iter().map(start_event).collect(),
+            Ok(starts) => starts,
             Err(error) => {
                 self.failed(
                     pending.reason,
@@ -409,18 +404,6 @@ fn duration_ns(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_nanos())
         .unwrap_or(u64::MAX)
         .max(1)
-}
-
-fn start_event(start: Start) -> TraceEvent {
-    TraceEvent {
-        ts_ns: start.ts_ns,
-        src: start.src,
-        dst: start.dst,
-        kind: start.kind,
-        bytes: 0,
-        latency_ns: 0,
-        error: false,
-    }
 }
 
 /// The model saved at `path`, if there is a usable one. A missing file is

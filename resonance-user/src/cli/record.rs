@@ -70,9 +70,9 @@ pub fn run(args: Args) -> Result<()> {
             &mut detector,
         );
         for event in &mut events {
-            let figures = figures.iter().find(|(k, _)| {
-                k.src == event.src && k.dst == event.dst && k.kind.as_str() == event.kind
-            });
+            let figures = figures
+                .iter()
+                .find(|(k, _)| k.src == event.src && k.dst == event.dst && k.kind == event.kind);
             if let Some((_, f)) = figures {
                 event.bytes = f.bytes;
                 event.latency_ns = f.latency.quantile(0.5).unwrap_or(0);

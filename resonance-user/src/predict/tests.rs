@@ -466,7 +466,7 @@ fn scored(
         key: crate::score::PairKey {
             src: src.into(),
             dst: dst.into(),
-            kind,
+            kind: kind.as_str().to_owned(),
         },
         score,
         components: Default::default(),

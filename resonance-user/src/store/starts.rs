@@ -1,5 +1,6 @@
-//! Single interaction starts (table `starts`): what the broker's model
-//! retrains from. Written by the flushes, read back by time range, deleted
+//! Single interaction starts (table `starts`, the trace's events: broker
+//! opens and what the probes observed): what the broker's model retrains
+//! from. Written by the flushes, read back by time range, deleted
 //! past `starts_retention` by `maintain`. Names are stored as text rather
 //! than as service ids: the rows are short-lived and the bucket tables'
 //! retention forgets services the starts may still name.
@@ -80,6 +81,9 @@ impl Store {
                     src,
                     dst,
                     kind,
+                    bytes: 0,
+                    latency_ns: 0,
+                    error: false,
                 })
             })
             .collect()

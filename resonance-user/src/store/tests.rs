@@ -636,6 +636,9 @@ fn start(ts_ns: u64, src: &str) -> Start {
         src: src.to_owned(),
         dst: "db".to_owned(),
         kind: "channel".to_owned(),
+        bytes: 0,
+        latency_ns: 0,
+        error: false,
     }
 }
 
