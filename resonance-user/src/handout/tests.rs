@@ -53,6 +53,24 @@ fn hello(core: &mut Core, name: &str) -> (u64, UnboundedReceiver<Out>) {
     (id, rx)
 }
 
+/// A connection that said Hello and registered `service` (answered Ok).
+fn serving(core: &mut Core, service: &str) -> (u64, UnboundedReceiver<Out>) {
+    let (id, mut rx) = hello(core, service);
+    core.handle(
+        id,
+        Message::Register {
+            req: 1,
+            service: service.to_owned(),
+        },
+    )
+    .expect("register");
+    assert!(matches!(
+        sent(&mut rx).as_slice(),
+        [(Message::Ok { req: 1 }, false)]
+    ));
+    (id, rx)
+}
+
 #[test]
 fn the_first_message_must_be_a_single_hello() {
     let mut core = core(|_| {});
@@ -75,19 +93,7 @@ fn the_first_message_must_be_a_single_hello() {
 #[test]
 fn an_open_hands_both_ends_and_an_unknown_service_fails_only_that_open() {
     let mut core = core(|s| s.threshold = 2.0);
-    let (db, mut db_rx) = hello(&mut core, "db");
-    core.handle(
-        db,
-        Message::Register {
-            req: 1,
-            service: "db".into(),
-        },
-    )
-    .expect("register");
-    assert!(matches!(
-        sent(&mut db_rx).as_slice(),
-        [(Message::Ok { req: 1 }, false)]
-    ));
+    let (_db, mut db_rx) = serving(&mut core, "db");
     let (web, mut web_rx) = hello(&mut core, "web");
     core.handle(
         web,
@@ -155,15 +161,7 @@ fn an_open_hands_both_ends_and_an_unknown_service_fails_only_that_open() {
 #[test]
 fn a_pass_prepares_a_claim_is_a_hit_and_a_departure_wastes_what_is_left() {
     let mut core = core(|_| {});
-    let (db, mut db_rx) = hello(&mut core, "db");
-    core.handle(
-        db,
-        Message::Register {
-            req: 1,
-            service: "db".into(),
-        },
-    )
-    .expect("register");
+    let (_db, mut db_rx) = serving(&mut core, "db");
     let (web, mut web_rx) = hello(&mut core, "web");
     for req in 10..13 {
         core.handle(
