@@ -54,6 +54,19 @@ pub struct ReplayConfig {
     pub budget: Option<BudgetSettings>,
 }
 
+/// The kernel buffer memory a default channel holds (a socketpair at the
+/// broker's default capacity, both directions): what a ready channel costs
+/// while it waits.
+pub fn channel_bytes() -> u64 {
+    let default = crate::config::BrokerSettings::default();
+    let limits = crate::alloc::Limits {
+        default_capacity: default.default_capacity,
+        max_capacity: default.default_capacity,
+        nonblocking: default.nonblocking,
+    };
+    crate::alloc::memory(&crate::alloc::plan(Default::default(), &limits))
+}
+
 /// Default creation threshold: the agent's.
 pub const DEFAULT_THRESHOLD: f64 = crate::plan::DEFAULT_THRESHOLD;
 /// Default channel TTL: the agent's.
@@ -104,6 +117,12 @@ pub struct Figures {
     pub pending: u64,
     /// Median time between preparing a channel and its use.
     pub lead_time_p50_ms: f64,
+    /// Time channels sat ready, summed over channels: from creation to
+    /// their use, their expiry, or the end of the trace.
+    pub idle_channel_seconds: f64,
+    /// The same weighed by the kernel buffer memory a channel holds (a
+    /// default channel's, [`channel_bytes`]), byte-seconds.
+    pub idle_buffer_byte_seconds: f64,
     /// Mean squared error of the start-within-TTL probability, sampled
     /// every second for every pair seen so far.
     pub brier_score: f64,
@@ -172,6 +191,8 @@ pub struct PairFigures {
     pub created: u64,
     /// Of which expired unused.
     pub wasted: u64,
+    /// Time its channels sat ready, summed, seconds.
+    pub idle_channel_seconds: f64,
 }
 
 /// Running counts of one strategy.
@@ -187,6 +208,8 @@ pub struct Tally {
     pub wasted: u64,
     /// Lead time of every hit.
     pub leads: Vec<u64>,
+    /// Time channels sat ready, summed, ns.
+    pub idle_ns: u128,
     brier_sum: f64,
     brier_count: u64,
     /// Per tenth of probability: forecasts, their summed probability, and
@@ -224,13 +247,21 @@ impl Tally {
         self.bins[bin].2 += u64::from(happened);
     }
 
-    /// Records a start, served by a channel made `lead` earlier or not.
+    /// Records a start, served by a channel made `lead` earlier (and idle
+    /// since) or not.
     pub fn start(&mut self, lead: Option<u64>) {
         self.interactions += 1;
         if let Some(lead) = lead {
             self.hits += 1;
             self.leads.push(lead);
+            self.idle_ns += u128::from(lead);
         }
+    }
+
+    /// Records a channel that expired unused after `idle_ns` ready.
+    pub fn waste(&mut self, idle_ns: u64) {
+        self.wasted += 1;
+        self.idle_ns += u128::from(idle_ns);
     }
 
     fn calibration(&self) -> Vec<CalibrationBin> {
@@ -248,7 +279,10 @@ impl Tally {
             .collect()
     }
 
-    fn figures(mut self, pending: u64) -> Figures {
+    /// The figures, with `pending` channels still ready at the end, idle
+    /// `pending_idle_ns` in all.
+    fn figures(mut self, pending: u64, pending_idle_ns: u128) -> Figures {
+        let idle_s = (self.idle_ns + pending_idle_ns) as f64 / 1e9;
         self.leads.sort_unstable();
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         let p50 = if self.leads.is_empty() {
@@ -265,6 +299,8 @@ impl Tally {
             waste_ratio: ratio(self.wasted, self.created),
             pending,
             lead_time_p50_ms: p50,
+            idle_channel_seconds: idle_s,
+            idle_buffer_byte_seconds: idle_s * channel_bytes() as f64,
             brier_score: if self.brier_count == 0 {
                 0.0
             } else {
@@ -563,14 +599,13 @@ pub fn replay(events: &[TraceEvent], config: &ReplayConfig) -> Report {
             bucket.wasted += 1;
         }
     }
-    let pending = predictive.pending();
     let calibration = predictive.tally.calibration();
     Report {
         threshold: config.threshold,
         waste_budget: config.budget.as_ref().map(|budget| budget.target),
         threshold_end: predictive.threshold(),
         ttl_ms: ttl as f64 / 1e6,
-        model: predictive.tally.figures(pending),
+        model: predictive.figures(last),
         static_pool: static_pool.finish(last),
         ratio_preconnect: ratio.finish(last),
         timeline,

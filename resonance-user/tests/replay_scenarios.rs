@@ -26,6 +26,10 @@ fn assert_targets(name: &str, report: &Report) {
     assert!(model.hit_rate >= 0.9, "{summary}");
     assert!(model.waste_ratio <= 0.15, "{summary}");
     assert!(model.waste_ratio < pool.waste_ratio, "{summary}");
+    assert!(
+        model.idle_channel_seconds < pool.idle_channel_seconds,
+        "fewer idle channel-seconds than the pool: {summary}"
+    );
     assert_eq!(
         model.created,
         model.hits + model.wasted + model.pending,
@@ -137,6 +141,10 @@ fn a_recorded_real_trace_meets_the_done_means() {
         assert!(model.hit_rate >= 0.9, "{summary}");
         assert!(model.waste_ratio <= 0.15, "{summary}");
         assert!(model.waste_ratio < pool.waste_ratio, "{summary}");
+        assert!(
+            model.idle_channel_seconds < pool.idle_channel_seconds,
+            "fewer idle channel-seconds than the pool: {summary}"
+        );
         assert!(model.hits >= pool.hits, "{summary}");
     }
 }

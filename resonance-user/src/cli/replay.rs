@@ -157,8 +157,17 @@ pub fn run(args: Args) -> Result<()> {
         trace.malformed.len()
     );
     println!(
-        "{:<18} {:>8} {:>8} {:>9} {:>8} {:>7} {:>10} {:>7}",
-        "strategy", "hits", "hit_rate", "created", "wasted", "waste", "lead_p50", "brier"
+        "{:<18} {:>8} {:>8} {:>9} {:>8} {:>7} {:>10} {:>7} {:>11} {:>9}",
+        "strategy",
+        "hits",
+        "hit_rate",
+        "created",
+        "wasted",
+        "waste",
+        "lead_p50",
+        "brier",
+        "idle_ch_s",
+        "idle_GiBs"
     );
     for (name, figures) in [
         ("model", &report.model),
@@ -206,14 +215,14 @@ pub fn run(args: Args) -> Result<()> {
     if args.by_pair {
         println!();
         println!(
-            "{:<40} {:>8} {:>8} {:>8} {:>8}",
-            "pair (model)", "starts", "hits", "created", "wasted"
+            "{:<40} {:>8} {:>8} {:>8} {:>8} {:>10}",
+            "pair (model)", "starts", "hits", "created", "wasted", "idle_ch_s"
         );
         for pair in &report.pairs {
             let name = format!("{} -> {} ({})", pair.src, pair.dst, pair.kind);
             println!(
-                "{name:<40} {:>8} {:>8} {:>8} {:>8}",
-                pair.interactions, pair.hits, pair.created, pair.wasted
+                "{name:<40} {:>8} {:>8} {:>8} {:>8} {:>10.1}",
+                pair.interactions, pair.hits, pair.created, pair.wasted, pair.idle_channel_seconds
             );
         }
     }
@@ -246,7 +255,7 @@ fn retrain_config(args: &Args) -> Result<RetrainConfig> {
 
 fn print_row(name: &str, figures: &Figures) {
     println!(
-        "{:<18} {:>8} {:>8.3} {:>9} {:>8} {:>7.3} {:>8.1}ms {:>7.4}",
+        "{:<18} {:>8} {:>8.3} {:>9} {:>8} {:>7.3} {:>8.1}ms {:>7.4} {:>11.0} {:>9.1}",
         name,
         figures.hits,
         figures.hit_rate,
@@ -254,6 +263,8 @@ fn print_row(name: &str, figures: &Figures) {
         figures.wasted,
         figures.waste_ratio,
         figures.lead_time_p50_ms,
-        figures.brier_score
+        figures.brier_score,
+        figures.idle_channel_seconds,
+        figures.idle_buffer_byte_seconds / f64::from(1u32 << 30),
     );
 }

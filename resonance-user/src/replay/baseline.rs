@@ -44,7 +44,7 @@ impl StaticPool {
             if expiry >= now {
                 break;
             }
-            self.tally.wasted += 1;
+            self.tally.waste(self.ttl);
             let in_pool = self.last_seen[pair]
                 .is_some_and(|seen| expiry <= seen.saturating_add(STATIC_KEEP_NS));
             if in_pool {
@@ -87,7 +87,13 @@ impl StaticPool {
             self.settle(pair, end);
         }
         let pending = self.channels.iter().flatten().count() as u64;
-        self.tally.figures(pending)
+        let idle = self
+            .channels
+            .iter()
+            .flatten()
+            .map(|created| u128::from(end.saturating_sub(*created)))
+            .sum();
+        self.tally.figures(pending, idle)
     }
 }
 
@@ -119,7 +125,7 @@ impl RatioPreconnect {
                 break;
             }
             self.channels[pair].pop_front();
-            self.tally.wasted += 1;
+            self.tally.waste(self.ttl);
         }
     }
 
@@ -167,7 +173,13 @@ impl RatioPreconnect {
             self.settle(pair, end);
         }
         let pending = self.channels.iter().map(|c| c.len() as u64).sum();
-        self.tally.figures(pending)
+        let idle = self
+            .channels
+            .iter()
+            .flatten()
+            .map(|created| u128::from(end.saturating_sub(*created)))
+            .sum();
+        self.tally.figures(pending, idle)
     }
 }
 
@@ -191,6 +203,15 @@ mod tests {
         assert_eq!(figures.wasted, 2);
         assert_eq!(figures.pending, 1);
         assert_eq!(figures.lead_time_p50_ms, 2000.0);
+        // Idle: 5 + 5 (expired) + 2 (used at 12) + 0 (pending, made at 12).
+        assert!(
+            (figures.idle_channel_seconds - 12.0).abs() < 1e-9,
+            "{figures:?}"
+        );
+        assert!(
+            (figures.idle_buffer_byte_seconds - 12.0 * crate::replay::channel_bytes() as f64).abs()
+                < 1e-3
+        );
     }
 
     #[test]

@@ -71,8 +71,9 @@ impl Predictive {
                     break;
                 }
                 self.channels[pair] = None;
-                self.tally.wasted += 1;
+                self.tally.waste(ttl);
                 self.per_pair[pair].wasted += 1;
+                self.per_pair[pair].idle_channel_seconds += ttl as f64 / 1e9;
                 self.planner.outcome(key, Outcome::Waste, 1.0);
                 self.wasted_at.push(expiry);
                 let still_due = self
@@ -119,6 +120,9 @@ impl Predictive {
         };
         self.planner.outcome(key, outcome, 1.0);
         self.tally.start(lead);
+        if let Some(lead) = lead {
+            self.per_pair[pair].idle_channel_seconds += lead as f64 / 1e9;
+        }
         self.per_pair[pair].interactions += 1;
         self.per_pair[pair].hits += u64::from(lead.is_some());
         lead
@@ -143,6 +147,21 @@ impl Predictive {
     /// Channels still ready (neither used nor expired).
     pub fn pending(&self) -> u64 {
         self.channels.iter().flatten().count() as u64
+    }
+
+    /// The figures as of `end`: channels still ready count as idle until
+    /// then (in total and for their pairs).
+    pub fn figures(&mut self, end: u64) -> super::Figures {
+        let mut pending_idle = 0u128;
+        for (pair, created) in self.channels.iter().enumerate() {
+            if let Some(created) = created {
+                let idle = end.saturating_sub(*created);
+                pending_idle += u128::from(idle);
+                self.per_pair[pair].idle_channel_seconds += idle as f64 / 1e9;
+            }
+        }
+        let pending = self.pending();
+        std::mem::take(&mut self.tally).figures(pending, pending_idle)
     }
 }
 
@@ -195,6 +214,14 @@ mod tests {
         play(&mut strategy, &[0, 7 * S]);
         assert_eq!(strategy.tally.hits, 1, "the second start is served");
         assert_eq!(strategy.tally.wasted, 1);
+        // Idle 5 s until the first expired, 2 s until the replacement was
+        // used; the one made at 7 s is still ready at 9 s.
+        let figures = strategy.figures(9 * S);
+        assert!(
+            (figures.idle_channel_seconds - 9.0).abs() < 1e-9,
+            "{figures:?}"
+        );
+        assert!((strategy.per_pair[0].idle_channel_seconds - 9.0).abs() < 1e-9);
     }
 
     #[test]
