@@ -16,13 +16,28 @@
 //!   on its own interval (15 to 24 s); at half time a deploy shortens every
 //!   interval by 40 %. The same ten `consul -> service` pairs before and
 //!   after: only their timing changes.
+//! - `batch`, `build`, `churn`: hosts with background noise ([`hosts`]):
+//!   a dozen sparse jittered jobs; a build box's fan-out and editing; a
+//!   container host whose services come and go. Each has ad-hoc commands
+//!   that mostly never recur.
+
+mod hosts;
 
 use anyhow::{Result, bail};
 
 use crate::trace::TraceEvent;
 
 /// Names accepted by [`generate`].
-pub const SCENARIOS: &[&str] = &["web", "cron", "pipelines", "drift", "drift-same-names"];
+pub const SCENARIOS: &[&str] = &[
+    "web",
+    "cron",
+    "pipelines",
+    "drift",
+    "drift-same-names",
+    "batch",
+    "build",
+    "churn",
+];
 
 /// Trace start time (ns since the epoch), so traces look like recordings.
 pub const START_NS: u64 = 1_700_000_000_000_000_000;
@@ -98,6 +113,9 @@ pub fn generate(name: &str, seed: u64, duration_ns: Option<u64>) -> Result<Scena
             change_ns = Some(START_NS + duration / 2);
             drift_same_names(&mut rng, &mut out, duration);
         }
+        "batch" => hosts::batch(&mut rng, &mut out, duration_ns.unwrap_or(4 * 3600 * S)),
+        "build" => hosts::build(&mut rng, &mut out, duration_ns.unwrap_or(4 * 3600 * S)),
+        "churn" => hosts::churn(&mut rng, &mut out, duration_ns.unwrap_or(2 * 3600 * S)),
         other => bail!(
             "unknown scenario {other:?}; known: {}",
             SCENARIOS.join(", ")
