@@ -22,7 +22,8 @@
 //!
 //! **Which pairs.** [`Model::due`] at the host-wide threshold (a sharp
 //! periodic pair waits for its moment, a heralded pair for its herald, a
-//! pair too new for its timing is kept by the evidence fallback), then each
+//! pair too new for its timing is judged by how the host's young pairs
+//! recur: every channel answers to the same threshold), then each
 //! pair held to its own threshold. **How many.** One; two for a
 //! near-certain pair whose starts come faster than a replacement reaches
 //! the client (half its gaps under [`PlanSettings::replacement_ns`]). In
@@ -259,10 +260,7 @@ impl Planner {
                 continue;
             };
             let own = self.threshold_of(key);
-            if !due.fallback
-                && own > host
-                && (due.probability < own || model.need(due.pair, now, ttl) < own)
-            {
+            if own > host && (due.probability < own || model.need(due.pair, now, ttl) < own) {
                 continue;
             }
             let bursty = model
@@ -287,14 +285,12 @@ impl Planner {
 
     /// Whether a pair whose channel just expired at `at` should get
     /// another at once: its need still clears its threshold (no waiting
-    /// for a better moment: it was already judged worth a channel), or the
-    /// evidence fallback keeps it.
+    /// for a better moment: it was already judged worth a channel).
     pub fn still_due(&self, model: &Model, pair: PairId, at: u64) -> bool {
         let Some(key) = model.key(pair) else {
             return false;
         };
         model.need(pair, at, self.settings.ttl_ns) >= self.threshold_of(key)
-            || model.fallback(pair, at)
     }
 
     /// Records how one of `key`'s channels (or opens) turned out: the

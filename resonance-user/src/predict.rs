@@ -34,6 +34,7 @@
 pub mod budget;
 pub mod calibrate;
 pub mod markov;
+pub mod recurrence;
 pub mod retrain;
 pub mod samples;
 pub mod table;
@@ -49,6 +50,7 @@ use serde::{Deserialize, Serialize};
 use crate::trace::TraceEvent;
 use calibrate::Calibrator;
 use markov::{ChainParams, Markov};
+use recurrence::Recurrence;
 use samples::Samples;
 use table::{Table, conditional, smoothed};
 
@@ -57,12 +59,20 @@ pub const LOOKAHEAD_STEPS: u64 = 4;
 /// How much more likely a later moment must be for [`Model::due`] to wait.
 pub const PEAK_MARGIN: f64 = 0.02;
 
-/// Gaps a pair needs before its own timing is trusted: until then
-/// [`Model::fallback`] keeps a channel for it while it was seen recently.
-pub const FALLBACK_GAPS: usize = 2;
+/// Gaps a pair needs before its own timing is trusted: until then it is
+/// young, and how the host's young pairs recur ([`Recurrence`]) speaks
+/// for it too.
+pub const YOUNG_GAPS: usize = recurrence::CLASSES;
 
 /// Gaps a pair needs before its timing can be judged sharp.
 pub const SHARP_GAPS: usize = samples::CAPACITY / 2;
+
+/// Variation of gaps (standard deviation over mean) up to which a pair's
+/// starts are regular enough for waiting to pay, however wide its jitter:
+/// the chance of a start then rises as the silence lasts (for gamma-shaped
+/// gaps, variation below 1 means a rising hazard; half leaves room for
+/// sampling noise), so a later channel covers more of it.
+pub const REGULAR_VARIATION: f64 = 0.5;
 
 /// Starts each pair remembers, to match overlapping occurrences of a
 /// context with their followers.
@@ -208,9 +218,6 @@ pub struct Due {
     pub probability: f64,
     /// Expected lead time.
     pub expected_lead_ns: u64,
-    /// Kept by the evidence fallback ([`Model::fallback`]), whatever its
-    /// probability.
-    pub fallback: bool,
 }
 
 /// Probability and expected lead of one pair, as computed by
@@ -274,6 +281,9 @@ pub struct Model {
     #[serde(skip)]
     priors: BTreeMap<PairKey, f64>,
     calibrator: Calibrator,
+    /// How young pairs recur on this host.
+    #[serde(default)]
+    recurrence: Recurrence,
     #[serde(skip)]
     index: HashMap<PairKey, PairId>,
 }
@@ -299,6 +309,7 @@ impl Model {
             markov: Markov::default(),
             priors: BTreeMap::new(),
             calibrator: Calibrator::default(),
+            recurrence: Recurrence::default(),
             index: HashMap::new(),
         }
     }
@@ -362,10 +373,16 @@ impl Model {
     }
 
     /// The median of `pair`'s recent gaps between starts, once it has
-    /// [`FALLBACK_GAPS`] of them.
+    /// [`YOUNG_GAPS`] of them.
     pub fn typical_gap(&self, pair: PairId) -> Option<u64> {
         let state = self.state(pair)?;
-        (state.gaps.len() >= FALLBACK_GAPS).then(|| state.gaps.quantile(0.5))
+        (state.gaps.len() >= YOUNG_GAPS).then(|| state.gaps.quantile(0.5))
+    }
+
+    /// How many young starts' outcomes the model has learnt, per class
+    /// (first start, second start).
+    pub fn young_outcomes(&self) -> [usize; recurrence::CLASSES] {
+        self.recurrence.outcomes()
     }
 
     /// How many starts of `pair` the model has learnt.
@@ -420,8 +437,10 @@ impl Model {
             }
         }
         if let Some(Some(state)) = self.pairs.get_mut(id as usize) {
-            if let Some(last) = state.last_ts {
-                let gap = ts.saturating_sub(last);
+            let gap = state.last_ts.map(|last| ts.saturating_sub(last));
+            self.recurrence
+                .on_start(&state.key, id, state.seen, gap, ts, window);
+            if let Some(gap) = gap {
                 state.gaps.push(gap);
                 if gap > self.config.calibration_horizon_ns {
                     state.pauses.push(gap);
@@ -451,6 +470,15 @@ impl Model {
     /// it on a clock (the replay does, every tick) keeps the calibration
     /// true between events, not just right after them.
     pub fn tick(&mut self, now: u64) {
+        let pairs = &self.pairs;
+        self.recurrence
+            .tick(now, self.config.window_ns, |pair, key| {
+                pairs
+                    .get(pair as usize)
+                    .and_then(Option::as_ref)
+                    .filter(|state| state.key == *key)
+                    .map(|state| state.seen)
+            });
         if !self.config.calibrate || !self.calibrator.wants_sample(now) {
             return;
         }
@@ -469,6 +497,7 @@ impl Model {
         self.index.clear();
         self.markov = Markov::default();
         self.calibrator = Calibrator::default();
+        self.recurrence = Recurrence::default();
         for event in events {
             self.observe(event);
         }
@@ -799,8 +828,25 @@ impl Model {
     }
 
     /// Timing component: the chance the pair's next gap ends inside the
-    /// horizon, given how long it has been quiet.
+    /// horizon, given how long it has been quiet; for a young pair, also
+    /// how the host's young pairs went on after as long a silence.
     fn timing(&self, state: &PairState, now: u64, horizon: u64) -> (f64, u64) {
+        let own = self.own_timing(state, now, horizon);
+        let Some(last) = state.last_ts else {
+            return own;
+        };
+        let elapsed = now.saturating_sub(last);
+        match self
+            .recurrence
+            .chance(state.seen, elapsed, horizon, self.config.window_ns)
+        {
+            Some((p, lead)) if p > own.0 => (p, lead),
+            _ => own,
+        }
+    }
+
+    /// The pair's own gaps' opinion (see [`Model::timing`]).
+    fn own_timing(&self, state: &PairState, now: u64, horizon: u64) -> (f64, u64) {
         let Some(last) = state.last_ts else {
             return (0.0, 0);
         };
@@ -875,32 +921,28 @@ impl Model {
         })
     }
 
-    /// Evidence fallback: whether `pair` has too few gaps for its timing to
-    /// mean anything (fewer than [`FALLBACK_GAPS`]) and was seen within the
-    /// window, so a channel is kept for it as the static pool would keep
-    /// one (not for a pair whose gaps outlast the window). Once its timing
-    /// has the gaps, the probabilities decide alone.
-    pub fn fallback(&self, pair: PairId, now: u64) -> bool {
-        let Some(state) = self.state(pair) else {
-            return false;
-        };
-        let Some(last) = state.last_ts else {
-            return false;
-        };
-        // A gap already longer than the window means the pair's next start
-        // would come after the channel kept for it: the fallback would only
-        // waste.
-        let window = self.config.window_ns;
-        state.gaps.len() < FALLBACK_GAPS
-            && state.gaps.max() <= window
-            && now.saturating_sub(last) <= window
-    }
-
-    /// Every tracked pair [`Model::fallback`] keeps a channel for at `now`.
-    pub fn fallback_pairs(&self, now: u64) -> Vec<PairId> {
-        (0..self.pairs.len() as PairId)
-            .filter(|&pair| self.fallback(pair, now))
-            .collect()
+    /// Whether waiting until `later` cannot miss a start of a regular pair
+    /// (gaps of at most [`REGULAR_VARIATION`]): none of its recent gaps
+    /// was that short, with room for the next to be shorter than them all.
+    /// Only for a pair whose gaps all outlast the horizon: a channel made
+    /// at its start could never serve the next one, so the question is
+    /// only when in the silence to make it; between shorter gaps, waiting
+    /// risks the start it waits for. A job every few minutes with seconds of jitter is
+    /// not sharp, yet its channel is better made near the earliest moment
+    /// it ever came than a whole TTL before it.
+    fn quiet_until(&self, pair: PairId, later: u64, horizon: u64) -> bool {
+        self.state(pair).is_some_and(|state| {
+            state.gaps.len() >= SHARP_GAPS
+                && state.gaps.min() > horizon
+                && state.gaps.variation() <= REGULAR_VARIATION
+                && state.last_ts.is_some_and(|last| {
+                    // The next gap falls below the shortest of n by about
+                    // their range over n: that much earlier is not quiet.
+                    let range = state.gaps.max() - state.gaps.min();
+                    let margin = range / state.gaps.len() as u64;
+                    later.saturating_sub(last) < state.gaps.min().saturating_sub(margin)
+                })
+        })
     }
 
     /// Predictions with probability at least `floor`, most likely first
@@ -943,7 +985,7 @@ impl Model {
     /// the next [`LOOKAHEAD_STEPS`] steps of `step` would clearly be worth
     /// more (a sharp periodic start is better covered by a channel made
     /// closer to it than by one expiring just before it; only pairs with
-    /// sharp gaps wait); and every pair [`Model::fallback`] keeps. `wanted`
+    /// sharp gaps wait). `wanted`
     /// filters pairs, e.g. those with no channel yet.
     pub fn due(
         &self,
@@ -972,7 +1014,6 @@ impl Model {
                     pair: id as PairId,
                     probability: score.probability,
                     expected_lead_ns: score.expected_lead_ns,
-                    fallback: false,
                 };
                 (due, false)
             })
@@ -991,7 +1032,9 @@ impl Model {
                     return true;
                 }
                 // Broadly spread gaps: any moment may bring the start.
-                if !self.sharp(candidate.pair, horizon) {
+                if !self.sharp(candidate.pair, horizon)
+                    && !self.quiet_until(candidate.pair, later_ts, horizon)
+                {
                     *settled = true;
                     return true;
                 }
@@ -1007,21 +1050,7 @@ impl Model {
                 (1.0 - meanwhile) * worth(later) <= best_now
             });
         }
-        let mut due: Vec<Due> = candidates.into_iter().map(|(due, _)| due).collect();
-        // Pairs too new for their timing: kept whatever it says, and with no
-        // waiting for a better moment, which that timing cannot tell.
-        for (id, score) in current.iter().enumerate() {
-            let pair = id as PairId;
-            if self.fallback(pair, now) && wanted(pair) && !due.iter().any(|d| d.pair == pair) {
-                due.push(Due {
-                    pair,
-                    probability: score.probability,
-                    expected_lead_ns: score.expected_lead_ns,
-                    fallback: true,
-                });
-            }
-        }
-        due
+        candidates.into_iter().map(|(due, _)| due).collect()
     }
 
     /// Writes the model as JSON.

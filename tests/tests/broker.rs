@@ -679,9 +679,10 @@ fn pairs_beyond_the_caps_fold_into_other_and_old_pair_state_is_forgotten() {
     assert!(broker.view.pair("caps-r7", "caps-db").is_some());
 }
 
-/// A pair's second open is a hit: right after its first open the model has
-/// no timing for it, so the evidence fallback keeps a channel for it, as a
-/// static pool would.
+/// A pair's second open is a hit on a fresh broker: right after its first
+/// open the model has no timing for it, and a fresh host's chance for a
+/// new pair (one in twelve, until its own new pairs show how they recur)
+/// clears the waste budget's starting threshold (its floor, 0.02).
 #[test]
 fn a_new_pairs_second_open_finds_a_prepared_channel() {
     use resonance_client::Client;

@@ -102,6 +102,26 @@ impl Samples {
         self.sorted.first().copied().unwrap_or(0)
     }
 
+    /// Standard deviation over mean of the stored samples (0 with none):
+    /// 1 for the gaps of random (Poisson) starts, near 0 for a clock's.
+    pub fn variation(&self) -> f64 {
+        let n = self.values.len();
+        if n == 0 {
+            return 0.0;
+        }
+        let mean = self.sum() as f64 / n as f64;
+        if mean <= 0.0 {
+            return 0.0;
+        }
+        let var = self
+            .values
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n as f64;
+        var.sqrt() / mean
+    }
+
     /// Sum of the stored samples.
     pub fn sum(&self) -> u64 {
         self.values.iter().sum()

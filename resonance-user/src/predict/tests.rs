@@ -252,45 +252,85 @@ fn one_pair_score_matches_the_full_scores() {
     assert!(confident > 0, "the comparison covered a real prediction");
 }
 
-#[test]
-fn a_new_pair_is_kept_until_its_timing_has_gaps() {
-    let horizon = 5 * S;
-    let threshold = 0.6;
-    let step = horizon / 8;
-    let due_pairs = |model: &Model, now: u64| -> Vec<PairId> {
-        model
-            .due(now, horizon, threshold, step, |_| true)
-            .iter()
-            .map(|due| due.pair)
-            .collect()
-    };
-    let mut model = Model::default();
-    model.observe(&event(0, "a", "b"));
-    let id = model.pair_id(&PairKey::of(&event(0, "a", "b"))).unwrap();
-    // Seen once: no gap, so no timing, and nothing follows it; its
-    // probability is below the threshold, but the fallback keeps it.
-    assert!(probability(&model, S, horizon, "a", "b") < threshold);
-    assert!(model.fallback(id, S));
-    assert_eq!(due_pairs(&model, S), vec![id]);
-    // Not once the window has passed.
-    assert!(!model.fallback(id, 31 * S));
-    assert!(due_pairs(&model, 31 * S).is_empty());
-    // One gap, within the window: still kept.
-    model.observe(&event(10 * S, "a", "b"));
-    assert_eq!(due_pairs(&model, 11 * S), vec![id]);
-    // Two gaps: the timing decides alone (10 s gaps, nothing due 1 s on).
-    model.observe(&event(20 * S, "a", "b"));
-    assert!(!model.fallback(id, 21 * S));
-    assert!(due_pairs(&model, 21 * S).is_empty());
+fn due_at(model: &Model, now: u64, horizon: u64, threshold: f64) -> Vec<PairId> {
+    model
+        .due(now, horizon, threshold, horizon / 8, |_| true)
+        .iter()
+        .map(|due| due.pair)
+        .collect()
+}
 
-    // A pair whose first gap outlasted the window is not kept: the
-    // channel would expire before its next start.
-    let mut slow = Model::default();
-    slow.observe(&event(0, "a", "b"));
-    slow.observe(&event(40 * S, "a", "b"));
-    let id = slow.pair_id(&PairKey::of(&event(0, "a", "b"))).unwrap();
-    assert!(!slow.fallback(id, 41 * S));
-    assert!(due_pairs(&slow, 41 * S).is_empty());
+/// A new pair gets a channel from how the host's new pairs went on, not
+/// from having been seen once: where they were one-off commands, a new
+/// pair is not worth a channel; where they came back within a second (a
+/// build starting one compiler after another), it is, at once.
+#[test]
+fn a_new_pair_is_judged_by_how_the_hosts_new_pairs_recurred() {
+    let horizon = 5 * S;
+    let threshold = 0.2;
+    let mut one_offs = Model::default();
+    let mut repeats = Model::default();
+    for n in 0..60 {
+        let at = n * 60 * S;
+        let name = format!("cmd{n}");
+        one_offs.observe(&event(at, "bash", &name));
+        for k in 0..3 {
+            repeats.observe(&event(at + k * 300 * MS, "make", &name));
+        }
+    }
+    assert!(
+        one_offs.young_outcomes()[0] >= 50,
+        "{:?}",
+        one_offs.young_outcomes()
+    );
+    let now = 3600 * S;
+    one_offs.observe(&event(now, "bash", "fresh"));
+    repeats.observe(&event(now, "make", "fresh"));
+    let fresh = |model: &Model, src: &str| {
+        model
+            .pair_id(&PairKey::of(&event(0, src, "fresh")))
+            .unwrap()
+    };
+    let p_one_off = probability(&one_offs, now + MS, horizon, "bash", "fresh");
+    let p_repeat = probability(&repeats, now + MS, horizon, "make", "fresh");
+    assert!(p_one_off < 0.05, "{p_one_off}");
+    assert!(p_repeat > 0.9, "{p_repeat}");
+    assert!(!due_at(&one_offs, now + MS, horizon, threshold).contains(&fresh(&one_offs, "bash")));
+    assert!(due_at(&repeats, now + MS, horizon, threshold).contains(&fresh(&repeats, "make")));
+    // Once quiet for longer than new pairs here come back, it has most
+    // likely stopped: no channel replaces the first.
+    let p_later = probability(&repeats, now + 2 * S, horizon, "make", "fresh");
+    assert!(p_later < p_repeat / 2.0, "{p_later}");
+}
+
+/// A job every minute with seconds of jitter is not sharp (its gaps span
+/// more than half the TTL), yet it is regular: its channel is made near
+/// the earliest moment it ever started, not as soon as the probability
+/// clears the threshold, when it would expire before most runs.
+#[test]
+fn a_regular_job_waits_for_the_earliest_moment_it_ever_came() {
+    let horizon = 5 * S;
+    let threshold = 0.1;
+    let gaps = [
+        57, 63, 58, 62, 59, 61, 60, 60, 57, 63, 58, 62, 59, 61, 60, 60, 59,
+    ];
+    let mut model = Model::default();
+    let mut at = 0;
+    model.observe(&event(at, "cron", "job"));
+    for gap in gaps {
+        at += gap * S;
+        model.observe(&event(at, "cron", "job"));
+    }
+    let id = model
+        .pair_id(&PairKey::of(&event(0, "cron", "job")))
+        .unwrap();
+    let early = at + 53 * S;
+    assert!(probability(&model, early, horizon, "cron", "job") >= threshold);
+    assert!(
+        due_at(&model, early, horizon, threshold).is_empty(),
+        "waits"
+    );
+    assert_eq!(due_at(&model, at + 57 * S, horizon, threshold), vec![id]);
 }
 
 fn need(model: &Model, now: u64, horizon: u64, src: &str, dst: &str) -> f64 {

@@ -202,15 +202,22 @@ mod tests {
     }
 
     #[test]
-    fn a_new_pair_has_a_channel_for_its_second_start() {
-        // A fixed threshold, so the figures follow from the rules alone.
+    fn a_new_pair_on_a_fresh_host_has_a_channel_at_a_low_threshold() {
+        // A fixed threshold under a fresh host's chance for a new pair
+        // (one in twelve: a recurrence prior, see `predict::recurrence`),
+        // and raw probabilities, so the figures follow from the rules.
         let config = ReplayConfig {
             budget: None,
+            threshold: 0.05,
             ..ReplayConfig::default()
         };
-        let mut strategy = Predictive::new(Model::default(), &[key()], &config);
+        let model = Model::new(ModelConfig {
+            calibrate: false,
+            ..ModelConfig::default()
+        });
+        let mut strategy = Predictive::new(model, &[key()], &config);
         // Second start 7 s after the first: the channel made at the first
-        // expires at 5 s and, the pair still being kept, is replaced.
+        // expires at 5 s and, the pair still being due, is replaced.
         play(&mut strategy, &[0, 7 * S]);
         assert_eq!(strategy.tally.hits, 1, "the second start is served");
         assert_eq!(strategy.tally.wasted, 1);
