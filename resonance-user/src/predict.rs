@@ -416,6 +416,7 @@ impl Model {
             order2_support: self.config.order2_support,
             max_entries: self.config.max_followers,
             max_contexts: self.config.max_contexts,
+            window_ns: self.config.window_ns,
         }
     }
 
@@ -903,8 +904,14 @@ impl Model {
             return (0.0, 0);
         }
         let mean = (state.gaps.sum() as f64 + elapsed as f64) / n as f64;
-        let spread = (longest - state.gaps.min()) as f64;
-        let scale = mean.min(spread).max(1.0);
+        // One gap has no spread to be late by: it says nothing of jitter,
+        // so such a pair is taken to start at random.
+        let scale = if n >= YOUNG_GAPS {
+            mean.min((longest - state.gaps.min()) as f64)
+        } else {
+            mean
+        }
+        .max(1.0);
         let shrink = self.config.timing_shrink;
         let p = (1.0 - (-(horizon as f64) / scale).exp()) * n as f64 / (n as f64 + shrink);
         (p, (scale as u64).min(horizon / 2))
@@ -922,17 +929,21 @@ impl Model {
     }
 
     /// Whether waiting until `later` cannot miss a start of a regular pair
-    /// (gaps of at most [`REGULAR_VARIATION`]): none of its recent gaps
-    /// was that short, with room for the next to be shorter than them all.
-    /// Only for a pair whose gaps all outlast the horizon: a channel made
-    /// at its start could never serve the next one, so the question is
-    /// only when in the silence to make it; between shorter gaps, waiting
-    /// risks the start it waits for. A job every few minutes with seconds of jitter is
-    /// not sharp, yet its channel is better made near the earliest moment
-    /// it ever came than a whole TTL before it.
+    /// (variation of its gaps at most [`REGULAR_VARIATION`], from its
+    /// second gap on): none of its recent gaps was that short, with room
+    /// for the next to be shorter than them all (their range over their
+    /// number). A job every few minutes with seconds of jitter is not
+    /// sharp, yet its channel is better made near the earliest moment it
+    /// ever came than a whole TTL before it; and such a job runs only a
+    /// few dozen times a day, so waiting for [`SHARP_GAPS`] gaps would
+    /// waste a channel on each of its first runs. Only for a pair whose
+    /// gaps all outlast the horizon: a channel made at its start could
+    /// never serve the next one, so the question is only when in the
+    /// silence to make it; between shorter gaps, waiting risks the start
+    /// it waits for.
     fn quiet_until(&self, pair: PairId, later: u64, horizon: u64) -> bool {
         self.state(pair).is_some_and(|state| {
-            state.gaps.len() >= SHARP_GAPS
+            state.gaps.len() >= YOUNG_GAPS
                 && state.gaps.min() > horizon
                 && state.gaps.variation() <= REGULAR_VARIATION
                 && state.last_ts.is_some_and(|last| {

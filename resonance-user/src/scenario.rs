@@ -16,10 +16,11 @@
 //!   on its own interval (15 to 24 s); at half time a deploy shortens every
 //!   interval by 40 %. The same ten `consul -> service` pairs before and
 //!   after: only their timing changes.
-//! - `batch`, `build`, `churn`: hosts with background noise ([`hosts`]):
-//!   a dozen sparse jittered jobs; a build box's fan-out and editing; a
-//!   container host whose services come and go. Each has ad-hoc commands
-//!   that mostly never recur.
+//! - `batch`, `sparse`, `build`, `churn`: hosts with background noise
+//!   ([`hosts`]): a dozen jittered jobs every few minutes; the same jobs
+//!   every 5 to 60 minutes over a day; a build box's fan-out and editing;
+//!   a container host whose services come and go. Each has ad-hoc
+//!   commands that mostly never recur.
 
 mod hosts;
 
@@ -35,6 +36,7 @@ pub const SCENARIOS: &[&str] = &[
     "drift",
     "drift-same-names",
     "batch",
+    "sparse",
     "build",
     "churn",
 ];
@@ -114,6 +116,7 @@ pub fn generate(name: &str, seed: u64, duration_ns: Option<u64>) -> Result<Scena
             drift_same_names(&mut rng, &mut out, duration);
         }
         "batch" => hosts::batch(&mut rng, &mut out, duration_ns.unwrap_or(4 * 3600 * S)),
+        "sparse" => hosts::sparse(&mut rng, &mut out, duration_ns.unwrap_or(24 * 3600 * S)),
         "build" => hosts::build(&mut rng, &mut out, duration_ns.unwrap_or(4 * 3600 * S)),
         "churn" => hosts::churn(&mut rng, &mut out, duration_ns.unwrap_or(2 * 3600 * S)),
         other => bail!(
@@ -406,15 +409,16 @@ mod tests {
 
     #[test]
     fn every_scenario_generates_events_and_unknown_fails() {
+        // Two hours: the sparse jobs run every 5 to 60 minutes.
         for name in SCENARIOS {
-            let scenario = generate(name, 1, Some(600 * S)).unwrap();
+            let scenario = generate(name, 1, Some(7200 * S)).unwrap();
             assert!(
                 scenario.events.len() > 50,
                 "{name}: {}",
                 scenario.events.len()
             );
             let last = scenario.events.last().map_or(0, |event| event.ts_ns);
-            assert!(last < START_NS + 600 * S, "{name} overruns its duration");
+            assert!(last < START_NS + 7200 * S, "{name} overruns its duration");
         }
         assert!(generate("nope", 1, None).is_err());
         assert!(generate("drift", 1, None).unwrap().change_ns.is_some());

@@ -9,7 +9,7 @@ use crate::{scenario, trace::write_trace_file};
 /// Arguments of `resonance gen-trace`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Scenario name: web, cron, pipelines, drift, drift-same-names, batch, build or churn.
+    /// Scenario name: web, cron, pipelines, drift, drift-same-names, batch, sparse, build or churn.
     #[arg(long)]
     pub scenario: String,
     /// Seed of the generator: same seed, same trace.

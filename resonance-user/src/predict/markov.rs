@@ -40,6 +40,9 @@ pub struct ChainParams {
     pub max_entries: usize,
     /// Most order-2 contexts kept.
     pub max_contexts: usize,
+    /// Longest delay at which the next interaction still follows (the
+    /// sliding window W).
+    pub window_ns: u64,
 }
 
 impl Markov {
@@ -47,9 +50,15 @@ impl Markov {
     pub fn observe(&mut self, pair: PairId, ts: u64, params: &ChainParams) {
         if let Some((last, last_ts)) = self.last {
             let delay = ts.saturating_sub(last_ts);
+            // A next interaction later than the window is no sequence,
+            // just what happened to come next on a quiet host: the
+            // context occurred, and was not followed.
+            let follows = delay <= params.window_ns;
             let table = self.first.entry(last).or_default();
             table.occur(params.decay);
-            table.credit(pair, delay, params.decay, params.max_entries);
+            if follows {
+                table.credit(pair, delay, params.decay, params.max_entries);
+            }
             if let Some(previous) = self.previous {
                 if !self.second.contains_key(&(previous, last))
                     && self.second.len() >= params.max_contexts
@@ -58,7 +67,9 @@ impl Markov {
                 }
                 let table = self.second.entry((previous, last)).or_default();
                 table.occur(params.decay);
-                table.credit(pair, delay, params.decay, params.max_entries);
+                if follows {
+                    table.credit(pair, delay, params.decay, params.max_entries);
+                }
             }
             self.previous = Some(last);
         }
@@ -189,6 +200,7 @@ mod tests {
             order2_support: 2.0,
             max_entries: 8,
             max_contexts: 16,
+            window_ns: 30,
         }
     }
 
@@ -202,6 +214,32 @@ mod tests {
         );
         out.sort_by_key(|(pair, _)| *pair);
         out
+    }
+
+    /// What comes next after longer than the window is not a sequence: on
+    /// a quiet host it is whatever happened to run next.
+    #[test]
+    fn a_next_interaction_past_the_window_is_not_learnt() {
+        let mut chain = Markov::default();
+        let mut ts = 0;
+        for _ in 0..10 {
+            chain.observe(1, ts, &params());
+            chain.observe(2, ts + 40, &params());
+            chain.observe(3, ts + 50, &params());
+            ts += 100;
+        }
+        chain.observe(1, ts, &params());
+        assert!(
+            next_probabilities(&chain)
+                .iter()
+                .all(|(pair, _)| *pair != 2)
+        );
+        chain.observe(2, ts + 40, &params());
+        let after_two = next_probabilities(&chain);
+        assert!(
+            after_two.iter().any(|(pair, p)| *pair == 3 && *p > 0.8),
+            "{after_two:?}"
+        );
     }
 
     #[test]

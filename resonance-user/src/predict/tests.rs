@@ -331,6 +331,40 @@ fn a_regular_job_waits_for_the_earliest_moment_it_ever_came() {
         "waits"
     );
     assert_eq!(due_at(&model, at + 57 * S, horizon, threshold), vec![id]);
+
+    // From its second gap on: a job that runs a few dozen times a day
+    // cannot wait for sixteen. With four gaps the room left below the
+    // shortest is their range over four (1 s).
+    let mut young = Model::default();
+    let mut at = 0;
+    young.observe(&event(at, "cron", "job"));
+    for gap in [58, 62, 60, 59] {
+        at += gap * S;
+        young.observe(&event(at, "cron", "job"));
+    }
+    let id = young
+        .pair_id(&PairKey::of(&event(0, "cron", "job")))
+        .unwrap();
+    let early = at + 53 * S;
+    assert!(probability(&young, early, horizon, "cron", "job") >= threshold);
+    assert!(
+        due_at(&young, early, horizon, threshold).is_empty(),
+        "waits"
+    );
+    assert_eq!(due_at(&young, at + 57 * S, horizon, threshold), vec![id]);
+}
+
+/// A pair seen twice, hours apart, that is late: one gap says nothing of
+/// its jitter, so it is not taken for a clock merely late by it (which
+/// gave it one chance in two of starting in every TTL for hours).
+#[test]
+fn a_pair_with_one_long_gap_is_not_expected_any_moment_once_late() {
+    let horizon = 5 * S;
+    let mut model = Model::default();
+    model.observe(&event(0, "backup", "rclone"));
+    model.observe(&event(3600 * S, "backup", "rclone"));
+    let late = probability(&model, 7300 * S, horizon, "backup", "rclone");
+    assert!(late < 0.01, "{late}");
 }
 
 fn need(model: &Model, now: u64, horizon: u64, src: &str, dst: &str) -> f64 {

@@ -80,6 +80,16 @@ pub(super) fn adhoc(rng: &mut SplitMix64, out: &mut Builder, from: u64, to: u64,
     }
 }
 
+/// Ad-hoc pipelines making up about `share` of all the starts, the ones
+/// already in `out` being the rest.
+fn adhoc_share(rng: &mut SplitMix64, out: &mut Builder, duration: u64, share: f64) {
+    // An ad-hoc pipeline has 1.3 pairs on average (see `adhoc`).
+    let pipelines = out.events.len() as f64 * share / (1.0 - share) / 1.3;
+    if pipelines >= 1.0 {
+        adhoc(rng, out, 0, duration, duration as f64 / pipelines);
+    }
+}
+
 fn pick(rng: &mut SplitMix64) -> &'static str {
     COMMANDS[(rng.next_u64() % COMMANDS.len() as u64) as usize]
 }
@@ -139,12 +149,35 @@ const BATCH_JOBS: [&[super::Step<'static>]; 12] = [
 /// per job and seed) and started late by up to a few seconds (cron's
 /// minute boundary plus `sleep $RANDOM`-style spreading, drawn per job),
 /// a Prometheus scrape every 30 s, and ad-hoc commands about 4 % of the
-/// starts. Few outcomes an hour: the regime where a waste controller has
-/// little to learn from.
+/// starts.
 pub(super) fn batch(rng: &mut SplitMix64, out: &mut Builder, duration: u64) {
+    jobs(rng, out, duration, (60, 301));
+    let scrape = Periodic {
+        period: 30 * S,
+        phase: 7 * S,
+        jitter: 30 * MS,
+        steps: &[(("prometheus", "node_exporter", "tcp"), 0, 1)],
+    };
+    periodic(rng, out, &scrape, 0, duration);
+    adhoc_share(rng, out, duration, 0.04);
+}
+
+/// The same dozen jobs, each every 5 to 60 minutes, over a day, and ad-hoc
+/// commands about 4 % of the starts, with nothing else: a few thousand
+/// channels a day, the regime where a waste controller has little to
+/// learn from and every pair spends hours with fewer gaps than its timing
+/// needs.
+pub(super) fn sparse(rng: &mut SplitMix64, out: &mut Builder, duration: u64) {
+    jobs(rng, out, duration, (300, 3601));
+    adhoc_share(rng, out, duration, 0.04);
+}
+
+/// [`BATCH_JOBS`], each with a period drawn from `periods_s` (seconds)
+/// and its own phase and start jitter.
+fn jobs(rng: &mut SplitMix64, out: &mut Builder, duration: u64, periods_s: (u64, u64)) {
     out.end_ns = duration;
     for steps in BATCH_JOBS {
-        let period = rng.between(60, 301) * S;
+        let period = rng.between(periods_s.0, periods_s.1) * S;
         let job = Periodic {
             period,
             phase: rng.between(0, period),
@@ -153,14 +186,6 @@ pub(super) fn batch(rng: &mut SplitMix64, out: &mut Builder, duration: u64) {
         };
         periodic(rng, out, &job, 0, duration);
     }
-    let scrape = Periodic {
-        period: 30 * S,
-        phase: 7 * S,
-        jitter: 30 * MS,
-        steps: &[(("prometheus", "node_exporter", "tcp"), 0, 1)],
-    };
-    periodic(rng, out, &scrape, 0, duration);
-    adhoc(rng, out, 0, duration, 120.0 * S as f64);
 }
 
 /// A developer's build box: builds start at random (every four minutes on
