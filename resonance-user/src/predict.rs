@@ -918,13 +918,20 @@ impl Model {
     }
 
     /// Whether the pair's recent gaps (at least [`SHARP_GAPS`] of them: a
-    /// few gaps of random starts can fall close together by chance) all
-    /// fall within half the horizon of each other: only then is a later, better moment to prepare its
-    /// channel knowable. Between broadly spread gaps a start can come at
-    /// any time, and a few samples leave holes a wait would fall into.
+    /// few gaps of random starts can fall close together by chance) are
+    /// sharp enough for a later, better moment to prepare its channel to be
+    /// knowable: all within half the horizon of each other, or regular
+    /// (variation at most [`REGULAR_VARIATION`]) and all longer than the
+    /// horizon, as a job every few minutes whose start jitter is wider than
+    /// a TTL: one channel placed where most of its starts came beats one
+    /// at the earliest moment and a second after it expires. Between
+    /// broadly spread gaps a start can come at any time, and a few samples
+    /// leave holes a wait would fall into.
     fn sharp(&self, pair: PairId, horizon: u64) -> bool {
         self.state(pair).is_some_and(|state| {
-            state.gaps.len() >= SHARP_GAPS && state.gaps.max() - state.gaps.min() <= horizon / 2
+            state.gaps.len() >= SHARP_GAPS
+                && (state.gaps.max() - state.gaps.min() <= horizon / 2
+                    || state.gaps.min() > horizon && state.gaps.variation() <= REGULAR_VARIATION)
         })
     }
 

@@ -88,42 +88,29 @@ fn every_scenario_meets_the_done_means() {
 /// - `drift-same-names`: the ten checks change interval and phase at once;
 ///   the model misses their first runs after the deploy (seed 5: 60 of its
 ///   72 misses in the 2.5 minutes after it) until the new gaps replace the
-///   old. Worst seed 7: 0.955 against 0.995.
-/// - `sparse`, waste: not reached on seeds 2 and 9 (0.153 and 0.177; the
-///   others 0.10 to 0.15). A dozen jobs every 5 to 60 minutes make 1,400
-///   to 2,200 channels a day: the first four hours, while each job has
-///   few gaps and the budget few outcomes, waste 150 of seed 9's 343, and
-///   a job whose start jitter is wider than the TTL (seed 9's `certbot`,
-///   gaps of 489-493 s) gets a second channel on most runs. The pool
-///   serves nothing there (every gap is longer than its five minutes).
+///   old. Worst seed 7: 0.951 against 0.995.
+/// - `batch` (seeds 4 and 7, 2.5 and 2.1 points): a job whose start
+///   jitter is wider than the TTL (seed 4's `cron -> sa1`, gaps of 81 to
+///   87 s against a 5 s TTL) gets one channel per run, placed where most
+///   of its starts came, and misses the earliest (20 of its 172); the
+///   pool serves them from a channel kept all the time (its waste 0.97).
+///   A second channel per run would serve them at about 40 % waste.
 ///
 /// On web, cron, pipelines and drift the model is within one start of the
 /// pool on every seed, and at or above it on all but three (drift seeds 6,
 /// 7 and 10, one start short each).
 #[test]
 fn every_scenario_on_seeds_1_to_10_meets_the_targets() {
-    let reasons = ["build", "drift-same-names"];
+    let reasons = ["batch", "build", "drift-same-names"];
     let mut short = Vec::new();
-    let mut missed = Vec::new();
     // Per scenario: (lowest hit rate, its seed), (highest waste, its seed).
     let mut worst: std::collections::BTreeMap<&str, [(f64, u64); 2]> = Default::default();
     for seed in 1..=10 {
         for &name in scenario::SCENARIOS {
             let label = format!("{name} seed {seed}");
             let (_, report) = run(name, seed);
+            assert_targets(&label, &report);
             let (model, pool) = (&report.model, &report.static_pool);
-            if name == "sparse" && [2, 9].contains(&seed) {
-                let summary = format!("{label}: model {model:?}\nstatic {pool:?}");
-                assert!(model.hit_rate >= 0.9, "{summary}");
-                assert!(model.waste_ratio < pool.waste_ratio, "{summary}");
-                assert!(
-                    model.idle_channel_seconds < pool.idle_channel_seconds,
-                    "{summary}"
-                );
-                missed.push(format!("{label}: waste {:.3}", model.waste_ratio));
-            } else {
-                assert_targets(&label, &report);
-            }
             let entry = worst.entry(name).or_insert([(f64::MAX, 0), (f64::MIN, 0)]);
             if model.hit_rate < entry[0].0 {
                 entry[0] = (model.hit_rate, seed);
@@ -153,7 +140,6 @@ fn every_scenario_on_seeds_1_to_10_meets_the_targets() {
         }
     }
     eprintln!("worst per scenario ((hit rate, seed), (waste, seed)): {worst:?}");
-    eprintln!("waste target not reached: {missed:?}");
     assert!(short.len() <= 3, "short of the pool: {short:?}");
 }
 
