@@ -1,9 +1,11 @@
 //! Command-line front end: one file per subcommand, each with its `Args`
 //! and a `run` that returns an error with context instead of exiting.
 
+mod completions;
 mod explain;
 mod gen_trace;
 mod history;
+mod logging;
 mod observe;
 mod pairs;
 mod record;
@@ -40,12 +42,16 @@ enum Command {
     GenTrace(gen_trace::Args),
     /// Print the stored history of one pair from the agent's store.
     History(history::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionArgs),
+    /// Write the man pages of resonance and each subcommand into a folder.
+    Manpages(completions::ManArgs),
 }
 
 /// Parses the command line, runs it, and turns errors into one clear
 /// message and a non-zero exit status.
 pub fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    logging::init();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run(_)) {
         // Like any Unix filter: a reader that went away (`| head -1`) ends
@@ -62,6 +68,8 @@ pub fn main() -> ExitCode {
         Command::Replay(args) => replay::run(args),
         Command::GenTrace(args) => gen_trace::run(args),
         Command::History(args) => history::run(args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Manpages(args) => completions::manpages(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -321,6 +321,66 @@ fn without_privileges_observe_says_what_is_missing_and_fails() {
     );
 }
 
+/// Under systemd stderr is the journal's stream (`JOURNAL_STREAM` names
+/// it): log lines then carry the level as a syslog priority and no
+/// timestamp of their own; anywhere else they keep env_logger's form. The
+/// variable alone is not enough: a child whose stderr was redirected
+/// inherits it but writes elsewhere.
+#[test]
+fn log_lines_suit_the_journal_only_when_stderr_is_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let _serial = serial();
+    let dir = std::env::temp_dir().join(format!("resonance-journal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("creating a folder for stderr");
+    let observe = |journal: Option<&str>, path: &std::path::Path| -> String {
+        let stderr = std::fs::File::create(path).expect("creating the stderr file");
+        let identity = stderr.metadata().expect("stat of the stderr file");
+        let mut command = Command::new(resonance_tests::resonance_bin());
+        command
+            .args(["observe", "--duration", "1s"])
+            .env_remove("JOURNAL_STREAM")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr);
+        match journal {
+            Some("this") => {
+                command.env(
+                    "JOURNAL_STREAM",
+                    format!("{}:{}", identity.dev(), identity.ino()),
+                );
+            }
+            Some(other) => {
+                command.env("JOURNAL_STREAM", other);
+            }
+            None => {}
+        }
+        let status = command.status().expect("running resonance observe");
+        assert!(status.success(), "observe failed");
+        std::fs::read_to_string(path).expect("reading stderr")
+    };
+    let journal = observe(Some("this"), &dir.join("journal"));
+    let attached = journal
+        .lines()
+        .find(|line| line.contains("hooks attached"))
+        .unwrap_or_else(|| panic!("no attach line: {journal}"));
+    assert!(
+        attached.starts_with("<6>resonance"),
+        "an info line with priority 6 and no timestamp: {attached}"
+    );
+    for (name, journal) in [("no variable", None), ("another stream", Some("1:2"))] {
+        let plain = observe(journal, &dir.join("plain"));
+        let attached = plain
+            .lines()
+            .find(|line| line.contains("hooks attached"))
+            .unwrap_or_else(|| panic!("{name}: no attach line: {plain}"));
+        assert!(
+            attached.starts_with('[') && attached.contains("INFO"),
+            "{name}: env_logger's own form: {attached}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Pipe writes that find the pipe too full: counted when a burst outgrows
 /// a small pipe whose reader is late, and never when the pipe holds it.
 #[test]

@@ -256,7 +256,18 @@ fn corrupted_offset_is_caught_on_host(
 /// Debian packages the test suite runs besides the build's own:
 /// `prometheus` (promtool and the server), `postgresql` (initdb, postgres,
 /// pgbench), `redis-server` and `redis-tools` (redis-benchmark).
-const TEST_PACKAGES: &[&str] = &["prometheus", "postgresql", "redis-server", "redis-tools"];
+const TEST_PACKAGES: &[&str] = &[
+    "prometheus",
+    "postgresql",
+    "redis-server",
+    "redis-tools",
+    // The completion and man page tests load them in real shells and check
+    // the pages with groff and man-db's lexgrog.
+    "zsh",
+    "fish",
+    "groff-base",
+    "man-db",
+];
 
 /// fmt and clippy for the host crates (default and all features), and
 /// clippy for the eBPF crate with its own nightly and target.
