@@ -2,6 +2,7 @@
 //! and a `run` that returns an error with context instead of exiting.
 
 mod completions;
+mod doctor;
 mod explain;
 mod gen_trace;
 mod history;
@@ -42,6 +43,9 @@ enum Command {
     GenTrace(gen_trace::Args),
     /// Print the stored history of one pair from the agent's store.
     History(history::Args),
+    /// Say what this host offers and what the agent will use, and what to
+    /// do about anything missing.
+    Doctor(doctor::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionArgs),
     /// Write the man pages of resonance and each subcommand into a folder.
@@ -68,6 +72,7 @@ pub fn main() -> ExitCode {
         Command::Replay(args) => replay::run(args),
         Command::GenTrace(args) => gen_trace::run(args),
         Command::History(args) => history::run(args),
+        Command::Doctor(args) => doctor::run(args),
         Command::Completions(args) => completions::completions(args),
         Command::Manpages(args) => completions::manpages(args),
     };

@@ -12,7 +12,7 @@ mod preflight;
 
 pub use attach::{AttachStatus, PROBE_MODE_ENV, ProbeMode, ProbeSet, Probes, TRACEPOINTS};
 pub use offsets::{OffsetError, read_offsets};
-pub use preflight::{PreflightError, VMLINUX_BTF, preflight};
+pub use preflight::{PreflightError, TRACEFS, VMLINUX_BTF, preflight};
 
 /// Everything that can stop the probes from loading.
 #[derive(Debug, thiserror::Error)]
