@@ -9,6 +9,7 @@
 //! keeps the broker's model retrained and saved in the state folder.
 
 pub mod learn;
+pub mod notify;
 pub mod state_lock;
 
 use std::{
@@ -138,6 +139,15 @@ impl Agent {
         let broker_task = self.start_broker();
         let ring = self.observer.ring_readiness()?;
         let kernel_log = self.observer.log_readiness()?;
+        let notifier = notify::Notifier::from_env();
+        notifier.ready(&self.status_line());
+        // Without a watchdog the arm below never fires.
+        let mut watchdog = tokio::time::interval(
+            notifier
+                .watchdog_interval()
+                .unwrap_or(std::time::Duration::from_secs(3600)),
+        );
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flush = tokio::time::interval(self.config.flush_interval);
@@ -161,9 +171,24 @@ impl Agent {
                 _ = tick.tick() => self.tick(),
                 _ = flush.tick() => self.flush(),
                 _ = maintain.tick() => self.maintain(),
-                _ = terminate.recv() => { log::info!("SIGTERM: stopping"); break; }
-                _ = interrupt.recv() => { log::info!("SIGINT: stopping"); break; }
-                _ = hangup.recv() => self.reload(),
+                _ = watchdog.tick(), if notifier.watchdog_interval().is_some() => {
+                    notifier.watchdog();
+                }
+                _ = terminate.recv() => {
+                    log::info!("SIGTERM: stopping");
+                    notifier.stopping();
+                    break;
+                }
+                _ = interrupt.recv() => {
+                    log::info!("SIGINT: stopping");
+                    notifier.stopping();
+                    break;
+                }
+                _ = hangup.recv() => {
+                    notifier.reloading();
+                    self.reload();
+                    notifier.ready(&self.status_line());
+                }
             }
         }
         self.tick();
@@ -371,6 +396,22 @@ impl Agent {
             .processes
             .set(self.observer.processes().len() as i64);
         self.last_stats = stats;
+    }
+
+    /// What `systemctl status` shows: the probe mode and what listens.
+    fn status_line(&self) -> String {
+        let broker = if self.broker_view().is_some() {
+            format!(", broker on {}", self.config.broker.socket.display())
+        } else {
+            String::new()
+        };
+        format!(
+            "{} hooks attached in {} mode; metrics on {}, control on {}{broker}",
+            self.observer.attached(),
+            self.observer.mode(),
+            self.config.metrics_listen,
+            self.config.control_socket.display()
+        )
     }
 
     /// SIGHUP: re-read the config; settings that need a restart say so.

@@ -1272,3 +1272,94 @@ fn the_replay_of_a_recording_agrees_with_what_the_agent_counted() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Under a service manager (`Type=notify`): `READY=1` only once the
+/// control socket answers, with a `STATUS=` naming the probe mode;
+/// `WATCHDOG=1` from the agent's loop at half `WATCHDOG_USEC`; around a
+/// SIGHUP `RELOADING=1` then `READY=1` again; `STOPPING=1` at SIGTERM. The
+/// test is the service manager: it binds the notification socket.
+#[test]
+fn under_a_service_manager_the_agent_says_ready_keeps_the_watchdog_fed_and_says_it_stops() {
+    use std::os::unix::net::UnixDatagram;
+    let _serial = serial();
+    let dir = scratch("notify");
+    let notify_path = dir.join("notify.sock");
+    let manager = UnixDatagram::bind(&notify_path).expect("binding the notification socket");
+    manager
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let control = dir.join("control.sock");
+    let log = dir.join("agent.log");
+    let process = Command::new(resonance_bin())
+        .arg("run")
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--control-socket")
+        .arg(&control)
+        .arg("--metrics-listen")
+        .arg(SocketAddr::from(([127, 0, 0, 1], free_port())).to_string())
+        .arg("--broker-socket")
+        .arg(dir.join("broker.sock"))
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("starting resonance run");
+    let pid = process.id();
+    let _agent = Reaped(process);
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut buffer = [0u8; 512];
+    let mut next = || -> String {
+        let n = manager
+            .recv(&mut buffer)
+            .unwrap_or_else(|e| panic!("no notification ({e}):\n{}", log_text()));
+        String::from_utf8_lossy(&buffer[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(ready.starts_with("READY=1\nSTATUS="), "{ready}");
+    assert!(
+        ask(&control, &Request::Pairs).is_ok(),
+        "READY came before the control socket answered"
+    );
+    assert!(
+        ready.contains("hooks attached in") && ready.contains(" mode"),
+        "{ready}"
+    );
+    let started = Instant::now();
+    let mut pings = 0;
+    while pings < 3 {
+        let message = next();
+        assert_eq!(message, "WATCHDOG=1", "only pings while nothing happens");
+        pings += 1;
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(400) && elapsed < Duration::from_secs(5),
+        "three pings at half of 400 ms took {elapsed:?}"
+    );
+    // SAFETY: kill sends a signal to the agent we started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+    let mut after_hup: Vec<String> = Vec::new();
+    while !after_hup.iter().any(|m| m.starts_with("READY=1")) {
+        let message = next();
+        if message != "WATCHDOG=1" {
+            after_hup.push(message);
+        }
+    }
+    assert!(
+        after_hup[0].starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{after_hup:?}"
+    );
+    assert_eq!(after_hup.len(), 2, "{after_hup:?}");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    loop {
+        let message = next();
+        if message == "STOPPING=1" {
+            break;
+        }
+        assert_eq!(message, "WATCHDOG=1", "{message}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
