@@ -168,3 +168,73 @@ fn every_subcommand_has_a_man_page_groff_renders_cleanly() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The systemd unit the package installs: `systemd-analyze verify` accepts
+/// it (with the binary and its man pages where the unit says they are,
+/// here the built binary and pages made by it), and `systemd-analyze
+/// security` rates it at most as exposed as Debian's own
+/// `prometheus.service`, rated in the same run (4.0 "OK" on Debian 12).
+#[test]
+fn the_unit_verifies_and_is_no_more_exposed_than_debians_prometheus() {
+    let analyze = needed("systemd-analyze", "systemd");
+    let prometheus = std::path::Path::new("/lib/systemd/system/prometheus.service");
+    assert!(
+        prometheus.is_file(),
+        "no {}: `apt-get install prometheus` (cargo xtask test installs it)",
+        prometheus.display()
+    );
+    let dir = std::env::temp_dir().join(format!("resonance-unit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("man/man1")).unwrap();
+    let pages = resonance(&["manpages", dir.join("man/man1").to_str().unwrap()]);
+    assert!(pages.status.success(), "{pages:?}");
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/resonance.service"
+    ))
+    .expect("reading packaging/resonance.service");
+    assert!(unit.contains("ExecStart=/usr/bin/resonance run"), "{unit}");
+    let path = dir.join("resonance.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/bin/resonance", env!("CARGO_BIN_EXE_resonance")),
+    )
+    .unwrap();
+    let verify = Command::new(&analyze)
+        .arg("verify")
+        .arg(&path)
+        .env("MANPATH", dir.join("man"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let exposure = |unit: &std::path::Path| -> f64 {
+        let out = Command::new(&analyze)
+            .args(["security", "--offline=yes", "--no-pager"])
+            .arg(unit)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|line| {
+                let rest = line.split("Overall exposure level for ").nth(1)?;
+                rest.split(": ")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no exposure level for {}: {text}", unit.display()))
+    };
+    let ours = exposure(&path);
+    let theirs = exposure(prometheus);
+    assert!(
+        ours <= theirs,
+        "resonance.service is rated {ours}, Debian's prometheus.service {theirs}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
