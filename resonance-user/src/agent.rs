@@ -123,6 +123,10 @@ impl Agent {
         let mut interrupt =
             signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        // Publish once before anything answers, so the first `pairs` already
+        // shows the scores restored from the store (the loop's first tick
+        // could come after it).
+        self.tick();
         let control_listener = bind_control(&self.config.control_socket)?;
         let metrics_listener = tokio::net::TcpListener::bind(self.config.metrics_listen)
             .await
@@ -139,6 +143,9 @@ impl Agent {
         let broker_task = self.start_broker();
         let ring = self.observer.ring_readiness()?;
         let kernel_log = self.observer.log_readiness()?;
+        if self.config.drop_capabilities {
+            drop_capabilities();
+        }
         let notifier = notify::Notifier::from_env();
         notifier.ready(&self.status_line());
         // Without a watchdog the arm below never fires.
@@ -539,4 +546,37 @@ fn epoch_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// What the agent still needs once its probes are attached and its sockets
+/// listen: `bpf()` to read its maps (kernels with unprivileged BPF
+/// disabled refuse every command without it), reading other users'
+/// `/proc/PID` to name processes, and resource limits for pipes. Not
+/// PERFMON, SYS_ADMIN, CHOWN, NET_BIND_SERVICE, DAC_OVERRIDE or anything
+/// else root holds: a compromised agent keeps only these.
+pub const KEPT_CAPABILITIES: &[u32] = &[
+    crate::sys::cap::BPF,
+    crate::sys::cap::SYS_PTRACE,
+    crate::sys::cap::DAC_READ_SEARCH,
+    crate::sys::cap::SYS_RESOURCE,
+];
+
+/// Drops what [`KEPT_CAPABILITIES`] leaves out, for the calling thread
+/// (capabilities are per thread), and says so.
+fn drop_capabilities() {
+    match crate::sys::drop_capabilities_except(KEPT_CAPABILITIES) {
+        Ok(held) => log::info!(
+            "dropped every capability but BPF, SYS_PTRACE, DAC_READ_SEARCH and \
+             SYS_RESOURCE (effective now {held:#x})"
+        ),
+        Err(error) => log::warn!("could not drop capabilities, keeping them: {error}"),
+    }
+}
+
+/// [`drop_capabilities`] for a runtime thread as it starts: quiet unless it
+/// fails.
+pub fn drop_thread_capabilities() {
+    if let Err(error) = crate::sys::drop_capabilities_except(KEPT_CAPABILITIES) {
+        log::warn!("a runtime thread could not drop capabilities: {error}");
+    }
 }

@@ -51,6 +51,9 @@ pub struct Config {
     /// Whether processes running the agent's own executable (the
     /// `resonance` CLI piped into `jq`, `head`, ...) count as pairs.
     pub include_own_processes: bool,
+    /// Whether the agent drops every capability it no longer needs once
+    /// its probes are attached and its sockets listen.
+    pub drop_capabilities: bool,
 }
 
 impl Default for Config {
@@ -69,6 +72,7 @@ impl Default for Config {
             broker: BrokerSettings::default(),
             predict: PredictSettings::default(),
             include_own_processes: false,
+            drop_capabilities: true,
         }
     }
 }

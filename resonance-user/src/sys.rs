@@ -213,3 +213,92 @@ pub fn monotonic_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
 }
+
+/// Capability numbers (`linux/capability.h`) the agent names.
+pub mod cap {
+    /// Read any file and search any folder (other users' `/proc/PID`).
+    pub const DAC_READ_SEARCH: u32 = 2;
+    /// ptrace access checks: `/proc/PID/exe` of others, `pidfd_getfd`.
+    pub const SYS_PTRACE: u32 = 19;
+    /// Resource limits: RLIMIT_MEMLOCK, pipes past pipe-max-size.
+    pub const SYS_RESOURCE: u32 = 24;
+    /// The `bpf()` system call, which kernels with
+    /// `unprivileged_bpf_disabled` refuse without it even on a map the
+    /// process already holds.
+    pub const BPF: u32 = 39;
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Drops every capability but `keep` from this process's bounding,
+/// ambient, inheritable, permitted and effective sets, for good: nothing
+/// the process runs later can regain them. Returns the capabilities still
+/// held (those of `keep` it had).
+pub fn drop_capabilities_except(keep: &[u32]) -> io::Result<u64> {
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(40)
+        .min(63);
+    let keep_mask = keep.iter().fold(0u64, |mask, &cap| mask | (1u64 << cap));
+    for cap in 0..=last {
+        if keep_mask & (1u64 << cap) == 0 {
+            // SAFETY: prctl with integer arguments only.
+            let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+            // EINVAL: a capability this kernel does not know.
+            if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget writes two CapData words for version 3, which `data`
+    // holds; the header is valid.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let permitted = u64::from(data[0].permitted) | (u64::from(data[1].permitted) << 32);
+    let held = permitted & keep_mask;
+    let words = [held as u32, (held >> 32) as u32];
+    for (word, value) in data.iter_mut().zip(words) {
+        *word = CapData {
+            effective: value,
+            permitted: value,
+            inheritable: 0,
+        };
+    }
+    // SAFETY: as for capget; capset only reads.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(held)
+}

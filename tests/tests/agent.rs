@@ -1363,3 +1363,82 @@ fn under_a_service_manager_the_agent_says_ready_keeps_the_watchdog_fed_and_says_
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Capabilities of every thread of `pid`, as (effective, permitted,
+/// bounding) from `/proc/PID/task/TID/status`.
+fn thread_capabilities(pid: u32) -> Vec<(u64, u64, u64)> {
+    let field = |status: &str, name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or(u64::MAX)
+    };
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("listing the agent's threads")
+        .filter_map(|task| {
+            let status = std::fs::read_to_string(task.ok()?.path().join("status")).ok()?;
+            Some((
+                field(&status, "CapEff:"),
+                field(&status, "CapPrm:"),
+                field(&status, "CapBnd:"),
+            ))
+        })
+        .collect()
+}
+
+/// Once its probes are attached and its sockets listen, every thread of
+/// the agent holds at most BPF, SYS_PTRACE, DAC_READ_SEARCH and
+/// SYS_RESOURCE (not PERFMON, SYS_ADMIN, CHOWN, DAC_OVERRIDE, ...), in its
+/// effective, permitted and bounding sets, and still observes traffic to
+/// the byte, answers its control socket and reloads on SIGHUP.
+#[test]
+fn after_start_every_agent_thread_keeps_only_the_capabilities_it_needs() {
+    let _serial = serial();
+    let dir = scratch("capabilities");
+    let agent = start_agent(&dir);
+    let pid = agent.process.0.id();
+    let kept: u64 = resonance::agent::KEPT_CAPABILITIES
+        .iter()
+        .fold(0, |mask, cap| mask | (1u64 << cap));
+    let threads = thread_capabilities(pid);
+    assert!(threads.len() >= 3, "the loop and two workers: {threads:?}");
+    for (effective, permitted, bounding) in &threads {
+        assert_eq!(effective & !kept, 0, "effective {effective:#x}");
+        assert_eq!(permitted & !kept, 0, "permitted {permitted:#x}");
+        assert_eq!(bounding & !kept, 0, "bounding {bounding:#x}");
+    }
+    assert!(
+        threads
+            .iter()
+            .all(|(effective, ..)| effective & (1 << 39) != 0),
+        "BPF kept to read the maps: {threads:?}"
+    );
+    run_traffic(&dir);
+    let settled = wait_for(Duration::from_secs(15), || {
+        let figures = (
+            agent.pair_bytes("head", "cat", "pipe")?,
+            agent.pair_bytes("rt-client", "rt-server", "unix_stream")?,
+        );
+        (figures == (3_000_000, 2_000)).then_some(figures)
+    });
+    assert!(
+        settled.is_some(),
+        "exact bytes after the drop: {:#?}\n{}",
+        agent.pairs(),
+        agent.log_text()
+    );
+    // SAFETY: kill sends a signal to the agent we started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+    let reloaded = wait_for(Duration::from_secs(5), || {
+        agent.log_text().contains("SIGHUP").then_some(())
+    });
+    assert!(reloaded.is_some(), "{}", agent.log_text());
+    assert!(ask(&agent.control, &Request::Pairs).is_ok());
+    assert!(
+        agent.log_text().contains("dropped every capability but"),
+        "{}",
+        agent.log_text()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -107,8 +107,9 @@ const CAPABILITIES: &[(u32, &str, &str)] = &[
     (
         19,
         "CAP_SYS_PTRACE",
-        "read other users' /proc/PID, borrow a pipe's descriptor",
+        "read other users' /proc/PID/exe, borrow a pipe's descriptor",
     ),
+    (2, "CAP_DAC_READ_SEARCH", "reach other users' /proc/PID"),
     (
         24,
         "CAP_SYS_RESOURCE",

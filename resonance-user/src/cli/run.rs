@@ -63,13 +63,22 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(tick) = args.tick {
         config.tick = tick;
     }
+    let drop_capabilities = config.drop_capabilities;
     let agent = Agent::new(config, source)?;
     // The agent's loop runs on this thread; the broker, the control socket
     // and /metrics are spawned onto two workers, so a slow tick (a store
     // flush, a large join) never delays handing a channel out.
+    // Capabilities are per thread: every runtime thread drops what the
+    // agent no longer needs as it starts (none of them binds a socket or
+    // attaches a probe); this one does once its sockets listen.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("resonance-worker")
+        .on_thread_start(move || {
+            if drop_capabilities {
+                crate::agent::drop_thread_capabilities();
+            }
+        })
         .enable_all()
         .build()
         .context("starting the async runtime")?;
