@@ -86,13 +86,7 @@ impl StaticPool {
         for pair in 0..self.channels.len() {
             self.settle(pair, end);
         }
-        let pending = self.channels.iter().flatten().count() as u64;
-        let idle = self
-            .channels
-            .iter()
-            .flatten()
-            .map(|created| u128::from(end.saturating_sub(*created)))
-            .sum();
+        let (pending, idle) = still_ready(self.channels.iter().flatten(), end);
         self.tally.figures(pending, idle)
     }
 }
@@ -172,15 +166,17 @@ impl RatioPreconnect {
         for pair in 0..self.channels.len() {
             self.settle(pair, end);
         }
-        let pending = self.channels.iter().map(|c| c.len() as u64).sum();
-        let idle = self
-            .channels
-            .iter()
-            .flatten()
-            .map(|created| u128::from(end.saturating_sub(*created)))
-            .sum();
+        let (pending, idle) = still_ready(self.channels.iter().flatten(), end);
         self.tally.figures(pending, idle)
     }
+}
+
+/// Channels still ready at `end` (made at `created`): how many, and the
+/// nanoseconds they sat idle until then.
+fn still_ready<'a>(created: impl Iterator<Item = &'a u64>, end: u64) -> (u64, u128) {
+    created.fold((0, 0), |(count, idle), &at| {
+        (count + 1, idle + u128::from(end.saturating_sub(at)))
+    })
 }
 
 #[cfg(test)]
