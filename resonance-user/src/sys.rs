@@ -218,6 +218,8 @@ pub fn monotonic_ns() -> u64 {
 pub mod cap {
     /// Read any file and search any folder (other users' `/proc/PID`).
     pub const DAC_READ_SEARCH: u32 = 2;
+    /// Changing capability sets beyond one's own: the bounding set.
+    pub const SETPCAP: u32 = 8;
     /// ptrace access checks: `/proc/PID/exe` of others, `pidfd_getfd`.
     pub const SYS_PTRACE: u32 = 19;
     /// Resource limits: RLIMIT_MEMLOCK, pipes past pipe-max-size.
@@ -249,6 +251,11 @@ const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 /// ambient, inheritable, permitted and effective sets, for good: nothing
 /// the process runs later can regain them. Returns the capabilities still
 /// held (those of `keep` it had).
+///
+/// The bounding set is trimmed only when the process holds `CAP_SETPCAP`
+/// (root does; an agent started as the `resonance` user with ambient
+/// capabilities does not, and needs not: once its ambient and inheritable
+/// sets are empty, nothing it runs can gain a capability from it).
 pub fn drop_capabilities_except(keep: &[u32]) -> io::Result<u64> {
     let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
@@ -256,13 +263,27 @@ pub fn drop_capabilities_except(keep: &[u32]) -> io::Result<u64> {
         .unwrap_or(40)
         .min(63);
     let keep_mask = keep.iter().fold(0u64, |mask, &cap| mask | (1u64 << cap));
-    for cap in 0..=last {
-        if keep_mask & (1u64 << cap) == 0 {
-            // SAFETY: prctl with integer arguments only.
-            let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
-            // EINVAL: a capability this kernel does not know.
-            if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
-                return Err(io::Error::last_os_error());
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget writes two CapData words for version 3, which `data`
+    // holds; the header is valid.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let effective = u64::from(data[0].effective) | (u64::from(data[1].effective) << 32);
+    if effective & (1u64 << cap::SETPCAP) != 0 {
+        for cap in 0..=last {
+            if keep_mask & (1u64 << cap) == 0 {
+                // SAFETY: prctl with integer arguments only.
+                let rc =
+                    unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+                // EINVAL: a capability this kernel does not know.
+                if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+                    return Err(io::Error::last_os_error());
+                }
             }
         }
     }
@@ -276,16 +297,6 @@ pub fn drop_capabilities_except(keep: &[u32]) -> io::Result<u64> {
             0,
         )
     };
-    let mut header = CapHeader {
-        version: CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: capget writes two CapData words for version 3, which `data`
-    // holds; the header is valid.
-    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
     let permitted = u64::from(data[0].permitted) | (u64::from(data[1].permitted) << 32);
     let held = permitted & keep_mask;
     let words = [held as u32, (held >> 32) as u32];

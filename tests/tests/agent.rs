@@ -1442,3 +1442,196 @@ fn after_start_every_agent_thread_keeps_only_the_capabilities_it_needs() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The `resonance` system user and group, made as the package's
+/// maintainer script makes them when they are missing; returns its uid.
+fn resonance_system_user() -> u32 {
+    let uid = |_: ()| -> Option<u32> {
+        let out = Command::new("id").args(["-u", "resonance"]).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    if let Some(uid) = uid(()) {
+        return uid;
+    }
+    let made = Command::new("adduser")
+        .args([
+            "--system",
+            "--group",
+            "--no-create-home",
+            "--home",
+            "/nonexistent",
+            "--quiet",
+            "resonance",
+        ])
+        .status()
+        .expect("adduser (Debian package adduser) must be installed");
+    assert!(made.success(), "adduser could not make the resonance user");
+    uid(()).expect("the resonance user after adduser")
+}
+
+/// `/proc/PID/status` field as text.
+fn status_field(pid: u32, name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(name).map(|v| v.trim().to_owned()))
+        .unwrap_or_default()
+}
+
+/// As the packaged unit runs it: the `resonance` user, with only the
+/// unit's capabilities given as ambient ones (CAP_BPF, PERFMON,
+/// SYS_PTRACE, DAC_READ_SEARCH, SYS_RESOURCE where this host has it), its
+/// config file naming a service. It says READY through the test's
+/// notification socket, runs with that uid and the reduced effective set,
+/// and traffic shows in `pairs`, `history` and `/metrics`; a SIGHUP after
+/// the rule changes names the next traffic by the new rule.
+#[test]
+fn as_the_resonance_user_with_ambient_capabilities_the_agent_does_its_whole_job() {
+    use std::os::unix::{fs::PermissionsExt, net::UnixDatagram};
+    let _serial = serial();
+    let uid = resonance_system_user();
+    let dir = scratch("as-user");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The checkout may be in a folder only root can enter: the agent runs
+    // from a copy the user can reach.
+    let binary = dir.join("resonance");
+    std::fs::copy(resonance_bin(), &binary).expect("copying the agent");
+    let state = dir.join("state");
+    let run = dir.join("run");
+    for folder in [&state, &run] {
+        std::fs::create_dir(folder).unwrap();
+        std::os::unix::fs::chown(folder, Some(uid), Some(uid)).unwrap();
+    }
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let control = run.join("control.sock");
+    let config = dir.join("resonance.toml");
+    let write_config = |sink: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {state:?}\ncontrol_socket = {control:?}\nmetrics_listen = \"{metrics}\"\n\
+                 tick = \"200ms\"\nflush_interval = \"500ms\"\n\
+                 [[services]]\nname = \"{sink}\"\ncomm = \"cat\"\n\
+                 [broker]\nsocket = {:?}\n",
+                run.join("broker.sock")
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    };
+    write_config("sink-a");
+    let notify_path = dir.join("notify.sock");
+    let manager = UnixDatagram::bind(&notify_path).expect("binding the notification socket");
+    std::fs::set_permissions(&notify_path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // The unit's capabilities that this host's bounding set holds (a
+    // container may lack SYS_RESOURCE).
+    let bounding = u64::from_str_radix(&status_field(std::process::id(), "CapBnd:"), 16).unwrap();
+    let caps: Vec<String> = [
+        (39, "bpf"),
+        (38, "perfmon"),
+        (19, "sys_ptrace"),
+        (2, "dac_read_search"),
+        (24, "sys_resource"),
+    ]
+    .iter()
+    .filter(|(bit, _)| bounding & (1u64 << bit) != 0)
+    .map(|(_, name)| format!("+{name}"))
+    .collect();
+    let caps = caps.join(",");
+    let log = dir.join("agent.log");
+    let process = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "resonance",
+            "--regid",
+            "resonance",
+            "--clear-groups",
+        ])
+        .args(["--inh-caps", &caps, "--ambient-caps", &caps])
+        .arg(&binary)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("setpriv (util-linux) starting the agent as the resonance user");
+    let pid = process.id();
+    let _agent = Reaped(process);
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut buffer = [0u8; 512];
+    let mut next = || -> String {
+        let n = manager
+            .recv(&mut buffer)
+            .unwrap_or_else(|e| panic!("no notification ({e}):\n{}", log_text()));
+        String::from_utf8_lossy(&buffer[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(ready.starts_with("READY=1"), "{ready}\n{}", log_text());
+
+    // setpriv execs the agent: the pid is the agent's.
+    let uids = status_field(pid, "Uid:");
+    assert!(
+        uids.split_whitespace().all(|u| u == uid.to_string()),
+        "Uid: {uids}"
+    );
+    let kept: u64 = resonance::agent::KEPT_CAPABILITIES
+        .iter()
+        .fold(0, |mask, cap| mask | (1u64 << cap));
+    for (effective, permitted, _) in thread_capabilities(pid) {
+        assert_eq!(
+            effective & !kept,
+            0,
+            "effective {effective:#x}: PERFMON not dropped?"
+        );
+        assert_eq!(permitted & !kept, 0, "permitted {permitted:#x}");
+        assert_ne!(effective & (1 << 39), 0, "BPF kept to read the maps");
+    }
+    assert_eq!(status_field(pid, "CapAmb:"), "0000000000000000");
+
+    let pipeline = |bytes: u32| {
+        let status = Command::new("sh")
+            .args(["-c", &format!("head -c {bytes} /dev/zero | cat >/dev/null")])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let pair_bytes = |dst: &str| -> Option<u64> {
+        ask(&control, &Request::Pairs)
+            .ok()?
+            .pairs?
+            .iter()
+            .find(|p| p["src"] == "head" && p["dst"] == dst && p["kind"] == "pipe")
+            .and_then(|p| p["totals"]["bytes"].as_u64())
+    };
+    pipeline(3_000_000);
+    let seen = wait_for(Duration::from_secs(15), || {
+        pair_bytes("sink-a").filter(|b| *b == 3_000_000)
+    });
+    assert_eq!(seen, Some(3_000_000), "pairs:\n{}", log_text());
+    let stored = wait_for(Duration::from_secs(15), || {
+        let bytes = history_bytes(&state, "head", "sink-a");
+        (bytes == 3_000_000).then_some(bytes)
+    });
+    assert_eq!(stored, Some(3_000_000), "history:\n{}", log_text());
+    let (status, scrape) = http_get(metrics, "/metrics").expect("scraping /metrics");
+    assert_eq!(status, 200);
+    let line = r#"resonance_pair_bytes_total{dst="sink-a",kind="pipe",src="head"} 3000000"#;
+    assert!(
+        scrape.lines().any(|l| l == line),
+        "no `{line}` in:\n{scrape}"
+    );
+
+    write_config("sink-b");
+    // SAFETY: kill sends a signal to the agent we started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+    while !next().starts_with("READY=1") {}
+    pipeline(1_000_000);
+    let renamed = wait_for(Duration::from_secs(15), || {
+        pair_bytes("sink-b").filter(|b| *b == 1_000_000)
+    });
+    assert_eq!(renamed, Some(1_000_000), "after SIGHUP:\n{}", log_text());
+    let _ = std::fs::remove_dir_all(&dir);
+}
