@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{predict::retrain::RetrainConfig, store::StoreConfig};
 
@@ -18,7 +18,7 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/resonance/resonance.toml";
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/resonance/control.sock";
 
 /// Everything the agent can be told.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// State folder (the history database lives here).
@@ -28,13 +28,22 @@ pub struct Config {
     /// Address the Prometheus endpoint listens on.
     pub metrics_listen: SocketAddr,
     /// How often flows are read and scored.
-    #[serde(deserialize_with = "duration")]
+    #[serde(
+        deserialize_with = "duration",
+        serialize_with = "crate::units::write_duration"
+    )]
     pub tick: Duration,
     /// How often the history is written to disk (a crash loses at most this).
-    #[serde(deserialize_with = "duration")]
+    #[serde(
+        deserialize_with = "duration",
+        serialize_with = "crate::units::write_duration"
+    )]
     pub flush_interval: Duration,
     /// Silence after which a flow's next activity counts as a new interaction.
-    #[serde(deserialize_with = "duration")]
+    #[serde(
+        deserialize_with = "duration",
+        serialize_with = "crate::units::write_duration"
+    )]
     pub idle_gap: Duration,
     /// Score smoothing.
     pub score: ScoreSettings,
@@ -79,30 +88,45 @@ impl Default for Config {
 
 /// Retraining and persistence of the broker's prediction model
 /// (`[predict]`; see `crate::predict::retrain` for the rules).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PredictSettings {
     /// Whether the model is retrained at all.
     pub retrain: bool,
     /// Scheduled retraining period (`0s`: on drift only).
-    #[serde(deserialize_with = "duration")]
+    #[serde(
+        deserialize_with = "duration",
+        serialize_with = "crate::units::write_duration"
+    )]
     pub retrain_every: Duration,
     /// History a scheduled candidate learns.
-    #[serde(deserialize_with = "duration")]
+    #[serde(
+        deserialize_with = "duration",
+        serialize_with = "crate::units::write_duration"
+    )]
     pub retrain_window: Duration,
     /// How long candidate and serving model are compared before a swap.
-    #[serde(deserialize_with = "duration")]
+    #[serde(
+        deserialize_with = "duration",
+        serialize_with = "crate::units::write_duration"
+    )]
     pub holdout: Duration,
     /// Span of the rolling hit rate of the opens (and the history a
     /// drift-triggered candidate learns).
-    #[serde(deserialize_with = "duration")]
+    #[serde(
+        deserialize_with = "duration",
+        serialize_with = "crate::units::write_duration"
+    )]
     pub drift_window: Duration,
     /// Fall of the rolling hit rate below its usual level that is a drift.
     pub drift_margin: f64,
     /// Opens the rolling window needs before it can signal a drift.
     pub drift_min_opens: usize,
     /// How often the model is saved to the state folder (also on stop).
-    #[serde(deserialize_with = "duration")]
+    #[serde(
+        deserialize_with = "duration",
+        serialize_with = "crate::units::write_duration"
+    )]
     pub save_every: Duration,
     /// Whether the model learns the interaction starts the probes observe,
     /// not only the broker's opens (off only to measure what they add).
@@ -144,7 +168,7 @@ impl PredictSettings {
 
 /// The channel broker (`[broker]`): where it listens, how long prepared
 /// channels live, budgets and who may do what.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerSettings {
     /// Whether `resonance run` serves the broker.
@@ -156,10 +180,16 @@ pub struct BrokerSettings {
     /// The socket file's group (name or number); unset keeps root's.
     pub group: Option<String>,
     /// How long a pre-created channel waits to be claimed.
-    #[serde(deserialize_with = "duration")]
+    #[serde(
+        deserialize_with = "duration",
+        serialize_with = "crate::units::write_duration"
+    )]
     pub ttl: Duration,
     /// How often predictions are turned into channels.
-    #[serde(deserialize_with = "duration")]
+    #[serde(
+        deserialize_with = "duration",
+        serialize_with = "crate::units::write_duration"
+    )]
     pub prepare_interval: Duration,
     /// Probability (within `ttl`) from which a pair always gets a channel
     /// ahead of time: the waste budget's ceiling (see `crate::plan`); above
@@ -224,7 +254,7 @@ impl Default for BrokerSettings {
 }
 
 /// What a policy rule allows.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum PolicyAction {
     /// Registering (serving) the service.
@@ -236,7 +266,7 @@ pub enum PolicyAction {
 /// Allows `action` on services matching `service` (a glob) to processes
 /// matching every given credential. For `register`, once any rule names a
 /// service, only matching processes may register it.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyRule {
     /// What is allowed.
@@ -252,11 +282,14 @@ pub struct PolicyRule {
 }
 
 /// Score smoothing settings.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScoreSettings {
     /// Old behaviour loses half its weight every `half_life`.
-    #[serde(deserialize_with = "duration")]
+    #[serde(
+        deserialize_with = "duration",
+        serialize_with = "crate::units::write_duration"
+    )]
     pub half_life: Duration,
 }
 
@@ -269,7 +302,7 @@ impl Default for ScoreSettings {
 }
 
 /// Prometheus settings.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsSettings {
     /// Pairs that get their own label set; later ones fold into `_other`.
@@ -454,6 +487,83 @@ mod tests {
         assert!(error.to_string().contains("r.toml"), "{error}");
         let error = Config::parse("[[services]]\nname = \"x\"", Path::new("r.toml")).unwrap_err();
         assert!(matches!(error, ConfigError::EmptyRule { .. }));
+    }
+
+    /// The file the package installs as `/etc/resonance/resonance.toml`.
+    const PACKAGED: &str = include_str!("../../packaging/resonance.toml");
+
+    /// The packaged file with its `#key = value` lines uncommented (prose
+    /// and examples keep their `# `).
+    fn uncommented(text: &str) -> String {
+        let is_setting = |rest: &str| {
+            rest.split_once(" = ").is_some_and(|(key, _)| {
+                !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            })
+        };
+        text.lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if is_setting(rest) => rest,
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Keys of `defaults` that `shown` lacks, as dotted paths; an empty list
+    /// (`services`, `broker.rules`) counts as shown when the text has an
+    /// example of it (`# [[services]]`).
+    fn keys_not_shown(
+        prefix: &str,
+        defaults: &toml::Table,
+        shown: &toml::Table,
+        text: &str,
+    ) -> Vec<String> {
+        let mut missing = Vec::new();
+        for (key, value) in defaults {
+            let path = format!("{prefix}{key}");
+            match (value, shown.get(key)) {
+                (toml::Value::Table(inner), Some(toml::Value::Table(shown_inner))) => {
+                    missing.extend(keys_not_shown(
+                        &format!("{path}."),
+                        inner,
+                        shown_inner,
+                        text,
+                    ));
+                }
+                (toml::Value::Array(items), None)
+                    if items.is_empty() && text.contains(&format!("# [[{path}]]")) => {}
+                (_, None) => missing.push(path),
+                _ => {}
+            }
+        }
+        missing
+    }
+
+    #[test]
+    fn the_packaged_config_shows_every_key_at_its_default() {
+        let path = Path::new("packaging/resonance.toml");
+        assert_eq!(
+            Config::parse(PACKAGED, path).unwrap(),
+            Config::default(),
+            "as installed, every setting is commented out"
+        );
+        let text = uncommented(PACKAGED);
+        assert_eq!(
+            Config::parse(&text, path).unwrap(),
+            Config::default(),
+            "a value shown is not the default"
+        );
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        let shown: toml::Table = toml::from_str(&text).unwrap();
+        let missing = keys_not_shown("", &defaults, &shown, PACKAGED);
+        assert!(
+            missing.is_empty(),
+            "keys the packaged config does not show: {missing:?}"
+        );
+        assert!(
+            PACKAGED.contains("# group = "),
+            "broker.group (unset by default) is shown as an example"
+        );
     }
 
     #[test]

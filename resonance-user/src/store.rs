@@ -85,23 +85,38 @@ pub struct PairSample {
 
 /// Bucket widths and how long each resolution is kept (the `[store]`
 /// section of the agent's config).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// Width of the buckets flushes write (whole seconds).
-    #[serde(deserialize_with = "crate::units::duration")]
+    #[serde(
+        deserialize_with = "crate::units::duration",
+        serialize_with = "crate::units::write_duration"
+    )]
     pub fine_bucket: Duration,
     /// Age after which fine buckets are rolled up into coarse ones.
-    #[serde(deserialize_with = "crate::units::duration")]
+    #[serde(
+        deserialize_with = "crate::units::duration",
+        serialize_with = "crate::units::write_duration"
+    )]
     pub fine_retention: Duration,
     /// Width of the rolled-up buckets (a whole multiple of `fine_bucket`).
-    #[serde(deserialize_with = "crate::units::duration")]
+    #[serde(
+        deserialize_with = "crate::units::duration",
+        serialize_with = "crate::units::write_duration"
+    )]
     pub coarse_bucket: Duration,
     /// Age after which coarse buckets are deleted.
-    #[serde(deserialize_with = "crate::units::duration")]
+    #[serde(
+        deserialize_with = "crate::units::duration",
+        serialize_with = "crate::units::write_duration"
+    )]
     pub coarse_retention: Duration,
     /// Age after which single interaction starts are deleted.
-    #[serde(deserialize_with = "crate::units::duration")]
+    #[serde(
+        deserialize_with = "crate::units::duration",
+        serialize_with = "crate::units::write_duration"
+    )]
     pub starts_retention: Duration,
 }
 

@@ -14,7 +14,7 @@ use crate::aggregate::ProcessInfo;
 
 /// Names the processes matching every given pattern. Patterns are globs
 /// where `*` matches any run of characters.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceRule {
     /// The service name to give.
