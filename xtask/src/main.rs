@@ -11,6 +11,7 @@ mod cache;
 mod cmd;
 mod corruption;
 mod debian;
+mod package;
 mod toolchain;
 mod vm;
 
@@ -44,6 +45,8 @@ enum Command {
     },
     /// Formatting, clippy, unit and integration tests (real eBPF: needs root).
     Test,
+    /// Build the Debian package (target/debian/resonance_VERSION_ARCH.deb).
+    Package,
     /// Formatting and clippy only.
     Lint,
     /// Write a synthetic trace (`resonance gen-trace`, release build), e.g.
@@ -101,6 +104,12 @@ fn main() -> Result<()> {
             };
             cmd::run(&root, &env, &root.join("target/release/resonance"), &args)
         }
+        Command::Package => {
+            let env = bootstrap::ensure(&root)?;
+            debian::ensure(PACKAGE_TOOLS)?;
+            build_agent(&root, &env)?;
+            package::build(&root).map(|_| ())
+        }
         Command::Lint => {
             let env = bootstrap::ensure(&root)?;
             lint(&root, &env)
@@ -112,21 +121,24 @@ fn main() -> Result<()> {
             // records PostgreSQL + pgbench and redis-server +
             // redis-benchmark.
             debian::ensure(TEST_PACKAGES)?;
+            debian::ensure(PACKAGE_TOOLS)?;
             lint(&root, &env)?;
-            cmd::cargo(
-                &root,
-                &env,
-                &[
-                    "test",
-                    "--workspace",
-                    "--exclude",
-                    "resonance-ebpf",
-                    // Every feature of every crate (the async client's tests
-                    // need resonance-client's `tokio`).
-                    "--all-features",
-                    "--no-fail-fast",
-                ],
-            )?;
+            // The package test installs the package this run builds.
+            build_agent(&root, &env)?;
+            let deb = package::build(&root)?;
+            let mut test = std::process::Command::new("cargo");
+            test.current_dir(&root).env("RESONANCE_DEB", &deb);
+            env.apply(&mut test);
+            cmd::status(test.args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "resonance-ebpf",
+                // Every feature of every crate (the async client's tests
+                // need resonance-client's `tokio`).
+                "--all-features",
+                "--no-fail-fast",
+            ]))?;
             observer_tests_pass_in_every_mode(&root, &env)?;
             corrupted_offset_is_caught_on_host(&root, &env)?;
             // The same kernel tests on Debian 5.10, 6.1 and 6.12 in QEMU, then
@@ -253,11 +265,19 @@ fn corrupted_offset_is_caught_on_host(
     Ok(())
 }
 
+/// What `cargo xtask package` runs besides dpkg-deb: dpkg-shlibdeps for
+/// the dependencies, strip, and the completions' and pages' gzip.
+const PACKAGE_TOOLS: &[&str] = &["dpkg-dev", "binutils", "gzip"];
+
 /// Debian packages the test suite runs besides the build's own:
 /// `prometheus` (promtool and the server), `postgresql` (initdb, postgres,
 /// pgbench), `redis-server` and `redis-tools` (redis-benchmark).
 const TEST_PACKAGES: &[&str] = &[
     "prometheus",
+    // The package test: lintian's verdict, adduser for the maintainer
+    // script.
+    "lintian",
+    "adduser",
     "postgresql",
     "redis-server",
     "redis-tools",
