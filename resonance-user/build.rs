@@ -25,6 +25,11 @@ fn main() -> Result<()> {
     );
     println!("cargo:rerun-if-env-changed=RESONANCE_CACHE_DIR");
     put_bpf_linker_on_path(&toolchain);
+    // aya-build passes every line the nested cargo prints on as a
+    // `warning:` of this crate; quiet, it prints only what matters (the
+    // compiler's own warnings and errors about the eBPF code).
+    // SAFETY: build scripts are single-threaded at this point.
+    unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
     let root_dir = ebpf_dir
         .to_str()
         .context("resonance-ebpf path is not UTF-8")?;
