@@ -10,10 +10,12 @@
 pub mod channels;
 pub mod histogram;
 pub mod join;
+pub mod pattern;
 pub mod processes;
 pub mod services;
 
 pub use histogram::Histogram;
 pub use join::{ConnectFailure, EndLatency, FlowRecord, Interaction, join};
+pub use pattern::Pattern;
 pub use processes::{ProcessInfo, ProcessTable};
 pub use services::{OwnExecutable, ServiceNamer, ServiceRule};

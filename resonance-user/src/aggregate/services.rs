@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use crate::aggregate::ProcessInfo;
+use crate::aggregate::{Pattern, ProcessInfo};
 
 /// Names the processes matching every given pattern. Patterns are globs
 /// where `*` matches any run of characters.
@@ -60,10 +60,41 @@ impl OwnExecutable {
     }
 }
 
+/// A rule with its patterns compiled.
+#[derive(Clone, Debug)]
+struct CompiledRule {
+    name: String,
+    cgroup: Option<Pattern>,
+    exe: Option<Pattern>,
+    comm: Option<Pattern>,
+}
+
+impl CompiledRule {
+    fn new(rule: ServiceRule) -> Self {
+        let compile = |pattern: Option<String>| pattern.as_deref().map(Pattern::new);
+        Self {
+            cgroup: compile(rule.cgroup),
+            exe: compile(rule.exe),
+            comm: compile(rule.comm),
+            name: rule.name,
+        }
+    }
+
+    fn matches(&self, process: &ProcessInfo) -> bool {
+        let matches = |pattern: &Option<Pattern>, value: Option<&str>| match pattern {
+            None => true,
+            Some(pattern) => value.is_some_and(|v| pattern.matches(v)),
+        };
+        matches(&self.cgroup, process.cgroup.as_deref())
+            && matches(&self.exe, process.exe.as_deref())
+            && matches(&self.comm, Some(&process.comm))
+    }
+}
+
 /// Names processes by the configured rules.
 #[derive(Clone, Debug, Default)]
 pub struct ServiceNamer {
-    rules: Vec<ServiceRule>,
+    rules: Vec<CompiledRule>,
     /// Names live broker clients gave themselves, by pid.
     introduced: HashMap<u32, String>,
 }
@@ -72,7 +103,7 @@ impl ServiceNamer {
     /// Uses `rules` in order.
     pub fn new(rules: Vec<ServiceRule>) -> Self {
         Self {
-            rules,
+            rules: rules.into_iter().map(CompiledRule::new).collect(),
             introduced: HashMap::new(),
         }
     }
@@ -90,17 +121,9 @@ impl ServiceNamer {
 
     /// The name the first configured rule matching `process` gives it.
     pub fn rule_name(&self, process: &ProcessInfo) -> Option<&str> {
-        let matches = |pattern: &Option<String>, value: Option<&str>| match pattern {
-            None => true,
-            Some(pattern) => value.is_some_and(|v| glob(pattern, v)),
-        };
         self.rules
             .iter()
-            .find(|rule| {
-                matches(&rule.cgroup, process.cgroup.as_deref())
-                    && matches(&rule.exe, process.exe.as_deref())
-                    && matches(&rule.comm, Some(&process.comm))
-            })
+            .find(|rule| rule.matches(process))
             .map(|rule| rule.name.as_str())
     }
 
@@ -132,29 +155,6 @@ fn executed_name(process: &ProcessInfo) -> &str {
     }
 }
 
-/// `*` matches any run of characters (including `/`); everything else is
-/// literal.
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let Some(first) = parts.next() else {
-        return text.is_empty();
-    };
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for part in middle {
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,20 +169,6 @@ mod tests {
             cgroup: cgroup.map(Into::into),
             exited_ns: None,
         }
-    }
-
-    #[test]
-    fn globs_match_like_a_shell() {
-        assert!(glob(
-            "/system.slice/*.service",
-            "/system.slice/nginx.service"
-        ));
-        assert!(glob("postgres*", "postgres"));
-        assert!(glob("*fpm*", "php-fpm8.2"));
-        assert!(!glob("postgres*", "pg_ctl"));
-        assert!(!glob("a*b*c", "abx"));
-        assert!(glob("exact", "exact"));
-        assert!(!glob("exact", "exactly"));
     }
 
     #[test]

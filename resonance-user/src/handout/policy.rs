@@ -7,6 +7,7 @@
 //! `register`, restrict who may serve a named service at all).
 
 use crate::{
+    aggregate::Pattern,
     config::{PolicyAction, PolicyRule},
     sys::{self, Cred},
 };
@@ -35,24 +36,33 @@ impl Identity {
 /// The rules.
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
-    rules: Vec<PolicyRule>,
+    /// Each rule with its service pattern compiled.
+    rules: Vec<(PolicyRule, Pattern)>,
 }
 
 impl Policy {
     /// A policy from config rules.
     pub fn new(rules: Vec<PolicyRule>) -> Self {
+        let rules = rules
+            .into_iter()
+            .map(|rule| {
+                let pattern = Pattern::new(&rule.service);
+                (rule, pattern)
+            })
+            .collect();
         Self { rules }
     }
 
     /// Whether any rule names a systemd unit (then identities need it).
     pub fn needs_units(&self) -> bool {
-        self.rules.iter().any(|r| r.unit.is_some())
+        self.rules.iter().any(|(r, _)| r.unit.is_some())
     }
 
     fn matching(&self, action: PolicyAction, service: &str) -> impl Iterator<Item = &PolicyRule> {
-        self.rules.iter().filter(move |r| {
-            r.action == action && crate::aggregate::services::glob(&r.service, service)
-        })
+        self.rules
+            .iter()
+            .filter(move |(r, pattern)| r.action == action && pattern.matches(service))
+            .map(|(r, _)| r)
     }
 
     fn allows(rule: &PolicyRule, who: &Identity) -> bool {
