@@ -133,13 +133,23 @@ impl Agent {
             .with_context(|| {
                 format!("listening for Prometheus on {}", self.config.metrics_listen)
             })?;
+        let web = match &self.config.metrics.web_config_file {
+            Some(path) => http::WebSource::from_file(path.clone())?,
+            None => http::WebSource::plain(),
+        };
         log::info!(
-            "serving metrics on http://{}/metrics and control on {}",
+            "serving metrics on {}://{}/metrics and control on {}",
+            if web.uses_tls() { "https" } else { "http" },
             self.config.metrics_listen,
             self.config.control_socket.display()
         );
         let control_task = tokio::spawn(control::serve(control_listener, Arc::clone(&self.shared)));
-        let metrics_task = tokio::spawn(http::serve(metrics_listener, Arc::clone(&self.metrics)));
+        let metrics_task = tokio::spawn(http::serve(
+            metrics_listener,
+            Arc::clone(&self.metrics),
+            Arc::new(web),
+            self.config.metrics.max_connections,
+        ));
         let broker_task = self.start_broker();
         let ring = self.observer.ring_readiness()?;
         let kernel_log = self.observer.log_readiness()?;

@@ -307,11 +307,21 @@ impl Default for ScoreSettings {
 pub struct MetricsSettings {
     /// Pairs that get their own label set; later ones fold into `_other`.
     pub max_pairs: usize,
+    /// Prometheus exporter web config (TLS, basic auth, headers), the
+    /// format of node_exporter's `--web.config.file`; unset: plain HTTP.
+    pub web_config_file: Option<PathBuf>,
+    /// Connections the endpoint keeps open at once; at the cap the oldest
+    /// idle one makes room for a newcomer.
+    pub max_connections: usize,
 }
 
 impl Default for MetricsSettings {
     fn default() -> Self {
-        Self { max_pairs: 100 }
+        Self {
+            max_pairs: 100,
+            web_config_file: None,
+            max_connections: 64,
+        }
     }
 }
 

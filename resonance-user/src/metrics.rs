@@ -60,6 +60,10 @@ pub struct Metrics {
     pub flush_duration: PromHistogram,
     /// History flushes that failed.
     pub flush_failures: IntCounter,
+    /// Endpoint connections closed to stay within the cap.
+    pub http_connections_shed: IntCounter,
+    /// Endpoint requests refused for their credentials.
+    pub http_unauthorized: IntCounter,
     /// 1 per attached tracepoint.
     pub probe_attached: IntGaugeVec,
 }
@@ -155,6 +159,15 @@ impl Metrics {
             "resonance_store_flush_failures_total",
             "History flushes that failed.",
         )?;
+        let http_connections_shed = int_counter(
+            "resonance_http_connections_shed_total",
+            "Connections to this endpoint closed to stay within metrics.max_connections \
+             (the oldest idle one, or a newcomer when all were answering).",
+        )?;
+        let http_unauthorized = int_counter(
+            "resonance_http_unauthorized_total",
+            "Requests to this endpoint answered 401 (missing or wrong basic-auth credentials).",
+        )?;
         let probe_attached = IntGaugeVec::new(
             Opts::new(
                 "resonance_probe_attached",
@@ -183,6 +196,8 @@ impl Metrics {
             pairs_tracked,
             flush_duration,
             flush_failures,
+            http_connections_shed,
+            http_unauthorized,
             probe_attached,
         })
     }

@@ -202,39 +202,15 @@ fn agent_reports_exact_bytes_through_pairs_metrics_and_a_real_prometheus() {
     );
 
     // A real Prometheus server scraping the agent.
-    let prometheus_port = free_port();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: resonance\n    static_configs:\n      - targets: ['{}']\n",
+    let (_prometheus, server) = start_prometheus(
+        &dir,
+        &format!(
+            "  - job_name: resonance\n    static_configs:\n      - targets: ['{}']\n",
             agent.metrics
         ),
-    )
-    .expect("writing prometheus.yml");
-    let _prometheus = Reaped(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting prometheus (Debian package prometheus)"),
     );
-    let server = SocketAddr::from(([127, 0, 0, 1], prometheus_port));
-    let query = "/api/v1/query?query=resonance_pair_bytes_total%7Bsrc%3D%22head%22%2Cdst%3D%22cat%22%2Ckind%3D%22pipe%22%7D";
     let seen = wait_for(Duration::from_secs(60), || {
-        let (status, body) = http_get(server, query).ok()?;
-        let value: Value = serde_json::from_str(&body).ok()?;
-        let sample = value["data"]["result"].get(0)?["value"]
-            .get(1)?
-            .as_str()?
-            .to_owned();
-        (status == 200 && sample == "3000000").then_some(sample)
+        prometheus_sample(server, HEAD_CAT_BYTES).filter(|s| s == "3000000")
     });
     assert_eq!(
         seen.as_deref(),
@@ -278,6 +254,42 @@ fn history_bytes(state: &Path, src: &str, dst: &str) -> u64 {
         .filter_map(|row| row["bytes"].as_u64())
         .sum()
 }
+
+/// A Prometheus server scraping every second with `scrape_configs` (YAML
+/// list items, indented two spaces); returns it and its address.
+fn start_prometheus(dir: &Path, scrape_configs: &str) -> (Reaped, SocketAddr) {
+    let port = free_port();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n{scrape_configs}"),
+    )
+    .expect("writing prometheus.yml");
+    let process = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting prometheus (Debian package prometheus)");
+    (Reaped(process), SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// The query API's value of the first series `query` (URL-encoded) returns.
+fn prometheus_sample(server: SocketAddr, query: &str) -> Option<String> {
+    let (status, body) = http_get(server, &format!("/api/v1/query?query={query}")).ok()?;
+    let value: Value = serde_json::from_str(&body).ok()?;
+    let sample = value["data"]["result"].get(0)?["value"].get(1)?.as_str()?;
+    (status == 200).then(|| sample.to_owned())
+}
+
+/// `resonance_pair_bytes_total{src="head",dst="cat",kind="pipe"}`, URL-encoded.
+const HEAD_CAT_BYTES: &str =
+    "resonance_pair_bytes_total%7Bsrc%3D%22head%22%2Cdst%3D%22cat%22%2Ckind%3D%22pipe%22%7D";
 
 fn pipelines(count: u32, bytes: u32) -> std::process::Child {
     Command::new("sh")
@@ -1633,5 +1645,169 @@ fn as_the_resonance_user_with_ambient_capabilities_the_agent_does_its_whole_job(
         pair_bytes("sink-b").filter(|b| *b == 1_000_000)
     });
     assert_eq!(renamed, Some(1_000_000), "after SIGHUP:\n{}", log_text());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `curl` against the TLS endpoint: the status code, the response headers
+/// and the body as received (not decompressed).
+fn curl_tls(ca: &Path, port: u16, extra: &[&str]) -> (String, String, Vec<u8>) {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    // Headers on stdout, the body in a file of its own.
+    let body_path = std::env::temp_dir().join(format!(
+        "resonance-curl-{}-{}",
+        std::process::id(),
+        CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .args(["-D", "-", "-o"])
+        .arg(&body_path)
+        .args(extra)
+        .arg(format!("https://127.0.0.1:{port}/metrics"))
+        .output()
+        .expect("curl (Debian package curl) must be installed");
+    let headers = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = headers
+        .lines()
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .unwrap_or("none")
+        .to_owned();
+    let body = std::fs::read(&body_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&body_path);
+    (status, headers.to_ascii_lowercase(), body)
+}
+
+/// `/metrics` behind the exporter web config: TLS with a certificate the
+/// test's own CA signed, basic auth with a bcrypt hash (no or a wrong
+/// password gets 401, plain HTTP gets nothing), gzip when asked, a real
+/// Prometheus scraping it with `scheme: https` and `basic_auth`, and 500
+/// idle connections that do not keep a scrape from being answered.
+#[test]
+fn metrics_over_tls_with_basic_auth_and_gzip_reach_prometheus_past_500_idle_connections() {
+    let _serial = serial();
+    let dir = scratch("tls");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "resonance test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    let web = dir.join("web.yml");
+    // Relative paths: from the web config's folder, as exporter-toolkit.
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n\
+             basic_auth_users:\n  prometheus: '{hash}'\n"
+        ),
+    )
+    .unwrap();
+    let config = dir.join("resonance.toml");
+    std::fs::write(
+        &config,
+        format!("[metrics]\nweb_config_file = {web:?}\nmax_connections = 64\n"),
+    )
+    .unwrap();
+    let agent = start_agent_with(&dir, &["--config".as_ref(), config.as_os_str()]);
+    let port = agent.metrics.port();
+    let status = Command::new("sh")
+        .args(["-c", "head -c 3000000 /dev/zero | cat >/dev/null"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let line = r#"resonance_pair_bytes_total{dst="cat",kind="pipe",src="head"} 3000000"#;
+    let scraped = wait_for(Duration::from_secs(15), || {
+        let (status, _, body) = curl_tls(&ca_file, port, &["-u", "prometheus:s3cret"]);
+        let text = String::from_utf8_lossy(&body).into_owned();
+        (status == "200" && text.lines().any(|l| l == line)).then_some(text)
+    });
+    assert!(
+        scraped.is_some(),
+        "no `{line}` over TLS:\n{}",
+        agent.log_text()
+    );
+    for wrong in [
+        &["-u", "prometheus:wrong"][..],
+        &["-u", "nobody:s3cret"][..],
+        &[][..],
+    ] {
+        let (status, headers, _) = curl_tls(&ca_file, port, wrong);
+        assert_eq!(status, "401", "{wrong:?}:\n{headers}");
+        assert!(headers.contains("www-authenticate: basic"), "{headers}");
+    }
+    let plain = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("http://127.0.0.1:{port}/metrics"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&plain.stdout),
+        "000",
+        "plain HTTP to the TLS port got an answer"
+    );
+    let (status, headers, zipped) = curl_tls(
+        &ca_file,
+        port,
+        &["-u", "prometheus:s3cret", "-H", "Accept-Encoding: gzip"],
+    );
+    assert_eq!(status, "200");
+    assert!(headers.contains("content-encoding: gzip"), "{headers}");
+    assert_eq!(&zipped[..2], &[0x1f, 0x8b], "a gzip stream");
+    let (_, _, unzipped) = curl_tls(&ca_file, port, &["-u", "prometheus:s3cret", "--compressed"]);
+    let unzipped = String::from_utf8_lossy(&unzipped);
+    assert!(unzipped.lines().any(|l| l == line), "{unzipped}");
+
+    let (_prometheus, prometheus) = start_prometheus(
+        &dir,
+        &format!(
+            "  - job_name: resonance\n    scheme: https\n    tls_config:\n      ca_file: {}\n\
+             \x20   basic_auth:\n      username: prometheus\n      password: s3cret\n\
+             \x20   static_configs:\n      - targets: ['127.0.0.1:{port}']\n",
+            ca_file.display()
+        ),
+    );
+    let seen = wait_for(Duration::from_secs(60), || {
+        prometheus_sample(prometheus, HEAD_CAT_BYTES).filter(|s| s == "3000000")
+    });
+    assert_eq!(
+        seen.as_deref(),
+        Some("3000000"),
+        "Prometheus never scraped the pair over TLS:\n{}",
+        agent.log_text()
+    );
+
+    let idle: Vec<std::net::TcpStream> = (0..500)
+        .map(|_| std::net::TcpStream::connect(agent.metrics).expect("an idle connection"))
+        .collect();
+    let (status, _, body) = curl_tls(&ca_file, port, &["-u", "prometheus:s3cret"]);
+    assert_eq!(status, "200", "a scrape behind 500 idle connections");
+    let text = String::from_utf8_lossy(&body);
+    let shed = counter_sum(&text, "resonance_http_connections_shed_total", "");
+    assert!(shed >= 500 - 64, "idle connections shed: {shed}");
+    let unauthorized = counter_sum(&text, "resonance_http_unauthorized_total", "");
+    assert!(unauthorized >= 3, "401s counted: {unauthorized}");
+    drop(idle);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -289,6 +289,8 @@ const TEST_PACKAGES: &[&str] = &[
     "man-db",
     // systemd-analyze verifies the unit and rates its hardening.
     "systemd",
+    // The TLS endpoint test scrapes with curl.
+    "curl",
 ];
 
 /// fmt and clippy for the host crates (default and all features), and
