@@ -24,7 +24,7 @@ const PACKAGE: &str = "resonance-tests";
 /// The integration tests that run in the guest: everything that exercises
 /// the kernel. The agent tests stay on the host, where a real Prometheus
 /// server and promtool exist.
-const GUEST_TESTS: &[&str] = &["observer", "vm_smoke"];
+const GUEST_TESTS: &[&str] = &["observer", "vm_smoke", "doctor"];
 
 /// Where busybox-static installs its binary.
 const BUSYBOX: &str = "/bin/busybox";
