@@ -16,7 +16,7 @@
 
 use std::{
     io,
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     path::{Path, PathBuf},
     pin::pin,
     sync::{
@@ -75,7 +75,7 @@ impl Shared {
     async fn fill(&self, reader: &mut FrameReader) -> Result<(), WireError> {
         loop {
             let mut ready = self.socket.readable().await.map_err(WireError::Io)?;
-            match reader.fill(ready.get_inner().as_fd(), libc::MSG_DONTWAIT) {
+            match reader.fill(ready.get_inner().as_fd(), true) {
                 Err(WireError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     ready.clear_ready();
                 }
@@ -122,8 +122,10 @@ struct Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        // SAFETY: shutting down our own socket.
-        unsafe { libc::shutdown(self.shared.socket.get_ref().as_raw_fd(), libc::SHUT_RDWR) };
+        let _ = nix::sys::socket::shutdown(
+            self.shared.socket.get_ref().as_raw_fd(),
+            nix::sys::socket::Shutdown::Both,
+        );
     }
 }
 
@@ -309,46 +311,42 @@ impl AsyncClient {
 /// `tokio::time`, so the client also works on a runtime built without
 /// `enable_time` (tokio's timers panic there, which would kill the reader
 /// task and leave every waiter hanging).
-struct FlushTimer(AsyncFd<OwnedFd>);
+struct FlushTimer(AsyncFd<Timer>);
+
+/// A timerfd as tokio's `AsyncFd` takes it (nix's `TimerFd` lends its
+/// descriptor only as `AsFd`).
+struct Timer(nix::sys::timerfd::TimerFd);
+
+impl AsRawFd for Timer {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
 
 impl FlushTimer {
     fn new() -> io::Result<Self> {
-        // SAFETY: timerfd_create returns a new descriptor or -1.
-        let fd = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: just created and owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: an OwnedFd keeps its descriptor open until dropped.
-        unsafe { AsyncFd::register(fd) }
+        use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
+        let timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?;
+        // SAFETY: `Timer` owns its descriptor and returns that one, open
+        // until the AsyncFd drops it.
+        unsafe { AsyncFd::register(Timer(timer)) }
             .map(Self)
             .map_err(|e| e.into_parts().1)
     }
 
     /// Fires once, `after` from now (re-arming resets it).
     fn arm(&self, after: Duration) -> io::Result<()> {
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: after.as_secs() as libc::time_t,
-                tv_nsec: after.subsec_nanos() as libc::c_long,
-            },
+        use nix::sys::{
+            time::TimeSpec,
+            timerfd::{Expiration, TimerSetTimeFlags},
         };
-        // SAFETY: a live itimerspec for our own timerfd.
-        let rc =
-            unsafe { libc::timerfd_settime(self.0.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        self.0.get_ref().0.set(
+            Expiration::OneShot(TimeSpec::from_duration(after)),
+            TimerSetTimeFlags::empty(),
+        )?;
         Ok(())
     }
 
@@ -356,23 +354,11 @@ impl FlushTimer {
     async fn expired(&self) -> io::Result<()> {
         loop {
             let mut ready = self.0.readable().await?;
-            let mut ticks: u64 = 0;
-            // SAFETY: reading 8 bytes into a live u64 from our timerfd.
-            let n = unsafe {
-                libc::read(
-                    self.0.as_raw_fd(),
-                    (&mut ticks as *mut u64).cast(),
-                    size_of::<u64>(),
-                )
-            };
-            if n == size_of::<u64>() as isize {
-                return Ok(());
+            match self.0.get_ref().0.wait() {
+                Ok(()) => return Ok(()),
+                Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
+                Err(errno) => return Err(errno.into()),
             }
-            let error = io::Error::last_os_error();
-            if error.kind() != io::ErrorKind::WouldBlock {
-                return Err(error);
-            }
-            ready.clear_ready();
         }
     }
 }

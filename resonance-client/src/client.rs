@@ -13,7 +13,7 @@
 use std::{
     io,
     os::{
-        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
         unix::net::UnixStream,
     },
     path::{Path, PathBuf},
@@ -126,7 +126,7 @@ struct Inner {
     state: Mutex<State>,
     changed: Condvar,
     /// Readable while the incoming queue is not empty.
-    event: OwnedFd,
+    event: nix::sys::eventfd::EventFd,
     next_req: AtomicU64,
 }
 
@@ -141,15 +141,13 @@ impl Inner {
     }
 
     fn signal_event(&self) {
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a live u64 to our eventfd.
-        unsafe { libc::write(self.event.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        // Only a counter at its maximum refuses an add; it is readable then.
+        let _ = self.event.write(1);
     }
 
     fn reset_event(&self) {
-        let mut value: u64 = 0;
-        // SAFETY: reading 8 bytes into a live u64 from our non-blocking eventfd.
-        unsafe { libc::read(self.event.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
+        // EAGAIN: it was not signalled, which is what a reset wants.
+        let _ = self.event.read();
     }
 }
 
@@ -186,13 +184,10 @@ impl Client {
         )?;
         let mut reader = FrameReader::new();
         let welcome = welcome_of(reader.read_frame(socket.as_fd())?)?;
-        // SAFETY: eventfd returns a new descriptor we own, or -1.
-        let event = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if event < 0 {
-            return Err(io::Error::last_os_error().into());
-        }
-        // SAFETY: just created, owned by nobody else.
-        let event = unsafe { OwnedFd::from_raw_fd(event) };
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        let event =
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .map_err(io::Error::from)?;
         let inner = Arc::new(Inner {
             socket,
             write: Mutex::new(()),
@@ -346,8 +341,10 @@ impl Client {
 impl Drop for Client {
     fn drop(&mut self) {
         // Wakes the reader thread out of poll with an EOF.
-        // SAFETY: shutting down our own socket.
-        unsafe { libc::shutdown(self.inner.socket.as_raw_fd(), libc::SHUT_RDWR) };
+        let _ = nix::sys::socket::shutdown(
+            self.inner.socket.as_raw_fd(),
+            nix::sys::socket::Shutdown::Both,
+        );
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
@@ -385,22 +382,18 @@ fn read_loop(inner: &Inner, mut reader: FrameReader) {
                 break;
             }
         }
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
         let timeout = if stocked {
-            CLAIM_FLUSH.as_millis() as libc::c_int
+            PollTimeout::try_from(CLAIM_FLUSH).unwrap_or(PollTimeout::MAX)
         } else {
-            -1
+            PollTimeout::NONE
         };
-        let mut pfd = libc::pollfd {
-            fd: inner.socket.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one live pollfd.
-        let ready = unsafe { libc::poll(&mut pfd, 1, timeout) };
-        if ready <= 0 {
+        let mut fds = [PollFd::new(inner.socket.as_fd(), PollFlags::POLLIN)];
+        // Nothing ready (the flush timeout) or EINTR: round again.
+        if !matches!(poll(&mut fds, timeout), Ok(n) if n > 0) {
             continue;
         }
-        if let Err(error) = reader.fill(inner.socket.as_fd(), libc::MSG_DONTWAIT) {
+        if let Err(error) = reader.fill(inner.socket.as_fd(), true) {
             match error {
                 WireError::Io(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 other => break other.to_string(),

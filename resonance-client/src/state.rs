@@ -237,6 +237,8 @@ impl State {
     fn revoke(&mut self, id: u64) -> bool {
         let carries_data = |channel: &Channel| {
             let mut pending: libc::c_int = 0;
+            // libc rather than nix: nix has no FIONREAD wrapper, only the
+            // ioctl macros, which would generate an unsafe function anyway.
             // SAFETY: FIONREAD writes one int to a live variable.
             let rc = unsafe { libc::ioctl(channel.fd.as_raw_fd(), libc::FIONREAD, &mut pending) };
             rc == 0 && pending > 0

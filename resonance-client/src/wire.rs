@@ -10,8 +10,13 @@
 
 use std::{
     collections::VecDeque,
-    io,
+    io::{self, IoSlice, IoSliceMut},
     os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+};
+
+use nix::{
+    errno::Errno,
+    sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr, recvmsg, sendmsg},
 };
 
 use crate::proto::{self, MAX_FRAME, Message, ProtoError};
@@ -101,42 +106,21 @@ pub fn send_once(
 }
 
 fn sendmsg_once(socket: RawFd, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<usize> {
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
+    let iov = [IoSlice::new(bytes)];
+    let fds = fd.map(|fd| [fd.as_raw_fd()]);
+    let rights;
+    let control: &[ControlMessage<'_>] = match &fds {
+        Some(fds) => {
+            rights = [ControlMessage::ScmRights(fds)];
+            &rights
+        }
+        None => &[],
     };
-    // u64 elements keep the control buffer aligned for cmsghdr.
-    let mut control = [0u64; 4];
-    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if let Some(fd) = fd {
-        // SAFETY: CMSG_SPACE is a pure size computation.
-        let space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
-        msg.msg_control = control.as_mut_ptr().cast();
-        // `as _`: socklen_t on musl, size_t on glibc.
-        msg.msg_controllen = space as _;
-        // SAFETY: msg_control points at `space` bytes we own, enough for
-        // one cmsghdr with one int, so CMSG_FIRSTHDR is non-null and in
-        // bounds.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd.as_raw_fd());
-        }
-    }
     loop {
-        // SAFETY: msg points at live buffers for the duration of the call.
-        let n = unsafe { libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
+        match sendmsg::<UnixAddr>(socket, &iov, control, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => {}
+            Err(errno) => return Err(errno.into()),
         }
     }
 }
@@ -204,58 +188,46 @@ impl FrameReader {
         self.fds.len()
     }
 
-    /// One `recvmsg`: appends bytes and takes ownership of descriptors.
-    /// `Ok(0)` never happens: a closed peer is [`WireError::Closed`].
-    pub fn fill(&mut self, socket: BorrowedFd<'_>, flags: libc::c_int) -> Result<usize, WireError> {
+    /// One `recvmsg`: appends bytes and takes ownership of descriptors;
+    /// with `dont_wait`, `WouldBlock` instead of blocking. `Ok(0)` never
+    /// happens: a closed peer is [`WireError::Closed`].
+    pub fn fill(&mut self, socket: BorrowedFd<'_>, dont_wait: bool) -> Result<usize, WireError> {
         let start = self.buf.len();
         self.buf.resize(start + MAX_FRAME, 0);
-        let mut iov = libc::iovec {
-            iov_base: self.buf[start..].as_mut_ptr().cast(),
-            iov_len: MAX_FRAME,
-        };
-        let mut control = [0u64; 16];
-        // SAFETY: pure size computation.
-        let space = unsafe { libc::CMSG_SPACE((MAX_FDS_PER_READ * size_of::<RawFd>()) as u32) };
-        debug_assert!(space as usize <= size_of_val(&control));
-        // SAFETY: zeroed msghdr is a valid empty header.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        let n = loop {
-            // SAFETY: every pointer in msg refers to a live buffer.
-            let n = unsafe {
-                libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | flags)
-            };
-            if n >= 0 {
-                break n as usize;
-            }
-            let error = io::Error::last_os_error();
-            if error.kind() != io::ErrorKind::Interrupted {
-                self.buf.truncate(start);
-                return Err(WireError::Io(error));
-            }
-        };
-        self.buf.truncate(start + n);
-        // Take every descriptor first so none leaks, whatever follows.
-        // SAFETY: the kernel filled msg_control; the CMSG macros walk it
-        // within msg_controllen.
-        unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(cmsg);
-                    let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                    for i in 0..len / size_of::<RawFd>() {
-                        let raw = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
-                        self.fds.push_back(OwnedFd::from_raw_fd(raw));
+        let mut flags = MsgFlags::MSG_CMSG_CLOEXEC;
+        flags.set(MsgFlags::MSG_DONTWAIT, dont_wait);
+        let mut control = nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]);
+        let received = loop {
+            let mut iov = [IoSliceMut::new(&mut self.buf[start..])];
+            match recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut control), flags) {
+                Ok(message) => {
+                    let mut fds = Vec::new();
+                    // Take every descriptor first so none leaks, whatever
+                    // follows.
+                    if let Ok(cmsgs) = message.cmsgs() {
+                        for cmsg in cmsgs {
+                            if let ControlMessageOwned::ScmRights(raw) = cmsg {
+                                fds.extend(raw);
+                            }
+                        }
                     }
+                    break (message.bytes, fds, message.flags);
                 }
-                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+                Err(Errno::EINTR) => {}
+                Err(errno) => {
+                    self.buf.truncate(start);
+                    return Err(WireError::Io(errno.into()));
+                }
             }
+        };
+        let (n, fds, msg_flags) = received;
+        for raw in fds {
+            // SAFETY: the kernel installed these descriptors in this
+            // process for this message; nothing else knows their numbers.
+            self.fds.push_back(unsafe { OwnedFd::from_raw_fd(raw) });
         }
-        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        self.buf.truncate(start + n);
+        if msg_flags.contains(MsgFlags::MSG_CTRUNC) {
             return Err(WireError::Fds(
                 "too many descriptors in one read (truncated)",
             ));
@@ -275,7 +247,7 @@ impl FrameReader {
             if let Some(frame) = self.next_frame()? {
                 return Ok(frame);
             }
-            self.fill(socket, 0)?;
+            self.fill(socket, false)?;
         }
     }
 }

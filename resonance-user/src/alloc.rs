@@ -119,21 +119,12 @@ pub fn plan(want: Want, limits: &Limits) -> ChannelConfig {
 /// holds the capacity actually granted.
 pub fn create(config: &ChannelConfig) -> Result<Created, AllocError> {
     let kind = config.kind.name();
-    let nonblock = if config.nonblocking {
-        libc::O_NONBLOCK
-    } else {
-        0
-    };
     let configure = |source| AllocError::Configure { kind, source };
     let mut granted = *config;
     let (requester, responder) = match config.kind {
         ChannelKind::Pipe | ChannelKind::PacketPipe => {
-            let direct = if config.kind == ChannelKind::PacketPipe {
-                libc::O_DIRECT
-            } else {
-                0
-            };
-            let (read, write) = sys::pipe(direct | nonblock)
+            let packet = config.kind == ChannelKind::PacketPipe;
+            let (read, write) = sys::pipe(packet, config.nonblocking)
                 .map_err(|source| AllocError::Create { kind, source })?;
             granted.capacity =
                 sys::set_pipe_size(write.as_fd(), config.capacity).map_err(configure)?;
@@ -141,16 +132,11 @@ pub fn create(config: &ChannelConfig) -> Result<Created, AllocError> {
         }
         ChannelKind::Stream | ChannelKind::SeqPacket => {
             let ty = if config.kind == ChannelKind::Stream {
-                libc::SOCK_STREAM
+                sys::SockType::Stream
             } else {
-                libc::SOCK_SEQPACKET
+                sys::SockType::SeqPacket
             };
-            let sock_nonblock = if config.nonblocking {
-                libc::SOCK_NONBLOCK
-            } else {
-                0
-            };
-            let (a, b) = sys::socketpair(ty, sock_nonblock)
+            let (a, b) = sys::socketpair(ty, config.nonblocking)
                 .map_err(|source| AllocError::Create { kind, source })?;
             for end in [&a, &b] {
                 sys::set_socket_buffers(end.as_fd(), config.capacity).map_err(configure)?;

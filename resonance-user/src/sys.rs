@@ -1,16 +1,26 @@
-//! Raw system calls of the broker, in one place: creating and sizing the
-//! kernel channels ([`pipe`], [`socketpair`], [`set_pipe_size`],
+//! The agent's system calls, in one place: creating and sizing the kernel
+//! channels ([`pipe`], [`socketpair`], [`set_pipe_size`],
 //! [`set_socket_buffers`], [`set_nonblocking`]), reading a connection's
-//! credentials ([`peer_cred`]) and the socket file's owner and mode.
-//! Frames and `SCM_RIGHTS` live in [`wire`] (shared with the client crate).
-//! Every descriptor comes back as an `OwnedFd`.
+//! credentials ([`peer_cred`]), limits, clocks and capabilities. Frames and
+//! `SCM_RIGHTS` live in [`wire`] (shared with the client crate). Every
+//! descriptor comes back as an `OwnedFd`.
+//!
+//! Through nix's safe wrappers, and the `caps` crate for the capability
+//! sets, which nix does not cover (`capget`, `capset`, `PR_CAPBSET_DROP`,
+//! `PR_CAP_AMBIENT`).
 
 use std::{
     io,
-    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::Path,
 };
 
+use nix::{
+    fcntl::{FcntlArg, OFlag, fcntl},
+    sys::socket::{self, AddressFamily, SockFlag, sockopt},
+};
+
+pub use nix::sys::socket::SockType;
 pub use resonance_client::wire;
 
 /// Credentials of the process at the other end of a Unix socket.
@@ -24,112 +34,72 @@ pub struct Cred {
     pub gid: u32,
 }
 
-fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
+/// `pipe2(O_CLOEXEC)`: (read end, write end); `packet` adds `O_DIRECT`
+/// (each write one packet), `nonblocking` `O_NONBLOCK`.
+pub fn pipe(packet: bool, nonblocking: bool) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut flags = OFlag::O_CLOEXEC;
+    flags.set(OFlag::O_DIRECT, packet);
+    flags.set(OFlag::O_NONBLOCK, nonblocking);
+    Ok(nix::unistd::pipe2(flags)?)
 }
 
-/// `pipe2(O_CLOEXEC | extra)`: (read end, write end). `extra` may hold
-/// `O_DIRECT` (packet mode) and `O_NONBLOCK`.
-pub fn pipe(extra: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into a live array.
-    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | extra) })?;
-    // SAFETY: both descriptors are new and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// `socketpair(AF_UNIX, kind | SOCK_CLOEXEC | extra)`.
-pub fn socketpair(kind: libc::c_int, extra: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two descriptors into a live array.
-    check(unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            kind | libc::SOCK_CLOEXEC | extra,
-            0,
-            fds.as_mut_ptr(),
-        )
-    })?;
-    // SAFETY: both descriptors are new and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+/// `socketpair(AF_UNIX, kind | SOCK_CLOEXEC)`, `SOCK_NONBLOCK` too when
+/// `nonblocking`.
+pub fn socketpair(kind: SockType, nonblocking: bool) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut flags = SockFlag::SOCK_CLOEXEC;
+    flags.set(SockFlag::SOCK_NONBLOCK, nonblocking);
+    Ok(socket::socketpair(AddressFamily::Unix, kind, None, flags)?)
 }
 
 /// The inode number behind `fd` (what the probes key a pipe or socket by).
 pub fn inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    // SAFETY: an all-zero stat is a valid value for fstat to overwrite.
-    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat writes into the stat we own; the fd is borrowed live.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(stat.st_ino)
+    Ok(nix::sys::stat::fstat(fd)?.st_ino)
 }
 
 /// `F_SETPIPE_SZ`; returns the capacity the kernel actually set (a power of
 /// two pages, at least the request).
 pub fn set_pipe_size(fd: BorrowedFd<'_>, bytes: u32) -> io::Result<u32> {
-    // SAFETY: fcntl on a live descriptor.
-    let set =
-        check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes as libc::c_int) })?;
-    Ok(set as u32)
+    let request = i32::try_from(bytes).unwrap_or(i32::MAX);
+    let set = fcntl(fd, FcntlArg::F_SETPIPE_SZ(request))?;
+    Ok(u32::try_from(set).unwrap_or(0))
 }
 
 /// `SO_SNDBUF` and `SO_RCVBUF` (the kernel doubles the value for its own
 /// bookkeeping).
 pub fn set_socket_buffers(fd: BorrowedFd<'_>, bytes: u32) -> io::Result<()> {
-    let value = bytes as libc::c_int;
-    for option in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
-        // SAFETY: setsockopt reads one int from a live variable.
-        check(unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&value as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        })?;
-    }
+    let value = bytes as usize;
+    socket::setsockopt(&fd, sockopt::SndBuf, &value)?;
+    socket::setsockopt(&fd, sockopt::RcvBuf, &value)?;
     Ok(())
 }
 
 /// Sets `O_NONBLOCK` on a descriptor (a file status flag: it travels with
 /// the open file description to whoever receives it).
 pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: fcntl on a live descriptor.
-    let flags = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
-    // SAFETY: as above.
-    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
 }
 
 /// `SO_PEERCRED` of a connected Unix socket.
 pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<Cred> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into a live ucred.
-    check(unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    })?;
+    let cred = socket::getsockopt(&fd, sockopt::PeerCredentials)?;
     Ok(Cred {
-        pid: cred.pid as u32,
-        uid: cred.uid,
-        gid: cred.gid,
+        pid: u32::try_from(cred.pid()).unwrap_or(0),
+        uid: cred.uid(),
+        gid: cred.gid(),
     })
+}
+
+/// Shuts a socket down both ways, so the peer sees EOF even while another
+/// task still holds the descriptor.
+pub fn shutdown(fd: impl AsFd) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // nix 0.32 takes the raw number here; the borrow keeps it open.
+    Ok(socket::shutdown(
+        fd.as_fd().as_raw_fd(),
+        socket::Shutdown::Both,
+    )?)
 }
 
 /// `/proc/sys/fs/pipe-max-size`: the largest pipe an unprivileged (no
@@ -144,9 +114,10 @@ pub fn pipe_max_size() -> u32 {
 /// Restores SIGPIPE's default action (Rust starts programs with it
 /// ignored), so writing to a closed pipe ends the process as it ends `cat`.
 pub fn default_sigpipe() {
-    // SAFETY: setting a signal's disposition to the default has no other
-    // effect on this process.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: the default disposition installs no handler of ours, so
+    // nothing can run in signal context (the reason nix marks this unsafe).
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
 /// Lifts `RLIMIT_MEMLOCK`: kernels before 5.11 charge BPF maps to it (the
@@ -154,22 +125,20 @@ pub fn default_sigpipe() {
 /// later ones to the memory cgroup instead. Fails without
 /// `CAP_SYS_RESOURCE`, which newer kernels do not need.
 pub fn raise_memlock_limit() -> io::Result<()> {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: setrlimit reads one valid rlimit struct.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    use nix::sys::resource::{RLIM_INFINITY, Resource, setrlimit};
+    Ok(setrlimit(
+        Resource::RLIMIT_MEMLOCK,
+        RLIM_INFINITY,
+        RLIM_INFINITY,
+    )?)
 }
 
 /// The kernel's page size, which is also the size of one pipe buffer slot.
 pub fn page_size() -> io::Result<u64> {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(size).map_err(|_| io::Error::last_os_error())
+    use nix::unistd::{SysconfVar, sysconf};
+    sysconf(SysconfVar::PAGE_SIZE)?
+        .and_then(|size| u64::try_from(size).ok())
+        .ok_or_else(|| io::Error::other("sysconf(_SC_PAGESIZE) gave no size"))
 }
 
 /// The systemd unit of a process (the last `*.service` or `*.scope`
@@ -205,13 +174,12 @@ pub fn set_socket_access(path: &Path, mode: u32, gid: Option<u32>) -> io::Result
 }
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+    use nix::time::{ClockId, clock_gettime};
+    // CLOCK_MONOTONIC cannot fail on Linux; 0 would only make a time
+    // look old.
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |ts| {
+        (ts.tv_sec() as u64).saturating_mul(1_000_000_000) + ts.tv_nsec() as u64
+    })
 }
 
 /// Capability numbers (`linux/capability.h`) the agent names.
@@ -230,86 +198,37 @@ pub mod cap {
     pub const BPF: u32 = 39;
 }
 
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
-const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-/// Drops every capability but `keep` from this process's bounding,
+/// Drops every capability but `keep` from this thread's bounding,
 /// ambient, inheritable, permitted and effective sets, for good: nothing
-/// the process runs later can regain them. Returns the capabilities still
-/// held (those of `keep` it had).
+/// it runs later can regain them. Returns the capabilities still held
+/// (those of `keep` it had) as a bit mask.
 ///
-/// The bounding set is trimmed only when the process holds `CAP_SETPCAP`
+/// The bounding set is trimmed only when the thread holds `CAP_SETPCAP`
 /// (root does; an agent started as the `resonance` user with ambient
 /// capabilities does not, and needs not: once its ambient and inheritable
 /// sets are empty, nothing it runs can gain a capability from it).
 pub fn drop_capabilities_except(keep: &[u32]) -> io::Result<u64> {
-    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .unwrap_or(40)
-        .min(63);
-    let keep_mask = keep.iter().fold(0u64, |mask, &cap| mask | (1u64 << cap));
-    let mut header = CapHeader {
-        version: CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: capget writes two CapData words for version 3, which `data`
-    // holds; the header is valid.
-    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let effective = u64::from(data[0].effective) | (u64::from(data[1].effective) << 32);
-    if effective & (1u64 << cap::SETPCAP) != 0 {
-        for cap in 0..=last {
-            if keep_mask & (1u64 << cap) == 0 {
-                // SAFETY: prctl with integer arguments only.
-                let rc =
-                    unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
-                // EINVAL: a capability this kernel does not know.
-                if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
-                    return Err(io::Error::last_os_error());
-                }
+    use caps::{CapSet, Capability, CapsHashSet};
+    let failed = |error: caps::errors::CapsError| io::Error::other(error.to_string());
+    let keep: CapsHashSet = caps::all()
+        .into_iter()
+        .filter(|cap| keep.contains(&u32::from(cap.index())))
+        .collect();
+    let effective = caps::read(None, CapSet::Effective).map_err(failed)?;
+    if effective.contains(&Capability::CAP_SETPCAP) {
+        for cap in caps::all() {
+            // A capability this kernel does not know reads as absent.
+            if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+                caps::drop(None, CapSet::Bounding, cap).map_err(failed)?;
             }
         }
     }
-    // SAFETY: prctl with integer arguments only.
-    unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
-    let permitted = u64::from(data[0].permitted) | (u64::from(data[1].permitted) << 32);
-    let held = permitted & keep_mask;
-    let words = [held as u32, (held >> 32) as u32];
-    for (word, value) in data.iter_mut().zip(words) {
-        *word = CapData {
-            effective: value,
-            permitted: value,
-            inheritable: 0,
-        };
-    }
-    // SAFETY: as for capget; capset only reads.
-    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(held)
+    caps::clear(None, CapSet::Ambient).map_err(failed)?;
+    caps::clear(None, CapSet::Inheritable).map_err(failed)?;
+    let permitted = caps::read(None, CapSet::Permitted).map_err(failed)?;
+    let held: CapsHashSet = permitted.intersection(&keep).copied().collect();
+    // Effective first: it must stay within the permitted set at each step.
+    caps::set(None, CapSet::Effective, &held).map_err(failed)?;
+    caps::set(None, CapSet::Permitted, &held).map_err(failed)?;
+    Ok(held.iter().fold(0, |mask, cap| mask | cap.bitmask()))
 }

@@ -728,7 +728,7 @@ fn cli_ends_quietly_on_a_closed_stdout_and_names_bad_durations() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(
         output.status.signal(),
-        Some(libc::SIGPIPE),
+        Some(nix::sys::signal::Signal::SIGPIPE as i32),
         "{:?}: {stderr}",
         output.status
     );

@@ -7,7 +7,6 @@
 use std::{
     fs::{File, OpenOptions},
     io::{Read, Seek, Write},
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
@@ -59,10 +58,9 @@ impl StateLock {
             .truncate(false)
             .open(dir.join(LOCK_FILE_NAME))
             .map_err(io)?;
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let error = std::io::Error::last_os_error();
-            if error.kind() != std::io::ErrorKind::WouldBlock {
+        // An flock(LOCK_EX | LOCK_NB) on Linux, released when the file closes.
+        if let Err(error) = file.try_lock() {
+            if let std::fs::TryLockError::Error(error) = error {
                 return Err(io(error));
             }
             let mut holder = String::new();

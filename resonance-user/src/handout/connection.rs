@@ -106,7 +106,7 @@ async fn read_loop(
             }
         };
         let mut guard = readable.map_err(|e| Reject::new(code::INTERNAL, "io", e.to_string()))?;
-        match reader.fill(socket.get_ref().as_fd(), libc::MSG_DONTWAIT) {
+        match reader.fill(socket.get_ref().as_fd(), true) {
             Ok(_) => {}
             Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 guard.clear_ready()
@@ -145,7 +145,7 @@ async fn write_loop(socket: Arc<AsyncFd<OwnedFd>>, mut rx: mpsc::UnboundedReceiv
         // The descriptor is the client's now (or lost with it): ours closes.
         drop(fd);
     }
-    // SAFETY: shutting down our own socket so the client sees EOF even
-    // while the reader task still holds the descriptor.
-    unsafe { libc::shutdown(socket.get_ref().as_raw_fd(), libc::SHUT_RDWR) };
+    // The client sees EOF even while the reader task still holds the
+    // descriptor.
+    let _ = sys::shutdown(socket.get_ref());
 }

@@ -54,21 +54,14 @@ fn ensure_tracefs() -> Result<(), PreflightError> {
     if Path::new(TRACEFS).join("events").is_dir() {
         return Ok(());
     }
-    let target = c"/sys/kernel/tracing";
-    let fstype = c"tracefs";
-    // SAFETY: all pointers are valid NUL-terminated strings; no data.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(PreflightError::NoTracefs(std::io::Error::last_os_error()));
-    }
+    nix::mount::mount(
+        Some("tracefs"),
+        TRACEFS,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|errno| PreflightError::NoTracefs(errno.into()))?;
     log::info!("mounted tracefs at {TRACEFS}");
     Ok(())
 }
