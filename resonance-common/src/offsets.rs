@@ -65,6 +65,16 @@ pub struct Offsets {
     pub sock_dport: u64,
     /// `sock.__sk_common.skc_num`
     pub sock_num: u64,
+    /// `sock.__sk_common.skc_v6_daddr` (an `in6_addr`); 0 when the kernel
+    /// is built without IPv6 (never a real offset: `skc_daddr` is at 0).
+    pub sock_v6_daddr: u64,
+    /// `sock.__sk_common.skc_v6_rcv_saddr`; 0 likewise.
+    pub sock_v6_rcv_saddr: u64,
+    /// `sizeof(struct mmsghdr)`: the stride of sendmmsg/recvmmsg's vector;
+    /// 0 when the kernel's BTF lacks the struct (then they are not counted).
+    pub mmsghdr_size: u64,
+    /// `mmsghdr.msg_len`: the bytes one message of the vector moved.
+    pub mmsghdr_msg_len: u64,
     /// `pt_regs.orig_ax`: the syscall number, read by the raw `sys_exit`
     /// programs.
     pub regs_orig_ax: u64,
@@ -112,6 +122,10 @@ impl Offsets {
         sock_rcv_saddr: 0,
         sock_dport: 0,
         sock_num: 0,
+        sock_v6_daddr: 0,
+        sock_v6_rcv_saddr: 0,
+        mmsghdr_size: 0,
+        mmsghdr_msg_len: 0,
         regs_orig_ax: 0,
         regs_di: 0,
         regs_si: 0,

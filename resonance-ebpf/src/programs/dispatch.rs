@@ -25,8 +25,9 @@ use resonance_common::{Direction, EventKind};
 use super::{
     connect::report_connect,
     create::{report_new_fd, report_pair},
-    io::completed,
+    io::{completed, mmsg_bytes},
     lifecycle::report_close,
+    moved::{Move, moved_exit_only},
     observed_task,
 };
 use crate::{fdcache, fdwalk::Resolved, globals::offset};
@@ -37,6 +38,7 @@ mod nr {
     pub const WRITE: u64 = 1;
     pub const CLOSE: u64 = 3;
     pub const READV: u64 = 19;
+    pub const SENDFILE: u64 = 40;
     pub const WRITEV: u64 = 20;
     pub const PIPE: u64 = 22;
     pub const DUP2: u64 = 33;
@@ -49,7 +51,11 @@ mod nr {
     pub const RECVMSG: u64 = 47;
     pub const SOCKETPAIR: u64 = 53;
     pub const EXECVE: u64 = 59;
+    pub const SPLICE: u64 = 275;
+    pub const TEE: u64 = 276;
     pub const ACCEPT4: u64 = 288;
+    pub const RECVMMSG: u64 = 299;
+    pub const SENDMMSG: u64 = 307;
     pub const DUP3: u64 = 292;
     pub const PIPE2: u64 = 293;
     pub const EXECVEAT: u64 = 322;
@@ -120,8 +126,12 @@ pub fn hook_floor_btf(_ctx: BtfTracePointContext) -> i32 {
 fn dispatch(regs: &impl Regs, ret: i64) {
     let number = regs.word(offset!(regs_orig_ax));
     let dir = match number {
-        nr::WRITE | nr::WRITEV | nr::SENDTO | nr::SENDMSG => Direction::Send,
-        nr::READ | nr::READV | nr::RECVFROM | nr::RECVMSG => Direction::Recv,
+        nr::WRITE | nr::WRITEV | nr::SENDTO | nr::SENDMSG | nr::SENDMMSG => Direction::Send,
+        nr::READ | nr::READV | nr::RECVFROM | nr::RECVMSG | nr::RECVMMSG => Direction::Recv,
+        nr::SPLICE | nr::TEE | nr::SENDFILE => {
+            moved(regs, number, ret);
+            return;
+        }
         _ => {
             rare(regs, number, ret);
             return;
@@ -145,7 +155,34 @@ fn dispatch(regs: &impl Regs, ret: i64) {
     } else {
         0
     };
+    // sendmmsg/recvmmsg return messages; the bytes are in the vector.
+    let ret = if matches!(number, nr::SENDMMSG | nr::RECVMMSG) && ret > 0 {
+        let Some(bytes) = mmsg_bytes(regs.word(offset!(regs_si)), ret) else {
+            return;
+        };
+        bytes
+    } else {
+        ret
+    };
     completed(tgid, object, dir, ret, count);
+}
+
+/// splice(in, _, out), tee(in, out), sendfile(out, in): see `moved`.
+#[inline(always)]
+fn moved(regs: &impl Regs, number: u64, ret: i64) {
+    if !is_64bit(regs) {
+        return;
+    }
+    let Some((_, tgid)) = observed_task() else {
+        return;
+    };
+    let (first, second) = (regs.word(offset!(regs_di)), regs.word(offset!(regs_si)));
+    let (input, output, how) = match number {
+        nr::SPLICE => (first, regs.word(offset!(regs_dx)), Move::ReadAndWrite),
+        nr::TEE => (first, second, Move::WriteOnly),
+        _ => (second, first, Move::ReadAndWrite),
+    };
+    moved_exit_only(tgid, input, output, how, ret);
 }
 
 /// Whether the syscall came from 64-bit code, so its number means what

@@ -1,4 +1,5 @@
-//! read/write, readv/writev, sendto/recvfrom, sendmsg/recvmsg on the classic
+//! read/write, readv/writev, sendto/recvfrom, sendmsg/recvmsg,
+//! sendmmsg/recvmmsg on the classic
 //! syscall tracepoints (the fallback mode): one enter program per direction
 //! and one shared exit program. The fd is resolved at enter, so syscalls on
 //! files and devices cost one walk and nothing else; the syscall is timed
@@ -7,7 +8,11 @@
 //! [`completed`] is the same accounting for the exit-only hot path
 //! (`dispatch`), which has no enter.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
 use resonance_common::{ChannelKind, Direction};
 
 use super::{arg, observed_task, ret};
@@ -15,6 +20,7 @@ use crate::{
     emit::count_in_flight_full,
     fdwalk::{Object, pipe_would_block, resolve},
     flows::{EAGAIN, FullPipe, account},
+    globals::offset,
     maps::{IN_FLIGHT, InFlight, Op},
 };
 
@@ -22,7 +28,7 @@ use crate::{
 #[tracepoint]
 #[inline(always)]
 pub fn io_send_enter(ctx: TracePointContext) -> u32 {
-    enter(&ctx, Op::Send);
+    enter(&ctx, Op::Send, false);
     0
 }
 
@@ -30,8 +36,52 @@ pub fn io_send_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 #[inline(always)]
 pub fn io_recv_enter(ctx: TracePointContext) -> u32 {
-    enter(&ctx, Op::Recv);
+    enter(&ctx, Op::Recv, false);
     0
+}
+
+/// `sys_enter_sendmmsg`: as a send, with the message vector kept for the
+/// exit to count its bytes.
+#[tracepoint]
+#[inline(always)]
+pub fn io_send_mmsg_enter(ctx: TracePointContext) -> u32 {
+    enter(&ctx, Op::Send, true);
+    0
+}
+
+/// `sys_enter_recvmmsg`: likewise.
+#[tracepoint]
+#[inline(always)]
+pub fn io_recv_mmsg_enter(ctx: TracePointContext) -> u32 {
+    enter(&ctx, Op::Recv, true);
+    0
+}
+
+/// The most messages one sendmmsg/recvmmsg moves (`UIO_MAXIOV`: the
+/// kernel caps the vector there), so every one is counted.
+const MAX_MMSG: i64 = 1024;
+
+/// Bytes a sendmmsg/recvmmsg of `messages` messages moved: the sum of
+/// `msg_len` over the first `messages` entries of the vector at `vector`
+/// (the kernel wrote them just before returning). `None` when the
+/// kernel's BTF gave no `struct mmsghdr` layout.
+#[inline(always)]
+pub fn mmsg_bytes(vector: u64, messages: i64) -> Option<i64> {
+    let stride = offset!(mmsghdr_size);
+    let len_at = offset!(mmsghdr_msg_len);
+    if stride == 0 || vector == 0 {
+        return None;
+    }
+    let mut total = 0i64;
+    let mut i = 0i64;
+    while i < MAX_MMSG && i < messages {
+        let at = vector + i as u64 * stride + len_at;
+        // SAFETY: the helper checks the user address; a bad one reads 0.
+        let len = unsafe { bpf_probe_read_user(at as *const u32) }.unwrap_or(0);
+        total += i64::from(len);
+        i += 1;
+    }
+    Some(total)
 }
 
 /// `sys_exit_*` of all of the above.
@@ -43,7 +93,7 @@ pub fn io_exit(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn enter(ctx: &TracePointContext, op: Op) {
+fn enter(ctx: &TracePointContext, op: Op, vector: bool) {
     let Some((pid_tgid, _)) = observed_task() else {
         return;
     };
@@ -67,7 +117,8 @@ fn enter(ctx: &TracePointContext, op: Op) {
         start_ns,
         end: object.end,
         peer: object.peer,
-        arg: 0,
+        // sendmmsg/recvmmsg's vector; 0 for the others.
+        arg: if vector { arg(ctx, 1).unwrap_or(0) } else { 0 },
     };
     if IN_FLIGHT.insert(&pid_tgid, &in_flight, 0).is_err() {
         count_in_flight_full();
@@ -92,7 +143,13 @@ fn exit(ctx: &TracePointContext) {
     let Some(kind) = ChannelKind::from_u8(in_flight.kind) else {
         return;
     };
-    let Some(ret) = ret(ctx) else { return };
+    let Some(mut ret) = ret(ctx) else { return };
+    if in_flight.arg != 0 && ret > 0 {
+        let Some(bytes) = mmsg_bytes(in_flight.arg, ret) else {
+            return;
+        };
+        ret = bytes;
+    }
     let mut object = Object {
         kind,
         end: in_flight.end,
