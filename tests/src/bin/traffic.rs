@@ -255,7 +255,7 @@ fn mmsg_fork(batches: u64, batch: u64, size: u64) -> Result<()> {
                         parent_end.as_raw_fd(),
                         messages.as_mut_ptr(),
                         want as u32,
-                        libc::MSG_WAITFORONE,
+                        libc::MSG_WAITFORONE as _,
                         std::ptr::null_mut(),
                     )
                 };
