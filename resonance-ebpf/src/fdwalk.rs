@@ -2,7 +2,7 @@
 //! with offsets from the running kernel's BTF.
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use resonance_common::ChannelKind;
+use resonance_common::{ChannelKind, fifo_end};
 
 use crate::globals::{offset, offsets_loaded, page_size};
 
@@ -133,9 +133,8 @@ fn resolve_pipe(inode: u64) -> Option<Object> {
             slots,
         });
     }
-    // A FIFO's inode number is only unique within its filesystem.
     let dev: u32 = read(sb, offset!(sb_dev))?;
-    let end = (1 << 62) | (((dev as u64) << 40) ^ ino);
+    let end = fifo_end(dev, ino);
     Some(Object {
         kind: ChannelKind::Fifo,
         end,
@@ -222,6 +221,17 @@ pub fn pipe_left_full(pipe: u64, written: u64) -> bool {
         return false;
     };
     used >= max_usage || written > max_usage as u64 * page_size()
+}
+
+/// Whether a read of `read` bytes took a full pipe's worth: the pipe, not
+/// the reader, set how much it got, and its writer was waiting (or would
+/// have been) for room.
+#[inline(always)]
+pub fn pipe_read_full(pipe: u64, read: u64) -> bool {
+    let Some((_, max_usage)) = pipe_slots(pipe) else {
+        return false;
+    };
+    max_usage > 0 && read >= max_usage as u64 * page_size()
 }
 
 /// Inode number of a Unix socket's connected peer.

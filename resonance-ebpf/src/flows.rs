@@ -9,7 +9,7 @@ use resonance_common::{
 
 use crate::{
     emit::{Happening, emit},
-    fdwalk::{Object, current_ppid, pipe_left_full},
+    fdwalk::{Object, current_ppid, pipe_left_full, pipe_read_full},
     globals::{idle_gap_ns, page_size},
     maps::{ENDS, FLOWS, ZERO_END, ZERO_FLOW},
 };
@@ -68,12 +68,15 @@ pub enum FullPipe {
     CheckAfter,
 }
 
-/// Accounts one completed read-like or write-like syscall; `full`: whether
-/// a pipe write met a full pipe; `start_ns`: when the syscall entered, 0
-/// when not known (the exit-only path), which leaves it untimed.
+/// Accounts one completed read-like or write-like syscall on descriptor
+/// `fd`; `full`: whether a pipe write met a full pipe; `start_ns`: when the
+/// syscall entered, 0 when not known (the exit-only path), which leaves it
+/// untimed.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn account(
     tgid: u32,
+    fd: i32,
     object: Object,
     dir: Direction,
     ret: i64,
@@ -95,9 +98,22 @@ pub fn account(
         FullPipe::CheckAfter => {
             let size = object.slots as u64 * page_size();
             let near_full = pending.is_none_or(|p| p + page_size() as i64 >= size as i64);
-            ret > size as i64 || (near_full && pipe_left_full(object.pipe, ret as u64))
+            // `size` is what the pipe held when its descriptor was cached;
+            // the agent may have grown it since, so a write larger than
+            // that is judged on the pipe's own size.
+            (ret > size as i64 || near_full) && pipe_left_full(object.pipe, ret as u64)
         }
     };
+    // The reader's view of the same thing: a read that took all the pipe
+    // held when it was full. Seen from the exit alone more reliably than a
+    // writer's wait, which leaves no trace once the write has completed.
+    // `slots` may be stale (the agent may have grown the pipe), so only
+    // reads as large as it said read the pipe's own size.
+    let full_read = dir == Direction::Recv
+        && object.kind.is_one_way()
+        && ret > 0
+        && ret as u64 >= object.slots as u64 * page_size()
+        && pipe_read_full(object.pipe, ret as u64);
     let key = FlowKey {
         tgid,
         kind: object.kind as u8,
@@ -141,8 +157,21 @@ pub fn account(
             );
         }
         add(&raw mut (*stats).ops, 1);
-        if blocked {
+        if blocked || full_read {
             add(&raw mut (*stats).blocked, 1);
+            let times = (*stats).blocked;
+            if times & times.wrapping_sub(1) == 0 {
+                emit(
+                    tgid,
+                    Happening {
+                        event: EventKind::PipeFull,
+                        object: Some(object),
+                        dir: dir as u8,
+                        ret: ret.min(i32::MAX as i64) as i32,
+                        fds: [fd, -1],
+                    },
+                );
+            }
         }
         if ret >= 0 {
             add(&raw mut (*stats).bytes, ret as u64);

@@ -53,6 +53,8 @@ pub struct ObserverStats {
     pub dropped: u64,
     /// Flows in the kernel map at the last read.
     pub flows: u64,
+    /// Full-pipe reports left out because nobody took the earlier ones.
+    pub pipe_full_dropped: u64,
 }
 
 /// A process starting to send after an idle gap, and who reads it.
@@ -68,6 +70,28 @@ pub struct InteractionStart {
     pub kind: ChannelKind,
 }
 
+/// A writer that found its pipe full, or a reader that found it full (see
+/// [`Happening::PipeFull`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipeFull {
+    /// Monotonic ns.
+    pub ts_ns: u64,
+    /// The writing or reading process.
+    pub pid: u32,
+    /// Which of the two it is.
+    pub dir: Direction,
+    /// Its descriptor for the pipe.
+    pub fd: i32,
+    /// The pipe (or FIFO) end id, as in the flows.
+    pub end: crate::decode::End,
+    /// Bytes the write moved.
+    pub bytes: u32,
+}
+
+/// Full-pipe reports kept between two [`Observer::take_pipe_full`] calls;
+/// more are counted in [`ObserverStats::pipe_full_dropped`], not queued.
+const MAX_PIPE_FULL: usize = 1024;
+
 /// A running observation.
 pub struct Observer {
     probes: Probes,
@@ -75,6 +99,8 @@ pub struct Observer {
     failures: Vec<ConnectFailure>,
     /// Send-side starts not yet handed out by [`Observer::interaction_starts`].
     pending_starts: Vec<PendingStart>,
+    /// Full-pipe reports not yet handed out by [`Observer::take_pipe_full`].
+    pipe_full: Vec<PipeFull>,
     /// How many times [`Observer::interval`] has read the maps.
     intervals: u64,
     /// Flow starts per (pid, kind, dir, end), cumulative like the flows.
@@ -131,6 +157,7 @@ impl Observer {
             processes: ProcessTable::default(),
             failures: Vec::new(),
             pending_starts: Vec::new(),
+            pipe_full: Vec::new(),
             intervals: 0,
             starts: HashMap::new(),
             previous: Previous::default(),
@@ -207,6 +234,26 @@ impl Observer {
                     });
                 }
             }
+            Happening::PipeFull {
+                end,
+                dir,
+                fd,
+                bytes,
+            } => {
+                self.processes.see(task.pid, task.ppid, &task.comm);
+                if self.pipe_full.len() < MAX_PIPE_FULL {
+                    self.pipe_full.push(PipeFull {
+                        ts_ns: event.ts_ns,
+                        pid: task.pid,
+                        dir: *dir,
+                        fd: *fd,
+                        end: *end,
+                        bytes: *bytes,
+                    });
+                } else {
+                    self.stats.pipe_full_dropped += 1;
+                }
+            }
             Happening::Created { .. } | Happening::Accepted { .. } | Happening::Closed { .. } => {
                 self.processes.see(task.pid, task.ppid, &task.comm);
             }
@@ -255,6 +302,19 @@ impl Observer {
         }
         self.pending_starts = waiting;
         out
+    }
+
+    /// The full-pipe reports drained since the last call, oldest first.
+    pub fn take_pipe_full(&mut self) -> Vec<PipeFull> {
+        std::mem::take(&mut self.pipe_full)
+    }
+
+    /// The writer flow of `pid` on pipe `end` as the last
+    /// [`Observer::interval`] read it (cumulative counters).
+    pub fn writer_flow(&self, pid: u32, end: crate::decode::End) -> Option<&FlowRecord> {
+        self.previous
+            .flows
+            .get(&(pid, end.kind, Direction::Send, end.id))
     }
 
     /// A tokio handle that becomes readable when the kernel has written to

@@ -164,7 +164,7 @@ fn dispatch(regs: &impl Regs, ret: i64) {
     } else {
         ret
     };
-    completed(tgid, object, dir, ret, count);
+    completed(tgid, fd as i32, object, dir, ret, count);
 }
 
 /// splice(in, _, out), tee(in, out), sendfile(out, in): see `moved`.

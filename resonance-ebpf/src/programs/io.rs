@@ -117,8 +117,15 @@ fn enter(ctx: &TracePointContext, op: Op, vector: bool) {
         start_ns,
         end: object.end,
         peer: object.peer,
-        // sendmmsg/recvmmsg's vector; 0 for the others.
-        arg: if vector { arg(ctx, 1).unwrap_or(0) } else { 0 },
+        // sendmmsg/recvmmsg's vector; a pipe's pipe_inode_info, so that
+        // the exit can tell a read that found it full; 0 for the others.
+        arg: if vector {
+            arg(ctx, 1).unwrap_or(0)
+        } else if object.kind.is_one_way() {
+            object.pipe
+        } else {
+            0
+        },
     };
     if IN_FLIGHT.insert(&pid_tgid, &in_flight, 0).is_err() {
         count_in_flight_full();
@@ -144,7 +151,8 @@ fn exit(ctx: &TracePointContext) {
         return;
     };
     let Some(mut ret) = ret(ctx) else { return };
-    if in_flight.arg != 0 && ret > 0 {
+    let one_way = kind.is_one_way();
+    if !one_way && in_flight.arg != 0 && ret > 0 {
         let Some(bytes) = mmsg_bytes(in_flight.arg, ret) else {
             return;
         };
@@ -154,7 +162,7 @@ fn exit(ctx: &TracePointContext) {
         kind,
         end: in_flight.end,
         peer: in_flight.peer,
-        pipe: 0,
+        pipe: if one_way { in_flight.arg } else { 0 },
         slots: 0,
     };
     // A stream socket's peer can change while the syscall blocks (the
@@ -169,6 +177,7 @@ fn exit(ctx: &TracePointContext) {
     let now = unsafe { bpf_ktime_get_ns() };
     account(
         tgid,
+        in_flight.fd,
         object,
         dir,
         ret,
@@ -183,10 +192,11 @@ fn exit(ctx: &TracePointContext) {
 }
 
 /// The exit-only hot path's accounting of a completed read-like or
-/// write-like syscall on `object`. `count` is write()'s byte count (0 when
-/// the syscall has none, e.g. writev), to tell a short write.
+/// write-like syscall on `object`, descriptor `fd`. `count` is write()'s
+/// byte count (0 when the syscall has none, e.g. writev), to tell a short
+/// write.
 #[inline(always)]
-pub fn completed(tgid: u32, object: Object, dir: Direction, ret: i64, count: u64) {
+pub fn completed(tgid: u32, fd: i32, object: Object, dir: Direction, ret: i64, count: u64) {
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let full = if dir != Direction::Send || !object.kind.is_one_way() {
@@ -197,5 +207,5 @@ pub fn completed(tgid: u32, object: Object, dir: Direction, ret: i64, count: u64
         FullPipe::CheckAfter
     };
     // No enter time: the syscall itself is not timed on this path.
-    account(tgid, object, dir, ret, full, 0, now);
+    account(tgid, fd, object, dir, ret, full, 0, now);
 }

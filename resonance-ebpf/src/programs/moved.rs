@@ -45,12 +45,12 @@ pub fn moved_exit_only(tgid: u32, input: u64, output: u64, how: Move, ret: i64) 
         && input <= i32::MAX as u64
         && let Some(object) = fdcache::lookup(tgid, input as u32)
     {
-        completed(tgid, object, Direction::Recv, ret, 0);
+        completed(tgid, input as i32, object, Direction::Recv, ret, 0);
     }
     if output <= i32::MAX as u64
         && let Some(object) = fdcache::lookup(tgid, output as u32)
     {
-        completed(tgid, object, Direction::Send, ret, 0);
+        completed(tgid, output as i32, object, Direction::Send, ret, 0);
     }
 }
 
@@ -128,20 +128,20 @@ fn exit(ctx: &TracePointContext) {
     let Some(ret) = ret(ctx) else { return };
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let count = |object: Object, dir: Direction| {
+    let count = |fd: i32, object: Object, dir: Direction| {
         let full = if dir == Direction::Send && object.kind.is_one_way() {
             FullPipe::CheckAfter
         } else {
             FullPipe::No
         };
-        account(tgid, object, dir, ret, full, in_flight.start_ns, now);
+        account(tgid, fd, object, dir, ret, full, in_flight.start_ns, now);
     };
     if Move::from_u8(in_flight.pad) == Move::ReadAndWrite
         && let Some(object) = resolve(i64::from(in_flight.fd))
     {
-        count(object, Direction::Recv);
+        count(in_flight.fd, object, Direction::Recv);
     }
     if let Some(object) = resolve(in_flight.arg as i64) {
-        count(object, Direction::Send);
+        count(in_flight.arg as i32, object, Direction::Send);
     }
 }
