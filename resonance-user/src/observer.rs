@@ -309,14 +309,6 @@ impl Observer {
         std::mem::take(&mut self.pipe_full)
     }
 
-    /// The writer flow of `pid` on pipe `end` as the last
-    /// [`Observer::interval`] read it (cumulative counters).
-    pub fn writer_flow(&self, pid: u32, end: crate::decode::End) -> Option<&FlowRecord> {
-        self.previous
-            .flows
-            .get(&(pid, end.kind, Direction::Send, end.id))
-    }
-
     /// A tokio handle that becomes readable when the kernel has written to
     /// the ring buffer (a duplicate of its fd).
     pub fn ring_readiness(&self) -> Result<AsyncFd<std::os::fd::OwnedFd>> {

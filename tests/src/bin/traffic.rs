@@ -87,6 +87,24 @@ fn main() -> Result<()> {
         // fork), for the probes' descriptor cache; prints the forked
         // child's pid
         "fd-reuse" => fd_reuse(),
+        // stdin-reader CHUNK DELAY_US: reads stdin to EOF in CHUNK-byte
+        // reads, pausing DELAY_US after each, and prints the bytes read,
+        // its pipe's capacity (F_GETPIPE_SZ) first and at its largest, and
+        // that of a new pipe made at EOF
+        "stdin-reader" => stdin_reader(number(1)?, number(2)?),
+        // pipesz SIZE PROGRAM ARGS...: sets its stdout pipe's capacity and
+        // execs PROGRAM (what util-linux 2.39's pipesz does)
+        "pipesz" => pipesz(number(1)?, &args[2..]),
+        // write-then-close BYTES CHUNK SLEEP_MS: writes BYTES to stdout in
+        // CHUNK-byte writes, closes it, reopens fd 1 on /dev/null and
+        // lives SLEEP_MS more
+        "write-then-close" => write_then_close(number(1)?, number(2)?, number(3)?),
+        // pipe-capacity: prints the capacity of a new pipe
+        "pipe-capacity" => {
+            let (reader, _writer) = std::io::pipe()?;
+            println!("{}", pipe_capacity(reader.as_raw_fd())?);
+            Ok(())
+        }
         other => bail!("unknown traffic kind {other}"),
     }
 }
@@ -633,4 +651,76 @@ fn pipe_saturated(total: u64, read: u64, read_ms: u64) -> Result<()> {
             Ok(())
         },
     )
+}
+
+/// `F_GETPIPE_SZ` of a pipe descriptor.
+fn pipe_capacity(fd: i32) -> Result<u64> {
+    // SAFETY: fcntl on a descriptor number; a bad one gets EBADF.
+    let size = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
+    if size < 0 {
+        bail!("F_GETPIPE_SZ: {}", std::io::Error::last_os_error());
+    }
+    Ok(size as u64)
+}
+
+fn stdin_reader(chunk: u64, delay_us: u64) -> Result<()> {
+    let first = pipe_capacity(0)?;
+    let mut largest = first;
+    let mut buffer = vec![0u8; usize::try_from(chunk).context("chunk too large")?];
+    let mut stdin = std::io::stdin().lock();
+    let mut total = 0u64;
+    loop {
+        let n = match stdin.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error.into()),
+        };
+        total += n as u64;
+        largest = largest.max(pipe_capacity(0)?);
+        if delay_us > 0 {
+            sleep(Duration::from_micros(delay_us));
+        }
+    }
+    // A new pipe made while stdin's is still held: what the user's next
+    // pipe gets with this one's pages counted.
+    let (fresh, _writer) = std::io::pipe()?;
+    let fresh = pipe_capacity(fresh.as_raw_fd())?;
+    println!("bytes={total} first={first} largest={largest} fresh={fresh}");
+    Ok(())
+}
+
+fn pipesz(size: u64, command: &[String]) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let size = libc::c_int::try_from(size).context("size too large")?;
+    // SAFETY: fcntl on our stdout.
+    if unsafe { libc::fcntl(1, libc::F_SETPIPE_SZ, size) } < 0 {
+        bail!("F_SETPIPE_SZ {size}: {}", std::io::Error::last_os_error());
+    }
+    let (program, rest) = command
+        .split_first()
+        .context("pipesz SIZE PROGRAM ARGS...")?;
+    let error = std::process::Command::new(program).args(rest).exec();
+    bail!("exec {program}: {error}")
+}
+
+fn write_then_close(bytes: u64, chunk: u64, sleep_ms: u64) -> Result<()> {
+    let buffer = vec![b'w'; usize::try_from(chunk).context("chunk too large")?];
+    {
+        let mut stdout = std::io::stdout().lock();
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk) as usize;
+            stdout.write_all(&buffer[..n])?;
+            left -= n as u64;
+        }
+        stdout.flush()?;
+    }
+    let null = std::fs::File::open("/dev/null")?;
+    // SAFETY: dup2 onto our own fd 1, closing the pipe end it held.
+    if unsafe { libc::dup2(null.as_raw_fd(), 1) } < 0 {
+        bail!("dup2: {}", std::io::Error::last_os_error());
+    }
+    sleep(Duration::from_millis(sleep_ms));
+    Ok(())
 }
