@@ -3,6 +3,7 @@
 //! as the proof.
 
 use std::{
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -263,13 +264,17 @@ fn a_users_soft_page_limit_keeps_room_for_its_next_pipe() {
         "the arithmetic below assumes 4 KiB pages"
     );
     let _soft = Sysctl::set("/proc/sys/fs/pipe-user-pages-soft", 128);
-    let nobody_processes = Command::new("pgrep")
-        .args(["-u", "nobody"])
-        .output()
-        .expect("pgrep");
+    let nobody = nobody_uid();
+    let theirs: Vec<String> = std::fs::read_dir("/proc")
+        .expect("reading /proc")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| e.metadata().is_ok_and(|m| m.uid() == nobody))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     assert!(
-        nobody_processes.stdout.is_empty(),
-        "another process of nobody holds pipes; the arithmetic needs none"
+        theirs.is_empty(),
+        "processes of nobody ({theirs:?}) hold pipes; the arithmetic needs none"
     );
     // The whole pipeline as nobody, so the pipe is nobody's (the kernel
     // charges a pipe to the user who made it).
@@ -298,6 +303,15 @@ fn a_users_soft_page_limit_keeps_room_for_its_next_pipe() {
         "{found:#?}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn nobody_uid() -> u32 {
+    let passwd = std::fs::read_to_string("/etc/passwd").expect("reading /etc/passwd");
+    passwd
+        .lines()
+        .find_map(|line| line.strip_prefix("nobody:"))
+        .and_then(|rest| rest.split(':').nth(1)?.parse().ok())
+        .expect("a nobody user")
 }
 
 fn nix_page_size() -> i64 {
