@@ -12,6 +12,7 @@ use std::{
     },
 };
 
+use nix::{errno::Errno, fcntl::OFlag, sys::stat};
 use resonance_common::{ChannelKind, fifo_end};
 
 use super::decide::Limits;
@@ -45,21 +46,21 @@ impl BorrowedPipe {
     /// Duplicates descriptor `fd` of process `pid`, if it still refers to
     /// the pipe or FIFO `end`.
     pub fn borrow(pid: u32, fd: i32, end: End) -> Result<Self, BorrowError> {
-        let pidfd = sys::pidfd_open(pid).map_err(|error| match error.raw_os_error() {
-            Some(libc::ESRCH) => BorrowError::ProcessGone,
-            Some(libc::EPERM | libc::EACCES) => BorrowError::Refused(error),
+        let pidfd = sys::pidfd_open(pid).map_err(|error| match errno(&error) {
+            Errno::ESRCH => BorrowError::ProcessGone,
+            Errno::EPERM | Errno::EACCES => BorrowError::Refused(error),
             _ => BorrowError::Failed(error),
         })?;
         let duplicate =
-            sys::pidfd_getfd(pidfd.as_fd(), fd).map_err(|error| match error.raw_os_error() {
-                Some(libc::EBADF) => BorrowError::PipeClosed,
-                Some(libc::ESRCH) => BorrowError::ProcessGone,
-                Some(libc::EPERM | libc::EACCES) => BorrowError::Refused(error),
+            sys::pidfd_getfd(pidfd.as_fd(), fd).map_err(|error| match errno(&error) {
+                Errno::EBADF => BorrowError::PipeClosed,
+                Errno::ESRCH => BorrowError::ProcessGone,
+                Errno::EPERM | Errno::EACCES => BorrowError::Refused(error),
                 _ => BorrowError::Failed(error),
             })?;
         let stat = nix::sys::stat::fstat(duplicate.as_fd())
             .map_err(|error| BorrowError::Failed(error.into()))?;
-        let is_fifo = stat.st_mode & libc::S_IFMT == libc::S_IFIFO;
+        let is_fifo = is_fifo(stat.st_mode);
         if !is_fifo || end_id(end.kind, stat.st_dev, stat.st_ino) != Some(end.id) {
             return Err(BorrowError::PipeClosed);
         }
@@ -78,6 +79,17 @@ impl BorrowedPipe {
     }
 }
 
+/// The errno behind an I/O error (0 when it has none).
+fn errno(error: &io::Error) -> Errno {
+    Errno::from_raw(error.raw_os_error().unwrap_or(0))
+}
+
+/// Whether a `st_mode` is a pipe's or FIFO's.
+fn is_fifo(mode: u32) -> bool {
+    let format = stat::SFlag::S_IFMT.bits();
+    mode & format == stat::SFlag::S_IFIFO.bits()
+}
+
 /// The probes' end id of a pipe (its pipefs inode) or FIFO (device and
 /// inode, see [`fifo_end`]).
 fn end_id(kind: ChannelKind, dev: u64, ino: u64) -> Option<u64> {
@@ -86,8 +98,8 @@ fn end_id(kind: ChannelKind, dev: u64, ino: u64) -> Option<u64> {
         ChannelKind::Fifo => {
             // The kernel's s_dev packs major << 20 | minor; userspace's
             // dev_t packs them another way.
-            let major = libc::major(dev);
-            let minor = libc::minor(dev);
+            let major = u32::try_from(stat::major(dev)).ok()?;
+            let minor = u32::try_from(stat::minor(dev)).ok()?;
             Some(fifo_end((major << 20) | minor, ino))
         }
         _ => None,
@@ -159,7 +171,7 @@ pub fn holders(end: End, writer: u32) -> Holders {
                 None if end.kind == ChannelKind::Fifo && target.starts_with('/') => {
                     fs::metadata(format!("/proc/{pid}/fd/{fd}"))
                         .ok()
-                        .filter(|m| m.mode() & libc::S_IFMT == libc::S_IFIFO)
+                        .filter(|m| is_fifo(m.mode()))
                         .and_then(|m| end_id(ChannelKind::Fifo, m.dev(), m.ino()))
                 }
                 None => continue,
@@ -168,8 +180,8 @@ pub fn holders(end: End, writer: u32) -> Holders {
                 continue;
             }
             match access_mode(pid, fd) {
-                Some(libc::O_RDONLY) => push_once(&mut found.readers, pid),
-                Some(libc::O_WRONLY) => push_once(&mut found.writers, pid),
+                Some(OFlag::O_RDONLY) => push_once(&mut found.readers, pid),
+                Some(OFlag::O_WRONLY) => push_once(&mut found.writers, pid),
                 Some(_) => {
                     push_once(&mut found.readers, pid);
                     push_once(&mut found.writers, pid);
@@ -214,18 +226,18 @@ fn descriptors(pid: u32) -> Vec<(u32, String)> {
 
 /// `O_RDONLY`, `O_WRONLY` or `O_RDWR` of `pid`'s descriptor `fd`, from
 /// the `flags:` line (octal) of its fdinfo.
-fn access_mode(pid: u32, fd: u32) -> Option<i32> {
+fn access_mode(pid: u32, fd: u32) -> Option<OFlag> {
     let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
     parse_access_mode(&info)
 }
 
-fn parse_access_mode(fdinfo: &str) -> Option<i32> {
+fn parse_access_mode(fdinfo: &str) -> Option<OFlag> {
     let flags = fdinfo
         .lines()
         .find_map(|line| line.strip_prefix("flags:"))?
         .trim();
-    let flags = i32::from_str_radix(flags, 8).ok()?;
-    Some(flags & libc::O_ACCMODE)
+    let flags = OFlag::from_bits_retain(i32::from_str_radix(flags, 8).ok()?);
+    Some(flags & OFlag::O_ACCMODE)
 }
 
 fn push_once(pids: &mut Vec<u32>, pid: u32) {
@@ -267,8 +279,8 @@ mod tests {
     fn the_access_mode_comes_from_the_octal_flags_line() {
         let reader = "pos:\t0\nflags:\t0100000\nmnt_id:\t15\nino:\t12345\n";
         let writer = "pos:\t0\nflags:\t02000001\nmnt_id:\t15\n";
-        assert_eq!(parse_access_mode(reader), Some(libc::O_RDONLY));
-        assert_eq!(parse_access_mode(writer), Some(libc::O_WRONLY));
+        assert_eq!(parse_access_mode(reader), Some(OFlag::O_RDONLY));
+        assert_eq!(parse_access_mode(writer), Some(OFlag::O_WRONLY));
         assert_eq!(parse_access_mode("pos:\t0\n"), None);
         assert_eq!(parse_access_mode("flags:\tzz\n"), None);
     }
