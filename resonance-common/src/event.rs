@@ -30,6 +30,12 @@ pub enum EventKind {
     /// `end`, `dir`, `fds[0]` the process's descriptor for it, `ret` the
     /// bytes moved (saturated).
     PipeFull = 7,
+    /// A datagram socket without a peer started a flow by sending to an
+    /// address (sendto/sendmsg with one): `end`, `path` the Unix address.
+    Addressed = 8,
+    /// bind() of a Unix datagram socket succeeded: `end`, `path` its
+    /// address (what peerless senders name to reach it).
+    Bound = 9,
 }
 
 impl EventKind {
@@ -43,6 +49,8 @@ impl EventKind {
             5 => Self::Closed,
             6 => Self::Exited,
             7 => Self::PipeFull,
+            8 => Self::Addressed,
+            9 => Self::Bound,
             _ => return None,
         })
     }

@@ -86,6 +86,10 @@ pub struct Offsets {
     pub regs_dx: u64,
     /// `pt_regs.r10`: the fourth argument.
     pub regs_r10: u64,
+    /// `pt_regs.r8`: the fifth argument (sendto's address).
+    pub regs_r8: u64,
+    /// `user_msghdr.msg_name`: sendmsg's address.
+    pub user_msghdr_name: u64,
     /// `pt_regs.cs`: tells a 64-bit syscall from a 32-bit (ia32) one,
     /// whose numbers mean other syscalls.
     pub regs_cs: u64,
@@ -131,6 +135,8 @@ impl Offsets {
         regs_si: 0,
         regs_dx: 0,
         regs_r10: 0,
+        regs_r8: 0,
+        user_msghdr_name: 0,
         regs_cs: 0,
     };
 }

@@ -4,11 +4,12 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::helpers::bpf_get_current_comm;
 use resonance_common::{
-    Direction, EndState, EventKind, FlowKey, HIST_BUCKETS, PIPE_CHECKPOINTS, bucket_index,
+    ChannelKind, Direction, EndState, EventKind, FlowKey, HIST_BUCKETS, PIPE_CHECKPOINTS,
+    bucket_index,
 };
 
 use crate::{
-    emit::{Happening, emit},
+    emit::{Destination, Happening, emit, report_addressed},
     fdwalk::{Object, current_ppid, pipe_left_full, pipe_read_full},
     globals::{idle_gap_ns, page_size},
     maps::{ENDS, FLOWS, ZERO_END, ZERO_FLOW},
@@ -71,7 +72,8 @@ pub enum FullPipe {
 /// Accounts one completed read-like or write-like syscall on descriptor
 /// `fd`; `full`: whether a pipe write met a full pipe; `start_ns`: when the
 /// syscall entered, 0 when not known (the exit-only path), which leaves it
-/// untimed.
+/// untimed; `to`: where a send named an address, reported when it starts
+/// the flow of a datagram socket without a peer.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn account(
@@ -83,6 +85,7 @@ pub fn account(
     full: FullPipe,
     start_ns: u64,
     now: u64,
+    to: Destination,
 ) {
     let mut pending = None;
     if ret > 0 {
@@ -155,6 +158,9 @@ pub fn account(
                     fds: [-1, -1],
                 },
             );
+            if to.is_some() && object.kind == ChannelKind::UnixDgram && object.peer == 0 {
+                report_addressed(tgid, fd, object, to);
+            }
         }
         add(&raw mut (*stats).ops, 1);
         if blocked || full_read {

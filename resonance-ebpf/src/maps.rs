@@ -133,4 +133,6 @@ pub enum Op {
     Connect = 5,
     /// splice, tee, sendfile.
     Move = 6,
+    /// bind.
+    Bind = 7,
 }

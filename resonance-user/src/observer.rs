@@ -101,6 +101,9 @@ pub struct Observer {
     pending_starts: Vec<PendingStart>,
     /// Full-pipe reports not yet handed out by [`Observer::take_pipe_full`].
     pipe_full: Vec<PipeFull>,
+    /// Where datagram ends without a peer send: end → Unix path, and the
+    /// path's receiver from `/proc/net/unix`.
+    addressed: crate::aggregate::unix_names::Addressed,
     /// How many times [`Observer::interval`] has read the maps.
     intervals: u64,
     /// Flow starts per (pid, kind, dir, end), cumulative like the flows.
@@ -158,6 +161,7 @@ impl Observer {
             failures: Vec::new(),
             pending_starts: Vec::new(),
             pipe_full: Vec::new(),
+            addressed: Default::default(),
             intervals: 0,
             starts: HashMap::new(),
             previous: Previous::default(),
@@ -232,6 +236,19 @@ impl Observer {
                         event: event.clone(),
                         interval: self.intervals,
                     });
+                }
+            }
+            Happening::Bound { end, path } => {
+                self.processes.see(task.pid, task.ppid, &task.comm);
+                if let Some(path) = path {
+                    self.addressed.bound(path.clone(), end.id);
+                }
+            }
+            Happening::Addressed { end, path } => {
+                self.processes.see(task.pid, task.ppid, &task.comm);
+                if let Some(path) = path {
+                    self.addressed
+                        .sends_to(end.id, path.clone(), monotonic_ns());
                 }
             }
             Happening::PipeFull {
@@ -374,9 +391,11 @@ impl Observer {
         Ok(())
     }
 
-    /// Reads the flow maps.
+    /// Reads the flow maps. A datagram end without a peer that sent to a
+    /// Unix address gets the socket bound there as its peer.
     pub fn flows(&mut self) -> Vec<FlowRecord> {
         let mut flows = Vec::new();
+        self.addressed.start_reading();
         for entry in self.probes.flows.iter() {
             let Ok((key, stats)) = entry else { continue };
             let (Some(kind), Some(dir)) =
@@ -391,7 +410,11 @@ impl Observer {
                 kind,
                 dir,
                 end: key.end,
-                peer: stats.peer,
+                peer: if stats.peer == 0 && kind == ChannelKind::UnixDgram {
+                    self.addressed.receiver(key.end).unwrap_or(0)
+                } else {
+                    stats.peer
+                },
                 ops: stats.ops,
                 bytes: stats.bytes,
                 errors: stats.errors,
@@ -513,6 +536,12 @@ impl Observer {
         // Bounded memory for a long-running agent: forget what the kernel
         // maps forgot, and processes gone for a minute.
         self.starts.retain(|id, _| seen.contains_key(id));
+        let sending: std::collections::HashSet<u64> = seen
+            .keys()
+            .filter(|(_, kind, dir, _)| *kind == ChannelKind::UnixDgram && *dir == Direction::Send)
+            .map(|(_, _, _, end)| *end)
+            .collect();
+        self.addressed.retain(|end| sending.contains(&end));
         self.processes
             .forget_exited_before(monotonic_ns().saturating_sub(60_000_000_000));
         let mut readers: HashMap<(ChannelKind, u64), Vec<u32>> = HashMap::new();

@@ -200,6 +200,40 @@ fn unix_datagrams_are_counted_per_message() {
     assert_eq!((found[0].bytes, found[0].messages), (35_000, 50));
 }
 
+/// A client that never connects, sending `how` (sendto or sendmsg) to
+/// `address` (a path, or `@name`), is joined to the server bound there.
+fn unconnected_datagrams_join(address: &str, how: &str) {
+    let _serial = serial();
+    let (mut server_pid, mut client_pid) = (0, 0);
+    let records = observe(|| {
+        let server = spawn_ready(
+            traffic(&["dgram-server", address, "40", "900"]),
+            "datagram server",
+        )?;
+        let client = traffic(&["dgram-send-to", address, "40", "900", how]).spawn()?;
+        (server_pid, client_pid) = (server.id(), client.id());
+        wait(client, "datagram client")?;
+        wait(server, "datagram server")
+    });
+    if !address.starts_with('@') {
+        let _ = std::fs::remove_file(address);
+    }
+    let found = between(&records, client_pid, server_pid, "unix_dgram");
+    assert_eq!(found.len(), 1, "{records:#?}");
+    assert_eq!((found[0].bytes, found[0].messages), (36_000, 40));
+}
+
+#[test]
+fn unconnected_unix_datagrams_by_sendto_join_the_socket_bound_at_the_path() {
+    unconnected_datagrams_join(&temp_path("unbound.sock"), "sendto");
+}
+
+#[test]
+fn unconnected_unix_datagrams_by_sendmsg_join_an_abstract_receiver() {
+    let name = format!("@resonance-test-{}", std::process::id());
+    unconnected_datagrams_join(&name, "sendmsg");
+}
+
 /// `tcp-fork` over `listen`/`connect` addresses: the records of the
 /// child → parent and parent → child directions.
 fn tcp_fork_records(

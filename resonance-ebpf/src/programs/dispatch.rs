@@ -23,14 +23,14 @@ use aya_ebpf::{
 use resonance_common::{Direction, EventKind};
 
 use super::{
-    connect::report_connect,
+    connect::{report_bound, report_connect},
     create::{report_new_fd, report_pair},
     io::{completed, mmsg_bytes},
     lifecycle::report_close,
     moved::{Move, moved_exit_only},
     observed_task,
 };
-use crate::{fdcache, fdwalk::Resolved, globals::offset};
+use crate::{emit::Destination, fdcache, fdwalk::Resolved, globals::offset};
 
 /// x86_64 syscall numbers: ABI, the same on every kernel.
 mod nr {
@@ -44,6 +44,7 @@ mod nr {
     pub const DUP2: u64 = 33;
     pub const SOCKET: u64 = 41;
     pub const CONNECT: u64 = 42;
+    pub const BIND: u64 = 49;
     pub const ACCEPT: u64 = 43;
     pub const SENDTO: u64 = 44;
     pub const RECVFROM: u64 = 45;
@@ -155,16 +156,36 @@ fn dispatch(regs: &impl Regs, ret: i64) {
     } else {
         0
     };
-    // sendmmsg/recvmmsg return messages; the bytes are in the vector.
-    let ret = if matches!(number, nr::SENDMMSG | nr::RECVMMSG) && ret > 0 {
-        let Some(bytes) = mmsg_bytes(regs.word(offset!(regs_si)), ret) else {
-            return;
+    // sendmmsg/recvmmsg return messages; the bytes are in the vector. A
+    // call of its own: the verifier walks what follows the loop once per
+    // way out of it, so that tail stays short.
+    if matches!(number, nr::SENDMMSG | nr::RECVMMSG) {
+        let ret = if ret > 0 {
+            let Some(bytes) = mmsg_bytes(regs.word(offset!(regs_si)), ret) else {
+                return;
+            };
+            bytes
+        } else {
+            ret
         };
-        bytes
-    } else {
-        ret
+        completed(tgid, fd as i32, object, dir, ret, 0, Destination::NONE);
+        return;
+    }
+    // A datagram without a peer: where it went (sendto's fifth argument,
+    // or the msg_name of sendmsg's header), read only if the send starts
+    // a flow.
+    let to = match number {
+        nr::SENDTO => Destination {
+            address: regs.word(offset!(regs_r8)),
+            header: 0,
+        },
+        nr::SENDMSG => Destination {
+            address: 0,
+            header: regs.word(offset!(regs_si)),
+        },
+        _ => Destination::NONE,
     };
-    completed(tgid, fd as i32, object, dir, ret, count);
+    completed(tgid, fd as i32, object, dir, ret, count, to);
 }
 
 /// splice(in, _, out), tee(in, out), sendfile(out, in): see `moved`.
@@ -204,6 +225,7 @@ fn rare(regs: &impl Regs, number: u64, ret: i64) {
             | nr::SOCKETPAIR
             | nr::SOCKET
             | nr::CONNECT
+            | nr::BIND
             | nr::ACCEPT
             | nr::ACCEPT4
             | nr::DUP2
@@ -245,6 +267,7 @@ fn rare(regs: &impl Regs, number: u64, ret: i64) {
             let resolved = report_new_fd(tgid, ret, EventKind::Accepted);
             fdcache::remember(tgid, ret as u32, resolved);
         }
+        nr::BIND if ret == 0 => report_bound(tgid, fd as i32, regs.word(offset!(regs_si))),
         nr::CONNECT => {
             let address = regs.word(offset!(regs_si));
             let resolved = report_connect(tgid, fd as i32, ret, address);

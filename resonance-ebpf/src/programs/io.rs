@@ -9,7 +9,7 @@
 //! (`dispatch`), which has no enter.
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -17,18 +17,49 @@ use resonance_common::{ChannelKind, Direction};
 
 use super::{arg, observed_task, ret};
 use crate::{
-    emit::count_in_flight_full,
+    emit::{Destination, count_in_flight_full},
     fdwalk::{Object, pipe_would_block, resolve},
     flows::{EAGAIN, FullPipe, account},
     globals::offset,
     maps::{IN_FLIGHT, InFlight, Op},
 };
 
-/// `sys_enter_{write,writev,sendto,sendmsg}`.
+/// What `InFlight.arg` holds for the exit (kept in `InFlight.pad`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Kept {
+    /// Nothing, or a pipe's `pipe_inode_info` (to tell a full read).
+    Plain = 0,
+    /// sendmmsg/recvmmsg's message vector (argument 1).
+    Vector = 1,
+    /// sendto's destination address (argument 4).
+    Address = 2,
+    /// sendmsg's `user_msghdr` (argument 1), which holds the address.
+    Header = 3,
+}
+
+/// `sys_enter_{write,writev}`.
 #[tracepoint]
 #[inline(always)]
 pub fn io_send_enter(ctx: TracePointContext) -> u32 {
-    enter(&ctx, Op::Send, false);
+    enter(&ctx, Op::Send, Kept::Plain);
+    0
+}
+
+/// `sys_enter_sendto`: the destination address kept, for a datagram
+/// socket without a peer.
+#[tracepoint]
+#[inline(always)]
+pub fn io_sendto_enter(ctx: TracePointContext) -> u32 {
+    enter(&ctx, Op::Send, Kept::Address);
+    0
+}
+
+/// `sys_enter_sendmsg`: likewise through its message header.
+#[tracepoint]
+#[inline(always)]
+pub fn io_sendmsg_enter(ctx: TracePointContext) -> u32 {
+    enter(&ctx, Op::Send, Kept::Header);
     0
 }
 
@@ -36,7 +67,7 @@ pub fn io_send_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 #[inline(always)]
 pub fn io_recv_enter(ctx: TracePointContext) -> u32 {
-    enter(&ctx, Op::Recv, false);
+    enter(&ctx, Op::Recv, Kept::Plain);
     0
 }
 
@@ -45,7 +76,7 @@ pub fn io_recv_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 #[inline(always)]
 pub fn io_send_mmsg_enter(ctx: TracePointContext) -> u32 {
-    enter(&ctx, Op::Send, true);
+    enter(&ctx, Op::Send, Kept::Vector);
     0
 }
 
@@ -53,7 +84,7 @@ pub fn io_send_mmsg_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 #[inline(always)]
 pub fn io_recv_mmsg_enter(ctx: TracePointContext) -> u32 {
-    enter(&ctx, Op::Recv, true);
+    enter(&ctx, Op::Recv, Kept::Vector);
     0
 }
 
@@ -81,7 +112,11 @@ pub fn mmsg_bytes(vector: u64, messages: i64) -> Option<i64> {
         total += i64::from(len);
         i += 1;
     }
-    Some(total)
+    // The verifier walks what follows once per way out of the loop, each
+    // with its own bounds on `total`: copied through a helper, it comes
+    // back as one unknown number, and those walks collapse into one.
+    // SAFETY: reads a local of ours.
+    unsafe { bpf_probe_read_kernel(&raw const total) }.ok()
 }
 
 /// `sys_exit_*` of all of the above.
@@ -93,7 +128,7 @@ pub fn io_exit(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn enter(ctx: &TracePointContext, op: Op, vector: bool) {
+fn enter(ctx: &TracePointContext, op: Op, kept: Kept) {
     let Some((pid_tgid, _)) = observed_task() else {
         return;
     };
@@ -112,19 +147,18 @@ fn enter(ctx: &TracePointContext, op: Op, vector: bool) {
         op,
         kind: object.kind as u8,
         blocked,
-        pad: 0,
+        pad: kept as u8,
         fd: fd as i32,
         start_ns,
         end: object.end,
         peer: object.peer,
-        // sendmmsg/recvmmsg's vector; a pipe's pipe_inode_info, so that
-        // the exit can tell a read that found it full; 0 for the others.
-        arg: if vector {
-            arg(ctx, 1).unwrap_or(0)
-        } else if object.kind.is_one_way() {
-            object.pipe
-        } else {
-            0
+        // See `Kept`; a pipe's pipe_inode_info, so that the exit can tell
+        // a read that found it full.
+        arg: match kept {
+            Kept::Vector | Kept::Header => arg(ctx, 1).unwrap_or(0),
+            Kept::Address => arg(ctx, 4).unwrap_or(0),
+            Kept::Plain if object.kind.is_one_way() => object.pipe,
+            Kept::Plain => 0,
         },
     };
     if IN_FLIGHT.insert(&pid_tgid, &in_flight, 0).is_err() {
@@ -152,7 +186,7 @@ fn exit(ctx: &TracePointContext) {
     };
     let Some(mut ret) = ret(ctx) else { return };
     let one_way = kind.is_one_way();
-    if !one_way && in_flight.arg != 0 && ret > 0 {
+    if in_flight.pad == Kept::Vector as u8 && ret > 0 {
         let Some(bytes) = mmsg_bytes(in_flight.arg, ret) else {
             return;
         };
@@ -162,7 +196,11 @@ fn exit(ctx: &TracePointContext) {
         kind,
         end: in_flight.end,
         peer: in_flight.peer,
-        pipe: if one_way { in_flight.arg } else { 0 },
+        pipe: if one_way && in_flight.pad == Kept::Plain as u8 {
+            in_flight.arg
+        } else {
+            0
+        },
         slots: 0,
     };
     // A stream socket's peer can change while the syscall blocks (the
@@ -175,6 +213,17 @@ fn exit(ctx: &TracePointContext) {
     }
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
+    let to = match in_flight.pad {
+        p if p == Kept::Address as u8 => Destination {
+            address: in_flight.arg,
+            header: 0,
+        },
+        p if p == Kept::Header as u8 => Destination {
+            address: 0,
+            header: in_flight.arg,
+        },
+        _ => Destination::NONE,
+    };
     account(
         tgid,
         in_flight.fd,
@@ -188,15 +237,24 @@ fn exit(ctx: &TracePointContext) {
         },
         in_flight.start_ns,
         now,
+        to,
     );
 }
 
 /// The exit-only hot path's accounting of a completed read-like or
 /// write-like syscall on `object`, descriptor `fd`. `count` is write()'s
 /// byte count (0 when the syscall has none, e.g. writev), to tell a short
-/// write.
+/// write; `to` where a send named an address.
 #[inline(always)]
-pub fn completed(tgid: u32, fd: i32, object: Object, dir: Direction, ret: i64, count: u64) {
+pub fn completed(
+    tgid: u32,
+    fd: i32,
+    object: Object,
+    dir: Direction,
+    ret: i64,
+    count: u64,
+    to: Destination,
+) {
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let full = if dir != Direction::Send || !object.kind.is_one_way() {
@@ -207,5 +265,5 @@ pub fn completed(tgid: u32, fd: i32, object: Object, dir: Direction, ret: i64, c
         FullPipe::CheckAfter
     };
     // No enter time: the syscall itself is not timed on this path.
-    account(tgid, fd, object, dir, ret, full, 0, now);
+    account(tgid, fd, object, dir, ret, full, 0, now, to);
 }

@@ -12,7 +12,7 @@ use resonance_common::Direction;
 
 use super::{arg, io::completed, observed_task, ret};
 use crate::{
-    emit::count_in_flight_full,
+    emit::{Destination, count_in_flight_full},
     fdcache,
     fdwalk::{Object, resolve},
     flows::{FullPipe, account},
@@ -45,12 +45,28 @@ pub fn moved_exit_only(tgid: u32, input: u64, output: u64, how: Move, ret: i64) 
         && input <= i32::MAX as u64
         && let Some(object) = fdcache::lookup(tgid, input as u32)
     {
-        completed(tgid, input as i32, object, Direction::Recv, ret, 0);
+        completed(
+            tgid,
+            input as i32,
+            object,
+            Direction::Recv,
+            ret,
+            0,
+            Destination::NONE,
+        );
     }
     if output <= i32::MAX as u64
         && let Some(object) = fdcache::lookup(tgid, output as u32)
     {
-        completed(tgid, output as i32, object, Direction::Send, ret, 0);
+        completed(
+            tgid,
+            output as i32,
+            object,
+            Direction::Send,
+            ret,
+            0,
+            Destination::NONE,
+        );
     }
 }
 
@@ -134,7 +150,17 @@ fn exit(ctx: &TracePointContext) {
         } else {
             FullPipe::No
         };
-        account(tgid, fd, object, dir, ret, full, in_flight.start_ns, now);
+        account(
+            tgid,
+            fd,
+            object,
+            dir,
+            ret,
+            full,
+            in_flight.start_ns,
+            now,
+            Destination::NONE,
+        );
     };
     if Move::from_u8(in_flight.pad) == Move::ReadAndWrite
         && let Some(object) = resolve(i64::from(in_flight.fd))

@@ -16,13 +16,10 @@ pub const TRACEPOINTS: &[(&str, &str, &[&str])] = &[
     (
         "io_send_enter",
         "syscalls",
-        &[
-            "sys_enter_write",
-            "sys_enter_writev",
-            "sys_enter_sendto",
-            "sys_enter_sendmsg",
-        ],
+        &["sys_enter_write", "sys_enter_writev"],
     ),
+    ("io_sendto_enter", "syscalls", &["sys_enter_sendto"]),
+    ("io_sendmsg_enter", "syscalls", &["sys_enter_sendmsg"]),
     (
         "io_recv_enter",
         "syscalls",
@@ -73,7 +70,12 @@ pub const TRACEPOINTS: &[(&str, &str, &[&str])] = &[
     ("socketpair_exit", "syscalls", &["sys_exit_socketpair"]),
     ("socket_exit", "syscalls", &["sys_exit_socket"]),
     ("connect_enter", "syscalls", &["sys_enter_connect"]),
-    ("connect_exit", "syscalls", &["sys_exit_connect"]),
+    (
+        "connect_exit",
+        "syscalls",
+        &["sys_exit_connect", "sys_exit_bind"],
+    ),
+    ("bind_enter", "syscalls", &["sys_enter_bind"]),
     (
         "accept_exit",
         "syscalls",

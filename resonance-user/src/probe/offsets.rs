@@ -98,6 +98,8 @@ pub fn read_offsets(path: &Path) -> Result<Offsets, OffsetError> {
         regs_si: layout.offset("pt_regs", &["si"])?,
         regs_dx: layout.offset("pt_regs", &["dx"])?,
         regs_r10: layout.offset("pt_regs", &["r10"])?,
+        regs_r8: layout.offset("pt_regs", &["r8"])?,
+        user_msghdr_name: layout.offset("user_msghdr", &["msg_name"])?,
         regs_cs: layout.offset("pt_regs", &["cs"])?,
     };
     // The programs read the pipe's ring indices and limit in one 16-byte

@@ -38,6 +38,9 @@ fn main() -> Result<()> {
         // dgram-server PATH COUNT SIZE / dgram-client PATH COUNT SIZE
         "dgram-server" => dgram_server(arg(1)?, number(2)?, number(3)?),
         "dgram-client" => dgram_client(arg(1)?, number(2)?, number(3)?),
+        // dgram-send-to PATH COUNT SIZE sendto|sendmsg: the client without
+        // connect, the address on every datagram (`@name`: abstract)
+        "dgram-send-to" => dgram_send_to(arg(1)?, number(2)?, number(3)?, arg(4)?),
         // tcp-fork CHILD_TO_PARENT PARENT_TO_CHILD [LISTEN_IP CONNECT_IP]:
         // the parent listens on LISTEN_IP (127.0.0.1, or ::1, or :: for a
         // dual-stack listener), the child connects to CONNECT_IP
@@ -162,9 +165,21 @@ fn socketpair_fork(child_to_parent: u64, parent_to_child: u64) -> Result<()> {
     )
 }
 
+/// A Unix address: a path, or an abstract name for `@name`.
+fn unix_address(path: &str) -> Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    Ok(match path.strip_prefix('@') {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name)?,
+        None => std::os::unix::net::SocketAddr::from_pathname(path)?,
+    })
+}
+
 fn dgram_server(path: &str, count: u64, size: u64) -> Result<()> {
-    let _ = std::fs::remove_file(path);
-    let socket = UnixDatagram::bind(path).with_context(|| format!("binding {path}"))?;
+    if !path.starts_with('@') {
+        let _ = std::fs::remove_file(path);
+    }
+    let socket =
+        UnixDatagram::bind_addr(&unix_address(path)?).with_context(|| format!("binding {path}"))?;
     println!("ready");
     std::io::stdout().flush()?;
     let mut buffer = vec![0u8; size as usize + 1];
@@ -182,6 +197,57 @@ fn dgram_client(path: &str, count: u64, size: u64) -> Result<()> {
     let datagram = vec![b'd'; size as usize];
     for _ in 0..count {
         socket.send(&datagram).context("sending a datagram")?;
+    }
+    Ok(())
+}
+
+fn dgram_send_to(path: &str, count: u64, size: u64, how: &str) -> Result<()> {
+    let socket = UnixDatagram::unbound().context("socket")?;
+    let address = unix_address(path)?;
+    let datagram = vec![b'd'; size as usize];
+    for _ in 0..count {
+        match how {
+            "sendto" => {
+                socket.send_to_addr(&datagram, &address).context("sendto")?;
+            }
+            "sendmsg" => send_msg_to(&socket, &datagram, path)?,
+            other => bail!("dgram-send-to: {other} is neither sendto nor sendmsg"),
+        }
+    }
+    Ok(())
+}
+
+/// One datagram through sendmsg with `msg_name` set, as sd_notify sends.
+fn send_msg_to(socket: &UnixDatagram, datagram: &[u8], path: &str) -> Result<()> {
+    // SAFETY: zeroed sockaddr_un is valid; the path is copied within its
+    // bounds below.
+    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let (bytes, start) = match path.strip_prefix('@') {
+        Some(name) => (name.as_bytes(), 1),
+        None => (path.as_bytes(), 0),
+    };
+    if start + bytes.len() >= address.sun_path.len() {
+        bail!("{path} is too long for a Unix address");
+    }
+    for (slot, byte) in address.sun_path[start..].iter_mut().zip(bytes) {
+        *slot = *byte as libc::c_char;
+    }
+    let length = std::mem::size_of::<libc::sa_family_t>() + start + bytes.len();
+    let mut vector = libc::iovec {
+        iov_base: datagram.as_ptr() as *mut libc::c_void,
+        iov_len: datagram.len(),
+    };
+    // SAFETY: zeroed msghdr is valid; every pointer set below outlives the
+    // call.
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    header.msg_name = (&raw mut address).cast();
+    header.msg_namelen = length as libc::socklen_t;
+    header.msg_iov = &raw mut vector;
+    header.msg_iovlen = 1;
+    // SAFETY: a valid socket and a header whose buffers are alive.
+    if unsafe { libc::sendmsg(socket.as_raw_fd(), &header, 0) } < 0 {
+        bail!("sendmsg: {}", std::io::Error::last_os_error());
     }
     Ok(())
 }
