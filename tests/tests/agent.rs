@@ -1415,6 +1415,7 @@ fn as_the_resonance_user_with_ambient_capabilities_the_agent_does_its_whole_job(
                 "state_dir = {state:?}\ncontrol_socket = {control:?}\nmetrics_listen = \"{metrics}\"\n\
                  tick = \"200ms\"\nflush_interval = \"500ms\"\n\
                  [[services]]\nname = \"{sink}\"\ncomm = \"cat\"\n\
+                 [grow]\nservices = [\"dd\"]\n\
                  [broker]\nsocket = {:?}\n",
                 run.join("broker.sock")
             ),
@@ -1536,6 +1537,39 @@ fn as_the_resonance_user_with_ambient_capabilities_the_agent_does_its_whole_job(
         pair_bytes("sink-b").filter(|b| *b == 1_000_000)
     });
     assert_eq!(renamed, Some(1_000_000), "after SIGHUP:\n{}", log_text());
+
+    // Pipe growth across users: root's pipeline, grown by the resonance
+    // user through pidfd_getfd, which CAP_SYS_PTRACE allows.
+    let output = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "dd if=/dev/zero bs=256K count=200 status=none | {} stdin-reader 1048576 1000",
+                traffic_bin().display()
+            ),
+        ])
+        .output()
+        .expect("a pipeline for the agent to grow");
+    let read = String::from_utf8_lossy(&output.stdout).into_owned();
+    if caps.contains("sys_ptrace") {
+        assert!(
+            read.contains("first=65536 largest=1048576"),
+            "root's pipe grown by the resonance user: {read}\n{}",
+            log_text()
+        );
+    } else {
+        // Without it the kernel refuses, and the agent says so.
+        let refused = wait_for(Duration::from_secs(5), || {
+            let (_, scrape) = http_get(metrics, "/metrics").ok()?;
+            let n = counter_sum(
+                &scrape,
+                "resonance_pipe_growth_total",
+                "outcome=\"refused\"",
+            );
+            (n > 0).then_some(n)
+        });
+        assert!(refused.is_some(), "{read}\n{}", log_text());
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
