@@ -262,14 +262,23 @@ impl PipeGrower {
     }
 
     /// Decides on one report and carries it out; `epoch_ns` is the
-    /// report's time for `explain`.
+    /// report's time for `explain`. With no service named (the default)
+    /// the report is only counted: nothing could be grown, so `/proc` is
+    /// not walked to name its pair.
     pub fn handle(
         &mut self,
         report: &PipeFull,
         namer: &ServiceNamer,
         processes: &ProcessTable,
         epoch_ns: u64,
-    ) -> Record {
+    ) -> Option<Record> {
+        if self.services.is_empty() {
+            self.metrics
+                .outcomes
+                .with_label_values(&[Outcome::NotInPolicy.label()])
+                .inc();
+            return None;
+        }
         let now = crate::sys::monotonic_ns();
         let holders = self.holders.get(report.end, report.pid, now);
         let other = |pids: &[u32]| pids.iter().copied().find(|pid| *pid != report.pid);
@@ -328,7 +337,7 @@ impl PipeGrower {
             _ => log::debug!("{text}"),
         }
         self.remember(pair, record.clone());
-        record
+        Some(record)
     }
 
     fn carry_out(
