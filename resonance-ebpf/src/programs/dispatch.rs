@@ -30,7 +30,7 @@ use super::{
     moved::{Move, moved_exit_only},
     observed_task,
 };
-use crate::{emit::Destination, fdcache, fdwalk::Resolved, globals::offset};
+use crate::{emit::Destination, fdcache, fdwalk::Resolved, globals::offset, opaque::opaque};
 
 /// x86_64 syscall numbers: ABI, the same on every kernel.
 mod nr {
@@ -160,6 +160,9 @@ fn dispatch(regs: &impl Regs, ret: i64) {
     // call of its own: the verifier walks what follows the loop once per
     // way out of it, so that tail stays short.
     if matches!(number, nr::SENDMMSG | nr::RECVMMSG) {
+        // Each way the descriptor was resolved (a cache hit, or a walk to a
+        // pipe, a FIFO, a Unix or TCP socket) would walk the loop again.
+        let object = opaque(object);
         let ret = if ret > 0 {
             let Some(bytes) = mmsg_bytes(regs.word(offset!(regs_si)), ret) else {
                 return;

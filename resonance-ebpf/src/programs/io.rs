@@ -9,7 +9,7 @@
 //! (`dispatch`), which has no enter.
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -22,6 +22,7 @@ use crate::{
     flows::{EAGAIN, FullPipe, account},
     globals::offset,
     maps::{IN_FLIGHT, InFlight, Op},
+    opaque::opaque,
 };
 
 /// What `InFlight.arg` holds for the exit (kept in `InFlight.pad`).
@@ -112,11 +113,9 @@ pub fn mmsg_bytes(vector: u64, messages: i64) -> Option<i64> {
         total += i64::from(len);
         i += 1;
     }
-    // The verifier walks what follows once per way out of the loop, each
-    // with its own bounds on `total`: copied through a helper, it comes
-    // back as one unknown number, and those walks collapse into one.
-    // SAFETY: reads a local of ours.
-    unsafe { bpf_probe_read_kernel(&raw const total) }.ok()
+    // What follows would be verified once per way out of the loop, each
+    // with its own bounds on `total` (see `opaque`).
+    Some(opaque(total))
 }
 
 /// `sys_exit_*` of all of the above.
