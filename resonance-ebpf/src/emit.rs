@@ -78,11 +78,17 @@ pub fn reserve(
 #[inline(always)]
 pub fn report_addressed(tgid: u32, fd: i32, object: Object, to: Destination) {
     let address = to.resolve();
-    if address == 0 {
-        return;
+    if address != 0 {
+        emit_with_path(tgid, EventKind::Addressed, fd, object, address);
     }
+}
+
+/// Emits `event` about `object` (descriptor `fd`) with the Unix path of
+/// the `sockaddr` at user `address`.
+#[inline(always)]
+pub fn emit_with_path(tgid: u32, event: EventKind, fd: i32, object: Object, address: u64) {
     let happening = Happening {
-        event: EventKind::Addressed,
+        event,
         object: Some(object),
         dir: 0,
         ret: 0,

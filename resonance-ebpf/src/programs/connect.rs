@@ -6,7 +6,7 @@ use resonance_common::{ChannelKind, EventKind};
 use super::{arg, create::report_new_fd, observed_task, ret};
 use crate::{
     emit::count_in_flight_full,
-    emit::{Happening, copy_unix_path, reserve},
+    emit::{Happening, copy_unix_path, emit_with_path, reserve},
     fdwalk::{Resolved, walk},
     maps::{IN_FLIGHT, InFlight, Op},
 };
@@ -84,21 +84,9 @@ pub fn report_bound(tgid: u32, fd: i32, address: u64) {
     let Resolved::Followed(object) = walk(fd as i64) else {
         return;
     };
-    if object.kind != ChannelKind::UnixDgram {
-        return;
+    if object.kind == ChannelKind::UnixDgram {
+        emit_with_path(tgid, EventKind::Bound, fd, object, address);
     }
-    let happening = Happening {
-        event: EventKind::Bound,
-        object: Some(object),
-        dir: 0,
-        ret: 0,
-        fds: [fd, -1],
-    };
-    let Some(mut entry) = reserve(tgid, &happening) else {
-        return;
-    };
-    copy_unix_path(&mut entry, address);
-    entry.submit(0);
 }
 
 /// connect(`fd`, `address`) returned `result`: reports the outcome with the
