@@ -19,7 +19,6 @@ mod fdwalk;
 mod flows;
 mod globals;
 mod maps;
-mod opaque;
 mod programs;
 
 #[cfg(not(test))]

@@ -20,7 +20,6 @@ use resonance::{
     report::InteractionRecord,
 };
 
-pub mod agent;
 pub mod servers;
 
 /// One observer at a time: tests that measure latency must not share the
