@@ -122,10 +122,7 @@ struct Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        let _ = nix::sys::socket::shutdown(
-            self.shared.socket.get_ref().as_raw_fd(),
-            nix::sys::socket::Shutdown::Both,
-        );
+        let _ = crate::wire::shutdown(self.shared.socket.get_ref());
     }
 }
 

@@ -13,7 +13,7 @@
 use std::{
     io,
     os::{
-        fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+        fd::{AsFd, BorrowedFd, OwnedFd},
         unix::net::UnixStream,
     },
     path::{Path, PathBuf},
@@ -341,10 +341,7 @@ impl Client {
 impl Drop for Client {
     fn drop(&mut self) {
         // Wakes the reader thread out of poll with an EOF.
-        let _ = nix::sys::socket::shutdown(
-            self.inner.socket.as_raw_fd(),
-            nix::sys::socket::Shutdown::Both,
-        );
+        let _ = crate::wire::shutdown(&self.inner.socket);
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }

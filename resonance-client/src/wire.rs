@@ -11,7 +11,7 @@
 use std::{
     collections::VecDeque,
     io::{self, IoSlice, IoSliceMut},
-    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
 };
 
 use nix::{
@@ -103,6 +103,16 @@ pub fn send_once(
     fd: Option<BorrowedFd<'_>>,
 ) -> io::Result<usize> {
     sendmsg_once(socket.as_raw_fd(), bytes, fd)
+}
+
+/// Shuts a socket down both ways, so the peer (and a thread of ours
+/// blocked reading it) sees EOF even while another holder keeps it open.
+pub fn shutdown(socket: impl AsFd) -> io::Result<()> {
+    // nix 0.32 takes the raw number here; the borrow keeps it open.
+    Ok(nix::sys::socket::shutdown(
+        socket.as_fd().as_raw_fd(),
+        nix::sys::socket::Shutdown::Both,
+    )?)
 }
 
 fn sendmsg_once(socket: RawFd, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<usize> {

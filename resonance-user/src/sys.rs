@@ -11,7 +11,7 @@
 
 use std::{
     io,
-    os::fd::{AsFd, BorrowedFd, OwnedFd},
+    os::fd::{BorrowedFd, OwnedFd},
     path::Path,
 };
 
@@ -91,16 +91,7 @@ pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<Cred> {
     })
 }
 
-/// Shuts a socket down both ways, so the peer sees EOF even while another
-/// task still holds the descriptor.
-pub fn shutdown(fd: impl AsFd) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // nix 0.32 takes the raw number here; the borrow keeps it open.
-    Ok(socket::shutdown(
-        fd.as_fd().as_raw_fd(),
-        socket::Shutdown::Both,
-    )?)
-}
+pub use wire::shutdown;
 
 /// `/proc/sys/fs/pipe-max-size`: the largest pipe an unprivileged (no
 /// `CAP_SYS_RESOURCE`) process may ask for; 1 MiB if unreadable.
