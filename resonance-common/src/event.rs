@@ -24,6 +24,18 @@ pub enum EventKind {
     Closed = 5,
     /// A process (thread-group leader) exited.
     Exited = 6,
+    /// A write met a full pipe or FIFO, or a read took a full one's worth,
+    /// for the 1st, 2nd, 4th, 8th, ... time in its flow (powers of two: a
+    /// writer that always blocks costs a logarithmic number of events):
+    /// `end`, `dir`, `fds[0]` the process's descriptor for it, `ret` the
+    /// bytes moved (saturated).
+    PipeFull = 7,
+    /// A datagram socket without a peer started a flow by sending to an
+    /// address (sendto/sendmsg with one): `end`, `path` the Unix address.
+    Addressed = 8,
+    /// bind() of a Unix datagram socket succeeded: `end`, `path` its
+    /// address (what peerless senders name to reach it).
+    Bound = 9,
 }
 
 impl EventKind {
@@ -36,6 +48,9 @@ impl EventKind {
             4 => Self::FlowStarted,
             5 => Self::Closed,
             6 => Self::Exited,
+            7 => Self::PipeFull,
+            8 => Self::Addressed,
+            9 => Self::Bound,
             _ => return None,
         })
     }

@@ -26,6 +26,14 @@ impl Direction {
     }
 }
 
+/// The end id of a FIFO: its inode number is unique only within its
+/// filesystem, so the filesystem's device (the kernel's `s_dev` encoding,
+/// major << 20 | minor) is folded in, and bit 62 keeps it apart from the
+/// pipefs and sockfs inode numbers other ends use.
+pub const fn fifo_end(dev: u32, ino: u64) -> u64 {
+    (1 << 62) | (((dev as u64) << 40) ^ ino)
+}
+
 /// One flow: a process moving data through one end of a channel one way.
 ///
 /// `end` identifies the channel end the process used: the inode number of a
@@ -59,7 +67,8 @@ pub struct FlowStats {
     /// Pipe writes that met a full pipe: in the classic tracepoint mode,
     /// writes that found too few free slots at entry; on the exit-only hot
     /// path, writes that got EAGAIN, wrote less than asked, were larger
-    /// than the pipe, or left it full.
+    /// than the pipe, or left it full. On a pipe's read flow: reads that
+    /// took a full pipe's worth (the pipe limited them, not the reader).
     pub blocked: u64,
     /// Monotonic ns of the first completed syscall.
     pub first_ns: u64,

@@ -13,7 +13,7 @@ pub mod kind;
 pub mod offsets;
 
 pub use event::{Event, EventKind, UNIX_PATH_LEN};
-pub use flow::{COMM_LEN, Direction, EndState, FlowKey, FlowStats, PIPE_CHECKPOINTS};
+pub use flow::{COMM_LEN, Direction, EndState, FlowKey, FlowStats, PIPE_CHECKPOINTS, fifo_end};
 pub use histogram::{HIST_BUCKETS, bucket_index, bucket_lower_bound, bucket_upper_bound};
 pub use kind::ChannelKind;
 pub use offsets::{Offsets, ProbeConfig};

@@ -65,6 +65,16 @@ pub struct Offsets {
     pub sock_dport: u64,
     /// `sock.__sk_common.skc_num`
     pub sock_num: u64,
+    /// `sock.__sk_common.skc_v6_daddr` (an `in6_addr`); 0 when the kernel
+    /// is built without IPv6 (never a real offset: `skc_daddr` is at 0).
+    pub sock_v6_daddr: u64,
+    /// `sock.__sk_common.skc_v6_rcv_saddr`; 0 likewise.
+    pub sock_v6_rcv_saddr: u64,
+    /// `sizeof(struct mmsghdr)`: the stride of sendmmsg/recvmmsg's vector;
+    /// 0 when the kernel's BTF lacks the struct (then they are not counted).
+    pub mmsghdr_size: u64,
+    /// `mmsghdr.msg_len`: the bytes one message of the vector moved.
+    pub mmsghdr_msg_len: u64,
     /// `pt_regs.orig_ax`: the syscall number, read by the raw `sys_exit`
     /// programs.
     pub regs_orig_ax: u64,
@@ -76,6 +86,10 @@ pub struct Offsets {
     pub regs_dx: u64,
     /// `pt_regs.r10`: the fourth argument.
     pub regs_r10: u64,
+    /// `pt_regs.r8`: the fifth argument (sendto's address).
+    pub regs_r8: u64,
+    /// `user_msghdr.msg_name`: sendmsg's address.
+    pub user_msghdr_name: u64,
     /// `pt_regs.cs`: tells a 64-bit syscall from a 32-bit (ia32) one,
     /// whose numbers mean other syscalls.
     pub regs_cs: u64,
@@ -112,11 +126,17 @@ impl Offsets {
         sock_rcv_saddr: 0,
         sock_dport: 0,
         sock_num: 0,
+        sock_v6_daddr: 0,
+        sock_v6_rcv_saddr: 0,
+        mmsghdr_size: 0,
+        mmsghdr_msg_len: 0,
         regs_orig_ax: 0,
         regs_di: 0,
         regs_si: 0,
         regs_dx: 0,
         regs_r10: 0,
+        regs_r8: 0,
+        user_msghdr_name: 0,
         regs_cs: 0,
     };
 }

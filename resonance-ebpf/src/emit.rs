@@ -1,11 +1,17 @@
 //! Reserve, fill and submit ring-buffer events; count the ones that do not
 //! fit instead of blocking or retrying.
 
-use aya_ebpf::helpers::{bpf_get_current_comm, bpf_ktime_get_ns};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
+    },
+    maps::ring_buf::RingBufEntry,
+};
 use resonance_common::{Event, EventKind};
 
 use crate::{
     fdwalk::{Object, current_ppid},
+    globals::offset,
     maps::{EVENT_DROPS, EVENTS, IN_FLIGHT_FULL},
 };
 
@@ -66,6 +72,90 @@ pub fn reserve(
     }
     Some(entry)
 }
+
+/// A datagram socket without a peer started a flow sending to `to`:
+/// reports the Unix path there, for the agent to find the receiver.
+#[inline(always)]
+pub fn report_addressed(tgid: u32, fd: i32, object: Object, to: Destination) {
+    let address = to.resolve();
+    if address != 0 {
+        emit_with_path(tgid, EventKind::Addressed, fd, object, address);
+    }
+}
+
+/// Emits `event` about `object` (descriptor `fd`) with the Unix path of
+/// the `sockaddr` at user `address`.
+#[inline(always)]
+pub fn emit_with_path(tgid: u32, event: EventKind, fd: i32, object: Object, address: u64) {
+    let happening = Happening {
+        event,
+        object: Some(object),
+        dir: 0,
+        ret: 0,
+        fds: [fd, -1],
+    };
+    let Some(mut entry) = reserve(tgid, &happening) else {
+        return;
+    };
+    copy_unix_path(&mut entry, address);
+    entry.submit(0);
+}
+
+/// Copies the path of the Unix `sockaddr` at user `address` into the
+/// event; other families leave it empty.
+#[inline(always)]
+pub fn copy_unix_path(entry: &mut RingBufEntry<Event>, address: u64) {
+    // SAFETY: user pointers from the syscall's arguments; the helpers fail
+    // cleanly on unreadable memory and the path then stays empty.
+    unsafe {
+        let family = bpf_probe_read_user(address as *const u16).unwrap_or(0);
+        if family == AF_UNIX {
+            let event = entry.as_mut_ptr();
+            let _ = bpf_probe_read_user_buf((address + 2) as *const u8, &mut (*event).path);
+        }
+    }
+}
+
+/// Where a send went, when it named an address: sendto's, or the one in
+/// sendmsg's message header. Read only when a flow starts.
+#[derive(Clone, Copy)]
+pub struct Destination {
+    /// sendto's `dest_addr` (a user pointer), or 0.
+    pub address: u64,
+    /// sendmsg's `user_msghdr` (a user pointer), or 0.
+    pub header: u64,
+}
+
+impl Destination {
+    /// No address (every other syscall).
+    pub const NONE: Self = Self {
+        address: 0,
+        header: 0,
+    };
+
+    /// Whether there may be an address to read.
+    #[inline(always)]
+    pub fn is_some(self) -> bool {
+        (self.address | self.header) != 0
+    }
+
+    /// The user address of the `sockaddr`, 0 when none or unreadable.
+    #[inline(always)]
+    fn resolve(self) -> u64 {
+        if self.address != 0 {
+            return self.address;
+        }
+        if self.header == 0 {
+            return 0;
+        }
+        let at = self.header + offset!(user_msghdr_name);
+        // SAFETY: a user pointer from the syscall's arguments; the helper
+        // fails cleanly on unreadable memory.
+        unsafe { bpf_probe_read_user(at as *const u64) }.unwrap_or(0)
+    }
+}
+
+const AF_UNIX: u16 = 1;
 
 #[inline(always)]
 fn count_drop() {

@@ -2,7 +2,7 @@
 //! with offsets from the running kernel's BTF.
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use resonance_common::ChannelKind;
+use resonance_common::{ChannelKind, fifo_end};
 
 use crate::globals::{offset, offsets_loaded, page_size};
 
@@ -12,6 +12,7 @@ const S_IFSOCK: u16 = 0o140000;
 const PIPEFS_MAGIC: u64 = 0x5049_5045;
 const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
 const SOCK_STREAM: u16 = 1;
 const SOCK_DGRAM: u16 = 2;
 const SOCK_SEQPACKET: u16 = 5;
@@ -132,9 +133,8 @@ fn resolve_pipe(inode: u64) -> Option<Object> {
             slots,
         });
     }
-    // A FIFO's inode number is only unique within its filesystem.
     let dev: u32 = read(sb, offset!(sb_dev))?;
-    let end = (1 << 62) | (((dev as u64) << 40) ^ ino);
+    let end = fifo_end(dev, ino);
     Some(Object {
         kind: ChannelKind::Fifo,
         end,
@@ -171,6 +171,7 @@ fn resolve_socket(file: u64, inode: u64) -> Option<Object> {
             })
         }
         AF_INET if sock_type == SOCK_STREAM => tcp_loopback(sk),
+        AF_INET6 if sock_type == SOCK_STREAM => tcp6_loopback(sk),
         _ => None,
     }
 }
@@ -222,6 +223,17 @@ pub fn pipe_left_full(pipe: u64, written: u64) -> bool {
     used >= max_usage || written > max_usage as u64 * page_size()
 }
 
+/// Whether a read of `read` bytes took a full pipe's worth: the pipe, not
+/// the reader, set how much it got, and its writer was waiting (or would
+/// have been) for room.
+#[inline(always)]
+pub fn pipe_read_full(pipe: u64, read: u64) -> bool {
+    let Some((_, max_usage)) = pipe_slots(pipe) else {
+        return false;
+    };
+    max_usage > 0 && read >= max_usage as u64 * page_size()
+}
+
 /// Inode number of a Unix socket's connected peer.
 #[inline(always)]
 fn unix_peer(sk: u64) -> Option<u64> {
@@ -253,6 +265,51 @@ fn tcp_loopback(sk: u64) -> Option<Object> {
         kind: ChannelKind::TcpLoopback,
         end: tcp_end_id(saddr, sport, daddr, dport),
         peer: tcp_end_id(daddr, dport, saddr, sport),
+        pipe: 0,
+        slots: 0,
+    })
+}
+
+/// A connected IPv6 TCP socket whose peer is on this host: `::1`, an
+/// IPv4-mapped `::ffff:127.x.y.z` (an IPv6 socket talking to IPv4
+/// loopback), or the socket's own address. Each address is folded to 32
+/// bits for the end id: a mapped one to its IPv4 address, so a dual-stack
+/// server's end agrees with its IPv4 client's, any other by xor, alike on
+/// both ends.
+#[inline(always)]
+fn tcp6_loopback(sk: u64) -> Option<Object> {
+    let daddr_at = offset!(sock_v6_daddr);
+    let saddr_at = offset!(sock_v6_rcv_saddr);
+    if daddr_at == 0 || saddr_at == 0 {
+        return None;
+    }
+    let daddr: [u32; 4] = read(sk, daddr_at)?;
+    let saddr: [u32; 4] = read(sk, saddr_at)?;
+    let dport_be: u16 = read(sk, offset!(sock_dport))?;
+    let sport: u16 = read(sk, offset!(sock_num))?;
+    // Network order in memory: ::1 ends in bytes 0,0,0,1, read here as
+    // the little-endian word 0x0100_0000; ::ffff:a.b.c.d has 0xffff_0000
+    // as its third word and the IPv4 address, first octet low, as its last.
+    let mapped = |a: [u32; 4]| a[0] == 0 && a[1] == 0 && a[2] == 0xffff_0000;
+    let is_one = daddr == [0, 0, 0, 0x0100_0000];
+    let mapped_loopback = mapped(daddr) && (daddr[3] & 0xff) == 127;
+    let own = daddr == saddr && daddr != [0; 4];
+    if !(is_one || mapped_loopback || own) || dport_be == 0 {
+        return None;
+    }
+    let fold = |a: [u32; 4]| {
+        if mapped(a) {
+            a[3]
+        } else {
+            a[0] ^ a[1].rotate_left(8) ^ a[2].rotate_left(16) ^ a[3]
+        }
+    };
+    let (local, remote) = (fold(saddr), fold(daddr));
+    let dport = u16::from_be(dport_be);
+    Some(Object {
+        kind: ChannelKind::TcpLoopback,
+        end: tcp_end_id(local, sport, remote, dport),
+        peer: tcp_end_id(remote, dport, local, sport),
         pipe: 0,
         slots: 0,
     })

@@ -4,12 +4,13 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::helpers::bpf_get_current_comm;
 use resonance_common::{
-    Direction, EndState, EventKind, FlowKey, HIST_BUCKETS, PIPE_CHECKPOINTS, bucket_index,
+    ChannelKind, Direction, EndState, EventKind, FlowKey, HIST_BUCKETS, PIPE_CHECKPOINTS,
+    bucket_index,
 };
 
 use crate::{
-    emit::{Happening, emit},
-    fdwalk::{Object, current_ppid, pipe_left_full},
+    emit::{Destination, Happening, emit, report_addressed},
+    fdwalk::{Object, current_ppid, pipe_left_full, pipe_read_full},
     globals::{idle_gap_ns, page_size},
     maps::{ENDS, FLOWS, ZERO_END, ZERO_FLOW},
 };
@@ -68,18 +69,23 @@ pub enum FullPipe {
     CheckAfter,
 }
 
-/// Accounts one completed read-like or write-like syscall; `full`: whether
-/// a pipe write met a full pipe; `start_ns`: when the syscall entered, 0
-/// when not known (the exit-only path), which leaves it untimed.
+/// Accounts one completed read-like or write-like syscall on descriptor
+/// `fd`; `full`: whether a pipe write met a full pipe; `start_ns`: when the
+/// syscall entered, 0 when not known (the exit-only path), which leaves it
+/// untimed; `to`: where a send named an address, reported when it starts
+/// the flow of a datagram socket without a peer.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn account(
     tgid: u32,
+    fd: i32,
     object: Object,
     dir: Direction,
     ret: i64,
     full: FullPipe,
     start_ns: u64,
     now: u64,
+    to: Destination,
 ) {
     let mut pending = None;
     if ret > 0 {
@@ -95,9 +101,22 @@ pub fn account(
         FullPipe::CheckAfter => {
             let size = object.slots as u64 * page_size();
             let near_full = pending.is_none_or(|p| p + page_size() as i64 >= size as i64);
-            ret > size as i64 || (near_full && pipe_left_full(object.pipe, ret as u64))
+            // `size` is what the pipe held when its descriptor was cached;
+            // the agent may have grown it since, so a write larger than
+            // that is judged on the pipe's own size.
+            (ret > size as i64 || near_full) && pipe_left_full(object.pipe, ret as u64)
         }
     };
+    // The reader's view of the same thing: a read that took all the pipe
+    // held when it was full. Seen from the exit alone more reliably than a
+    // writer's wait, which leaves no trace once the write has completed.
+    // `slots` may be stale (the agent may have grown the pipe), so only
+    // reads as large as it said read the pipe's own size.
+    let full_read = dir == Direction::Recv
+        && object.kind.is_one_way()
+        && ret > 0
+        && ret as u64 >= object.slots as u64 * page_size()
+        && pipe_read_full(object.pipe, ret as u64);
     let key = FlowKey {
         tgid,
         kind: object.kind as u8,
@@ -139,10 +158,26 @@ pub fn account(
                     fds: [-1, -1],
                 },
             );
+            if to.is_some() && object.kind == ChannelKind::UnixDgram && object.peer == 0 {
+                report_addressed(tgid, fd, object, to);
+            }
         }
         add(&raw mut (*stats).ops, 1);
-        if blocked {
+        if blocked || full_read {
             add(&raw mut (*stats).blocked, 1);
+            let times = (*stats).blocked;
+            if times & times.wrapping_sub(1) == 0 {
+                emit(
+                    tgid,
+                    Happening {
+                        event: EventKind::PipeFull,
+                        object: Some(object),
+                        dir: dir as u8,
+                        ret: ret.min(i32::MAX as i64) as i32,
+                        fds: [fd, -1],
+                    },
+                );
+            }
         }
         if ret >= 0 {
             add(&raw mut (*stats).bytes, ret as u64);

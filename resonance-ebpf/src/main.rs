@@ -19,6 +19,7 @@ mod fdwalk;
 mod flows;
 mod globals;
 mod maps;
+mod opaque;
 mod programs;
 
 #[cfg(not(test))]

@@ -131,4 +131,8 @@ pub enum Op {
     Socketpair = 4,
     /// connect.
     Connect = 5,
+    /// splice, tee, sendfile.
+    Move = 6,
+    /// bind.
+    Bind = 7,
 }

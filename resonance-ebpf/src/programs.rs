@@ -15,6 +15,7 @@ mod create;
 mod dispatch;
 mod io;
 mod lifecycle;
+mod moved;
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::TracePointContext};
 

@@ -26,6 +26,7 @@ use crate::{
     aggregate::{OwnExecutable, ServiceNamer},
     config::Config,
     control::{self, Shared},
+    grow::{LEARNED_FILE_NAME, PipeGrower},
     http,
     metrics::Metrics,
     observer::{Observer, ObserverOptions, ObserverStats},
@@ -66,6 +67,8 @@ pub struct Agent {
     own: OwnExecutable,
     /// One observed start per pair and idle gap, for the model.
     detector: StartDetector,
+    /// Grows the pipes writers block on.
+    grower: PipeGrower,
 }
 
 impl Agent {
@@ -85,6 +88,12 @@ impl Agent {
             ..ObserverOptions::default()
         })?;
         let metrics = Metrics::new(config.metrics.max_pairs).context("registering metrics")?;
+        let grower = PipeGrower::new(
+            &config.grow,
+            metrics.registry(),
+            Some(config.state_dir.join(LEARNED_FILE_NAME)),
+        )
+        .context("registering the pipe growth metrics")?;
         for status in observer.attach_status() {
             metrics
                 .probe_attached
@@ -108,6 +117,7 @@ impl Agent {
             detector: StartDetector::new(
                 u64::try_from(config.idle_gap.as_nanos()).unwrap_or(u64::MAX),
             ),
+            grower,
             config,
             source,
             observer,
@@ -177,7 +187,9 @@ impl Agent {
                     let mut guard = guard.context("waiting for the ring buffer")?;
                     self.observer.drain_events();
                     guard.clear_ready();
-                    // At once, not on the tick: a herald leaves little time.
+                    // At once, not on the tick: a herald leaves little time,
+                    // and a blocked writer waits for every write.
+                    self.grow_pipes();
                     self.learn_observed_starts();
                 }
                 guard = readable(kernel_log.as_ref()) => {
@@ -210,6 +222,7 @@ impl Agent {
         }
         self.tick();
         self.flush();
+        self.grower.save();
         control_task.abort();
         metrics_task.abort();
         if let Some(task) = broker_task {
@@ -289,6 +302,8 @@ impl Agent {
             self.namer.set_introduced(broker.introduced());
         }
         let interactions = self.observer.interval();
+        self.grow_pipes();
+        self.grower.tick();
         let left_out = (!self.config.include_own_processes).then_some(&self.own);
         let figures = pair_figures(&interactions, &self.namer, left_out);
         let now_ns = epoch_ns();
@@ -324,6 +339,20 @@ impl Agent {
         if let Some(learning) = &mut self.learning {
             learning.step(&mut self.store, now_ns);
         }
+    }
+
+    /// Acts on the full-pipe reports drained so far.
+    fn grow_pipes(&mut self) {
+        let reports = self.observer.take_pipe_full();
+        if reports.is_empty() {
+            return;
+        }
+        for report in &reports {
+            let at = self.observer.epoch_ns(report.ts_ns);
+            self.grower
+                .handle(report, &self.namer, self.observer.processes(), at);
+        }
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).growth = self.grower.view();
     }
 
     /// Hands the interaction starts the probes saw to the broker's model
@@ -408,6 +437,12 @@ impl Agent {
         self.metrics
             .event_drops
             .inc_by(stats.dropped.saturating_sub(before.dropped));
+        if stats.pipe_full_dropped > before.pipe_full_dropped {
+            log::warn!(
+                "{} full-pipe reports left out: more came between two ticks than are kept",
+                stats.pipe_full_dropped - before.pipe_full_dropped
+            );
+        }
         self.metrics.flow_map_entries.set(stats.flows as i64);
         self.metrics
             .processes
@@ -448,6 +483,7 @@ impl Agent {
                     broker.set_namer(self.namer.clone());
                 }
                 self.scorer.set_half_life(new.score.half_life);
+                self.grower.configure(&new.grow);
                 if let Some(learning) = &mut self.learning {
                     learning.reconfigure(&new.predict);
                 }

@@ -5,7 +5,8 @@
 //! writes to and folds the result into one [`Interaction`] per (source
 //! process, destination process, kind); `processes` attributes each pid to
 //! a comm, executable and cgroup; `histogram` holds the latency buckets;
-//! `channels` picks the flows of the channels the broker handed out.
+//! `channels` picks the flows of the channels the broker handed out;
+//! `unix_names` finds the receiver of a datagram sent to a path.
 
 pub mod channels;
 pub mod histogram;
@@ -13,6 +14,7 @@ pub mod join;
 pub mod pattern;
 pub mod processes;
 pub mod services;
+pub mod unix_names;
 
 pub use histogram::Histogram;
 pub use join::{ConnectFailure, EndLatency, FlowRecord, Interaction, join};

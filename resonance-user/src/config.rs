@@ -57,6 +57,8 @@ pub struct Config {
     pub broker: BrokerSettings,
     /// Retraining and persistence of the broker's model.
     pub predict: PredictSettings,
+    /// Growing the pipes of programs that block on them.
+    pub grow: GrowSettings,
     /// Whether processes running the agent's own executable (the
     /// `resonance` CLI piped into `jq`, `head`, ...) count as pairs.
     pub include_own_processes: bool,
@@ -80,8 +82,34 @@ impl Default for Config {
             services: Vec::new(),
             broker: BrokerSettings::default(),
             predict: PredictSettings::default(),
+            grow: GrowSettings::default(),
             include_own_processes: false,
             drop_capabilities: true,
+        }
+    }
+}
+
+/// Growing the pipes of unmodified programs in place (`[grow]`; see
+/// `crate::grow`): which services, how large, how much memory in all.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrowSettings {
+    /// Globs of the services whose pipes may be grown, as writer or as
+    /// reader (`*` for every service); none by default.
+    pub services: Vec<String>,
+    /// Largest capacity a pipe is grown to, bytes (never past
+    /// `/proc/sys/fs/pipe-max-size` either).
+    pub max_size: u64,
+    /// Pipe memory the agent's growth may add host-wide, bytes.
+    pub memory_budget: u64,
+}
+
+impl Default for GrowSettings {
+    fn default() -> Self {
+        Self {
+            services: Vec::new(),
+            max_size: 1 << 20,
+            memory_budget: 64 << 20,
         }
     }
 }

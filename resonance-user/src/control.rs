@@ -73,6 +73,8 @@ pub struct Shared {
     pub half_life: Duration,
     /// The broker's per-pair state, when it runs.
     pub broker: Option<BrokerView>,
+    /// What pipe growth decided, per pair.
+    pub growth: std::collections::BTreeMap<crate::pair::PairKey, crate::grow::PairGrowth>,
 }
 
 /// The explanation of pair `src` → `dst`: its scores (one per channel kind
@@ -91,7 +93,19 @@ pub fn explain(shared: &Shared, src: &str, dst: &str) -> Result<serde_json::Valu
         .as_ref()
         .map(|b| b.predictions(src, dst))
         .unwrap_or_default();
-    if scores.is_empty() && broker.is_none() && predictions.is_empty() {
+    let growth: Vec<serde_json::Value> = shared
+        .growth
+        .iter()
+        .filter(|(pair, _)| pair.src == src && pair.dst == dst)
+        .map(|(pair, growth)| {
+            serde_json::json!({
+                "kind": pair.kind,
+                "learned_size": growth.learned_size,
+                "decisions": growth.decisions,
+            })
+        })
+        .collect();
+    if scores.is_empty() && broker.is_none() && predictions.is_empty() && growth.is_empty() {
         return Err(format!(
             "neither the scores nor the broker know the pair {src} -> {dst}"
         ));
@@ -102,6 +116,7 @@ pub fn explain(shared: &Shared, src: &str, dst: &str) -> Result<serde_json::Valu
         "scores": scores,
         "predictions": predictions,
         "broker": broker,
+        "pipe_growth": growth,
     }))
 }
 
@@ -240,14 +255,49 @@ mod tests {
             scores: vec![score("web", "db", 0.25), score("db", "web", 0.75)],
             broker: None,
             half_life: Duration::from_secs(300),
+            growth: Default::default(),
         };
         let value = explain(&shared, "web", "db").expect("a known pair");
         let scores = value["scores"].as_array().expect("scores");
         assert_eq!(scores.len(), 1);
         assert_eq!(scores[0]["score"], 0.25);
         assert!(value["broker"].is_null());
+        assert_eq!(value["pipe_growth"], serde_json::json!([]));
         let error = explain(&shared, "web", "cache").expect_err("an unknown pair");
         assert!(error.contains("web -> cache"), "{error}");
+    }
+
+    #[test]
+    fn a_pair_known_only_by_its_pipe_growth_is_explained() {
+        let mut growth = crate::grow::PairGrowth {
+            learned_size: 1 << 20,
+            ..Default::default()
+        };
+        growth.decisions.push_back(crate::grow::Record {
+            at_ns: 1,
+            pid: 7,
+            pipe: "pipe:[9]".to_owned(),
+            outcome: "grown",
+            from: 65536,
+            to: 1 << 20,
+            learned: false,
+            limit: None,
+            reason: "grown".to_owned(),
+        });
+        let pair = crate::pair::PairKey {
+            src: "dd".to_owned(),
+            dst: "cat".to_owned(),
+            kind: "pipe".to_owned(),
+        };
+        let shared = Shared {
+            growth: [(pair, growth)].into_iter().collect(),
+            ..Shared::default()
+        };
+        let value = explain(&shared, "dd", "cat").expect("known by its growth");
+        assert_eq!(value["pipe_growth"][0]["kind"], "pipe");
+        assert_eq!(value["pipe_growth"][0]["learned_size"], 1 << 20);
+        assert_eq!(value["pipe_growth"][0]["decisions"][0]["to"], 1 << 20);
+        assert!(explain(&shared, "cat", "dd").is_err());
     }
 
     #[test]

@@ -93,6 +93,33 @@ pub enum Happening {
     },
     /// The process exited.
     Exited,
+    /// A Unix datagram socket was bound to an address.
+    Bound {
+        /// The bound end.
+        end: End,
+        /// The address (`@name` for abstract).
+        path: Option<String>,
+    },
+    /// A datagram socket without a peer started a flow by sending to a
+    /// Unix address.
+    Addressed {
+        /// The sending end.
+        end: End,
+        /// The address (`@name` for abstract), if it was a Unix one.
+        path: Option<String>,
+    },
+    /// A write found the pipe or FIFO full, or a read took a full one's
+    /// worth, for the 1st, 2nd, 4th, ... time in its flow.
+    PipeFull {
+        /// The pipe.
+        end: End,
+        /// Send: a writer waited; Recv: a reader found it full.
+        dir: Direction,
+        /// The process's descriptor for it.
+        fd: i32,
+        /// Bytes that write or read moved.
+        bytes: u32,
+    },
 }
 
 /// Decodes one ring-buffer record.
@@ -132,6 +159,21 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         },
         (EventKind::Closed, Some(end)) => Happening::Closed { end },
         (EventKind::Exited, _) => Happening::Exited,
+        (EventKind::Bound, Some(end)) => Happening::Bound {
+            end,
+            path: unix_path(&raw.path),
+        },
+        (EventKind::Addressed, Some(end)) => Happening::Addressed {
+            end,
+            path: unix_path(&raw.path),
+        },
+        (EventKind::PipeFull, Some(end)) if end.kind.is_one_way() => Happening::PipeFull {
+            end,
+            dir: Direction::from_u8(raw.dir).unwrap_or(Direction::Send),
+            fd: raw.fds[0],
+            bytes: u32::try_from(raw.ret).unwrap_or(0),
+        },
+        (EventKind::PipeFull, Some(_)) => return Err(DecodeError::UnknownEvent(raw.event)),
         // Events about a channel without a valid kind are malformed.
         (_, None) => return Err(DecodeError::UnknownEvent(raw.event)),
     };

@@ -11,7 +11,8 @@
 //! recorded traces (`scenario` makes synthetic ones); `alloc` makes and
 //! sizes the kernel channels the broker in `handout` pushes to processes
 //! (raw calls in `sys`), and `feedback` turns what the probes measured on
-//! them into the next ones; `agent` runs it all as a daemon, publishing
+//! them into the next ones; `grow` resizes the pipes of programs that
+//! block on them; `agent` runs it all as a daemon, publishing
 //! through `metrics` (`http`) and `control` and keeping its state files
 //! with `persist`; `cli` is the front end.
 
@@ -23,6 +24,7 @@ pub mod config;
 pub mod control;
 pub mod decode;
 pub mod feedback;
+pub mod grow;
 pub mod handout;
 pub mod http;
 pub mod listen;

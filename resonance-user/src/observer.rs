@@ -53,6 +53,8 @@ pub struct ObserverStats {
     pub dropped: u64,
     /// Flows in the kernel map at the last read.
     pub flows: u64,
+    /// Full-pipe reports left out because nobody took the earlier ones.
+    pub pipe_full_dropped: u64,
 }
 
 /// A process starting to send after an idle gap, and who reads it.
@@ -68,6 +70,28 @@ pub struct InteractionStart {
     pub kind: ChannelKind,
 }
 
+/// A writer that found its pipe full, or a reader that found it full (see
+/// [`Happening::PipeFull`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipeFull {
+    /// Monotonic ns.
+    pub ts_ns: u64,
+    /// The writing or reading process.
+    pub pid: u32,
+    /// Which of the two it is.
+    pub dir: Direction,
+    /// Its descriptor for the pipe.
+    pub fd: i32,
+    /// The pipe (or FIFO) end id, as in the flows.
+    pub end: crate::decode::End,
+    /// Bytes the write moved.
+    pub bytes: u32,
+}
+
+/// Full-pipe reports kept between two [`Observer::take_pipe_full`] calls;
+/// more are counted in [`ObserverStats::pipe_full_dropped`], not queued.
+const MAX_PIPE_FULL: usize = 1024;
+
 /// A running observation.
 pub struct Observer {
     probes: Probes,
@@ -75,6 +99,11 @@ pub struct Observer {
     failures: Vec<ConnectFailure>,
     /// Send-side starts not yet handed out by [`Observer::interaction_starts`].
     pending_starts: Vec<PendingStart>,
+    /// Full-pipe reports not yet handed out by [`Observer::take_pipe_full`].
+    pipe_full: Vec<PipeFull>,
+    /// Where datagram ends without a peer send: end → Unix path, and the
+    /// path's receiver from `/proc/net/unix`.
+    addressed: crate::aggregate::unix_names::Addressed,
     /// How many times [`Observer::interval`] has read the maps.
     intervals: u64,
     /// Flow starts per (pid, kind, dir, end), cumulative like the flows.
@@ -131,6 +160,8 @@ impl Observer {
             processes: ProcessTable::default(),
             failures: Vec::new(),
             pending_starts: Vec::new(),
+            pipe_full: Vec::new(),
+            addressed: Default::default(),
             intervals: 0,
             starts: HashMap::new(),
             previous: Previous::default(),
@@ -207,6 +238,39 @@ impl Observer {
                     });
                 }
             }
+            Happening::Bound { end, path } => {
+                self.processes.see(task.pid, task.ppid, &task.comm);
+                if let Some(path) = path {
+                    self.addressed.bound(path.clone(), end.id);
+                }
+            }
+            Happening::Addressed { end, path } => {
+                self.processes.see(task.pid, task.ppid, &task.comm);
+                if let Some(path) = path {
+                    self.addressed
+                        .sends_to(end.id, path.clone(), monotonic_ns());
+                }
+            }
+            Happening::PipeFull {
+                end,
+                dir,
+                fd,
+                bytes,
+            } => {
+                self.processes.see(task.pid, task.ppid, &task.comm);
+                if self.pipe_full.len() < MAX_PIPE_FULL {
+                    self.pipe_full.push(PipeFull {
+                        ts_ns: event.ts_ns,
+                        pid: task.pid,
+                        dir: *dir,
+                        fd: *fd,
+                        end: *end,
+                        bytes: *bytes,
+                    });
+                } else {
+                    self.stats.pipe_full_dropped += 1;
+                }
+            }
             Happening::Created { .. } | Happening::Accepted { .. } | Happening::Closed { .. } => {
                 self.processes.see(task.pid, task.ppid, &task.comm);
             }
@@ -255,6 +319,11 @@ impl Observer {
         }
         self.pending_starts = waiting;
         out
+    }
+
+    /// The full-pipe reports drained since the last call, oldest first.
+    pub fn take_pipe_full(&mut self) -> Vec<PipeFull> {
+        std::mem::take(&mut self.pipe_full)
     }
 
     /// A tokio handle that becomes readable when the kernel has written to
@@ -322,9 +391,11 @@ impl Observer {
         Ok(())
     }
 
-    /// Reads the flow maps.
+    /// Reads the flow maps. A datagram end without a peer that sent to a
+    /// Unix address gets the socket bound there as its peer.
     pub fn flows(&mut self) -> Vec<FlowRecord> {
         let mut flows = Vec::new();
+        self.addressed.start_reading();
         for entry in self.probes.flows.iter() {
             let Ok((key, stats)) = entry else { continue };
             let (Some(kind), Some(dir)) =
@@ -339,7 +410,11 @@ impl Observer {
                 kind,
                 dir,
                 end: key.end,
-                peer: stats.peer,
+                peer: if stats.peer == 0 && kind == ChannelKind::UnixDgram {
+                    self.addressed.receiver(key.end).unwrap_or(0)
+                } else {
+                    stats.peer
+                },
                 ops: stats.ops,
                 bytes: stats.bytes,
                 errors: stats.errors,
@@ -461,6 +536,12 @@ impl Observer {
         // Bounded memory for a long-running agent: forget what the kernel
         // maps forgot, and processes gone for a minute.
         self.starts.retain(|id, _| seen.contains_key(id));
+        let sending: std::collections::HashSet<u64> = seen
+            .keys()
+            .filter(|(_, kind, dir, _)| *kind == ChannelKind::UnixDgram && *dir == Direction::Send)
+            .map(|(_, _, _, end)| *end)
+            .collect();
+        self.addressed.retain(|end| sending.contains(&end));
         self.processes
             .forget_exited_before(monotonic_ns().saturating_sub(60_000_000_000));
         let mut readers: HashMap<(ChannelKind, u64), Vec<u32>> = HashMap::new();

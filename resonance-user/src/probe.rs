@@ -9,6 +9,7 @@
 mod attach;
 mod offsets;
 mod preflight;
+mod refused;
 
 pub use attach::{AttachStatus, PROBE_MODE_ENV, ProbeMode, ProbeSet, Probes, TRACEPOINTS};
 pub use offsets::{OffsetError, read_offsets};
@@ -41,6 +42,18 @@ pub enum ProbeError {
     /// The object lacks a program or map the agent expects.
     #[error("the embedded eBPF object has no {0}; it does not match this agent")]
     Missing(&'static str),
+    /// This kernel's verifier refused the mode before (see `refused`).
+    #[error(
+        "{mode} was refused by this kernel's verifier before (program too complex for it); \
+         noted in {}, delete it to try again",
+        file.display()
+    )]
+    RefusedBefore {
+        /// The mode.
+        mode: ProbeMode,
+        /// Where the refusal is noted.
+        file: std::path::PathBuf,
+    },
     /// `--probe-mode` or `RESONANCE_PROBE_MODE` named no mode.
     #[error("unknown probe mode {0:?}: expected tp_btf, raw_tp or tracepoint")]
     UnknownMode(String),

@@ -7,7 +7,8 @@
 //!
 //! Through nix's safe wrappers, and the `caps` crate for the capability
 //! sets, which nix does not cover (`capget`, `capset`, `PR_CAPBSET_DROP`,
-//! `PR_CAP_AMBIENT`).
+//! `PR_CAP_AMBIENT`); `libc::syscall` only for [`pidfd_open`] and
+//! [`pidfd_getfd`], which nix 0.32 lacks.
 
 use std::{
     io,
@@ -62,6 +63,51 @@ pub fn set_pipe_size(fd: BorrowedFd<'_>, bytes: u32) -> io::Result<u32> {
     let request = i32::try_from(bytes).unwrap_or(i32::MAX);
     let set = fcntl(fd, FcntlArg::F_SETPIPE_SZ(request))?;
     Ok(u32::try_from(set).unwrap_or(0))
+}
+
+/// `F_GETPIPE_SZ`: the pipe's capacity in bytes.
+pub fn pipe_size(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let size = fcntl(fd, FcntlArg::F_GETPIPE_SZ)?;
+    Ok(u32::try_from(size).unwrap_or(0))
+}
+
+/// `pidfd_open(pid, 0)`: a descriptor that names this process and no
+/// later one that reuses its pid. Through `libc::syscall`: nix 0.32 has no
+/// wrapper for it.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: pidfd_open takes two integers and touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    owned(fd)
+}
+
+/// `pidfd_getfd(pidfd, fd, 0)`: a duplicate, in this process, of
+/// descriptor `fd` of the process `pidfd` names (it needs ptrace access to
+/// it: `CAP_SYS_PTRACE` for other users' processes). The duplicate is
+/// close-on-exec. Through `libc::syscall`: nix 0.32 has no wrapper for it.
+pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, fd: i32) -> io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_getfd takes three integers and touches no memory of
+    // ours; `pidfd` is borrowed, so it stays open during the call.
+    let duplicate = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    owned(duplicate)
+}
+
+/// A raw `syscall` result that is a new descriptor, as an `OwnedFd`.
+fn owned(result: libc::c_long) -> io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(result).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just returned `fd` as a new descriptor of ours,
+    // which nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A number from a `/proc/sys` file, `None` if unreadable.
+pub fn sysctl_u64(path: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// `SO_SNDBUF` and `SO_RCVBUF` (the kernel doubles the value for its own

@@ -20,6 +20,7 @@ use resonance::{
     report::InteractionRecord,
 };
 
+pub mod agent;
 pub mod servers;
 
 /// One observer at a time: tests that measure latency must not share the

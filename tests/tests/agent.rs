@@ -11,86 +11,12 @@ use std::{
 
 use resonance::control::{Request, ask};
 use resonance_tests::{
-    Reaped, free_port, http_get, resonance_bin, serial, spawn_ready, traffic_bin, wait_for,
+    Reaped,
+    agent::{Agent, counter_sum, scratch, start_agent, start_agent_with, stop},
+    free_port, http_get, resonance_bin, serial, spawn_ready, traffic_bin, wait_for,
     write_until_full,
 };
 use serde_json::Value;
-
-struct Agent {
-    process: Reaped,
-    control: PathBuf,
-    metrics: SocketAddr,
-    log: PathBuf,
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("resonance-agent-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating a scratch folder");
-    dir
-}
-
-fn start_agent(dir: &Path) -> Agent {
-    start_agent_with(dir, &[])
-}
-
-/// An agent with extra command-line arguments (e.g. `--config`).
-fn start_agent_with(dir: &Path, extra: &[&std::ffi::OsStr]) -> Agent {
-    let control = dir.join("control.sock");
-    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let log = dir.join("agent.log");
-    let log_file = std::fs::File::create(&log).expect("creating the agent log");
-    let process = Command::new(resonance_bin())
-        .arg("run")
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--control-socket")
-        .arg(&control)
-        .arg("--metrics-listen")
-        .arg(metrics.to_string())
-        .arg("--broker-socket")
-        .arg(dir.join("broker.sock"))
-        .args(["--tick", "200ms", "--flush-interval", "500ms"])
-        .args(extra)
-        .stderr(log_file)
-        .spawn()
-        .expect("starting resonance run");
-    let agent = Agent {
-        process: Reaped(process),
-        control,
-        metrics,
-        log,
-    };
-    let ready = wait_for(Duration::from_secs(30), || {
-        ask(&agent.control, &Request::Pairs).ok()
-    });
-    assert!(
-        ready.is_some(),
-        "the agent did not answer within 30 s:\n{}",
-        agent.log_text()
-    );
-    agent
-}
-
-impl Agent {
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn pairs(&self) -> Vec<Value> {
-        ask(&self.control, &Request::Pairs)
-            .ok()
-            .and_then(|r| r.pairs)
-            .unwrap_or_default()
-    }
-
-    fn pair_bytes(&self, src: &str, dst: &str, kind: &str) -> Option<u64> {
-        self.pairs()
-            .iter()
-            .find(|p| p["src"] == src && p["dst"] == dst && p["kind"] == kind)
-            .and_then(|p| p["totals"]["bytes"].as_u64())
-    }
-}
 
 /// A copy of the traffic binary under another name, so that client and
 /// server are different services.
@@ -577,21 +503,6 @@ fn the_agent_brokers_pre_created_channels_and_counts_them() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-impl Agent {
-    /// `resonance explain SRC DST --json`, if the agent knows the pair.
-    fn explain(&self, src: &str, dst: &str) -> Option<Value> {
-        let output = Command::new(resonance_bin())
-            .args(["explain", src, dst, "--json", "--control-socket"])
-            .arg(&self.control)
-            .output()
-            .ok()?;
-        if !output.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&output.stdout).ok()
-    }
-}
-
 /// The loop closed by the agent's own probes: a writer floods each pipe the
 /// broker hands it and never says so; the probes see its writes find the
 /// pipe full, and the pair's next pipe is larger, until the burst fits and
@@ -700,26 +611,6 @@ fn a_malformed_control_request_gets_an_error_and_the_agent_keeps_serving() {
         agent.log_text()
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Sum of a counter family's samples whose labels contain `label`.
-fn counter_sum(scrape: &str, family: &str, label: &str) -> u64 {
-    scrape
-        .lines()
-        .filter(|l| l.starts_with(family) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
-fn stop(agent: &mut Agent) {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(agent.process.0.id() as i32, libc::SIGTERM) };
-    let status = agent.process.0.wait().expect("waiting for the agent");
-    assert!(
-        status.success(),
-        "agent exit {status}:\n{}",
-        agent.log_text()
-    );
 }
 
 #[test]
@@ -1524,6 +1415,7 @@ fn as_the_resonance_user_with_ambient_capabilities_the_agent_does_its_whole_job(
                 "state_dir = {state:?}\ncontrol_socket = {control:?}\nmetrics_listen = \"{metrics}\"\n\
                  tick = \"200ms\"\nflush_interval = \"500ms\"\n\
                  [[services]]\nname = \"{sink}\"\ncomm = \"cat\"\n\
+                 [grow]\nservices = [\"dd\"]\n\
                  [broker]\nsocket = {:?}\n",
                 run.join("broker.sock")
             ),
@@ -1645,6 +1537,39 @@ fn as_the_resonance_user_with_ambient_capabilities_the_agent_does_its_whole_job(
         pair_bytes("sink-b").filter(|b| *b == 1_000_000)
     });
     assert_eq!(renamed, Some(1_000_000), "after SIGHUP:\n{}", log_text());
+
+    // Pipe growth across users: root's pipeline, grown by the resonance
+    // user through pidfd_getfd, which CAP_SYS_PTRACE allows.
+    let output = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "dd if=/dev/zero bs=256K count=200 status=none | {} stdin-reader 1048576 1000",
+                traffic_bin().display()
+            ),
+        ])
+        .output()
+        .expect("a pipeline for the agent to grow");
+    let read = String::from_utf8_lossy(&output.stdout).into_owned();
+    if caps.contains("sys_ptrace") {
+        assert!(
+            read.contains("first=65536 largest=1048576"),
+            "root's pipe grown by the resonance user: {read}\n{}",
+            log_text()
+        );
+    } else {
+        // Without it the kernel refuses, and the agent says so.
+        let refused = wait_for(Duration::from_secs(5), || {
+            let (_, scrape) = http_get(metrics, "/metrics").ok()?;
+            let n = counter_sum(
+                &scrape,
+                "resonance_pipe_growth_total",
+                "outcome=\"refused\"",
+            );
+            (n > 0).then_some(n)
+        });
+        assert!(refused.is_some(), "{read}\n{}", log_text());
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

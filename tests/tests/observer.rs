@@ -200,31 +200,174 @@ fn unix_datagrams_are_counted_per_message() {
     assert_eq!((found[0].bytes, found[0].messages), (35_000, 50));
 }
 
+/// A client that never connects, sending `how` (sendto or sendmsg) to
+/// `address` (a path, or `@name`), is joined to the server bound there.
+fn unconnected_datagrams_join(address: &str, how: &str) {
+    let _serial = serial();
+    let (mut server_pid, mut client_pid) = (0, 0);
+    let records = observe(|| {
+        let server = spawn_ready(
+            traffic(&["dgram-server", address, "40", "900"]),
+            "datagram server",
+        )?;
+        let client = traffic(&["dgram-send-to", address, "40", "900", how]).spawn()?;
+        (server_pid, client_pid) = (server.id(), client.id());
+        wait(client, "datagram client")?;
+        wait(server, "datagram server")
+    });
+    if !address.starts_with('@') {
+        let _ = std::fs::remove_file(address);
+    }
+    let found = between(&records, client_pid, server_pid, "unix_dgram");
+    assert_eq!(found.len(), 1, "{records:#?}");
+    assert_eq!((found[0].bytes, found[0].messages), (36_000, 40));
+}
+
 #[test]
-fn loopback_tcp_joins_both_ends_by_their_addresses() {
+fn unconnected_unix_datagrams_by_sendto_join_the_socket_bound_at_the_path() {
+    unconnected_datagrams_join(&temp_path("unbound.sock"), "sendto");
+}
+
+#[test]
+fn unconnected_unix_datagrams_by_sendmsg_join_an_abstract_receiver() {
+    let name = format!("@resonance-test-{}", std::process::id());
+    unconnected_datagrams_join(&name, "sendmsg");
+}
+
+/// `tcp-fork` over `listen`/`connect` addresses: the records of the
+/// child → parent and parent → child directions.
+fn tcp_fork_records(
+    listen: &str,
+    connect: &str,
+) -> (Vec<InteractionRecord>, Vec<InteractionRecord>) {
     let _serial = serial();
     let mut parent_pid = 0;
     let records = observe(|| {
-        let child = traffic(&["tcp-fork", "77777", "4321"]).spawn()?;
+        let child = traffic(&["tcp-fork", "77777", "4321", listen, connect]).spawn()?;
         parent_pid = child.id();
         wait(child, "tcp-fork")
     });
-    let up: Vec<_> = records
+    let up = records
         .iter()
         .filter(|r| {
             r.src_ppid == parent_pid && r.dst_pid == Some(parent_pid) && r.kind == "tcp_loopback"
         })
+        .cloned()
         .collect();
-    let down: Vec<_> = records
+    let down = records
         .iter()
         .filter(|r| {
             r.src_pid == parent_pid && r.dst_ppid == Some(parent_pid) && r.kind == "tcp_loopback"
         })
+        .cloned()
         .collect();
-    assert_eq!(up.len(), 1, "{records:#?}");
-    assert_eq!(down.len(), 1, "{records:#?}");
+    (up, down)
+}
+
+fn assert_tcp_fork_bytes(listen: &str, connect: &str) {
+    let (up, down) = tcp_fork_records(listen, connect);
+    assert_eq!(up.len(), 1, "{listen} <- {connect}: {up:#?}");
+    assert_eq!(down.len(), 1, "{listen} <- {connect}: {down:#?}");
     assert_eq!(up[0].bytes, 77_777);
     assert_eq!(down[0].bytes, 4_321);
+}
+
+#[test]
+fn loopback_tcp_joins_both_ends_by_their_addresses() {
+    assert_tcp_fork_bytes("127.0.0.1", "127.0.0.1");
+}
+
+#[test]
+fn ipv6_loopback_tcp_joins_both_ends_by_their_addresses() {
+    assert_tcp_fork_bytes("::1", "::1");
+}
+
+/// A server listening on `::` (both IPv6 and IPv4, as nginx or redis are
+/// often configured) sees its IPv4 client as `::ffff:127.0.0.1`; the two
+/// ends, one IPv6 socket and one IPv4 socket, must still join.
+#[test]
+fn a_dual_stack_listener_joins_its_ipv4_client() {
+    assert_tcp_fork_bytes("::", "127.0.0.1");
+}
+
+/// sendmmsg/recvmmsg return messages, not bytes: the bytes are summed
+/// from the vector the kernel filled in. 7 batches of 33 datagrams of
+/// 1,001 bytes each way must count as 231,231 bytes, exactly.
+#[test]
+fn sendmmsg_and_recvmmsg_count_every_byte_of_every_message() {
+    let _serial = serial();
+    let mut parent_pid = 0;
+    let records = observe(|| {
+        let child = traffic(&["mmsg-fork", "7", "33", "1001"]).spawn()?;
+        parent_pid = child.id();
+        wait(child, "mmsg-fork")
+    });
+    let sent: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r.src_ppid == parent_pid && r.dst_pid == Some(parent_pid) && r.kind == "unix_dgram"
+        })
+        .collect();
+    assert_eq!(sent.len(), 1, "{records:#?}");
+    assert_eq!(sent[0].bytes, 7 * 33 * 1001, "{sent:#?}");
+    assert!(
+        sent[0].messages >= 7 && sent[0].messages <= 7 * 33,
+        "one per sendmmsg call that moved some: {sent:#?}"
+    );
+}
+
+/// Records of a two-process traffic kind: child → parent and parent →
+/// child, of `kind`.
+fn fork_records(args: &[&str], kind: &str) -> (Vec<InteractionRecord>, Vec<InteractionRecord>) {
+    let _serial = serial();
+    let mut parent_pid = 0;
+    let records = observe(|| {
+        let child = traffic(args).spawn()?;
+        parent_pid = child.id();
+        wait(child, args[0])
+    });
+    let up = records
+        .iter()
+        .filter(|r| r.src_ppid == parent_pid && r.dst_pid == Some(parent_pid) && r.kind == kind)
+        .cloned()
+        .collect();
+    let down = records
+        .iter()
+        .filter(|r| r.src_pid == parent_pid && r.dst_ppid == Some(parent_pid) && r.kind == kind)
+        .cloned()
+        .collect();
+    (up, down)
+}
+
+/// splice reads its input pipe and writes its output pipe: the child's
+/// bytes reach the parent through A, and the parent's through B.
+#[test]
+fn splice_between_pipes_counts_both_sides() {
+    let (up, down) = fork_records(&["splice-relay", "100000"], "pipe");
+    assert_eq!(up.len(), 1, "{up:#?}");
+    assert_eq!(down.len(), 1, "{down:#?}");
+    assert_eq!(up[0].bytes, 100_000, "child -> parent through A");
+    assert_eq!(down[0].bytes, 100_000, "parent -> child through B");
+}
+
+/// tee copies A into B without consuming A: B's bytes come from the
+/// parent; A's are counted once, when the parent reads them.
+#[test]
+fn tee_counts_its_copy_and_not_the_input_twice() {
+    let (up, down) = fork_records(&["tee-relay", "50000"], "pipe");
+    assert_eq!(up.len(), 1, "{up:#?}");
+    assert_eq!(down.len(), 1, "{down:#?}");
+    assert_eq!(up[0].bytes, 50_000, "child -> parent through A, read once");
+    assert_eq!(down[0].bytes, 50_000, "parent -> child: the tee into B");
+}
+
+/// sendfile from a regular file into a Unix stream socket counts as the
+/// parent's send.
+#[test]
+fn sendfile_into_a_socket_counts_as_a_send() {
+    let (_, down) = fork_records(&["sendfile-socket", "300000"], "unix_stream");
+    assert_eq!(down.len(), 1, "{down:#?}");
+    assert_eq!(down[0].bytes, 300_000);
 }
 
 #[test]

@@ -38,6 +38,13 @@ pub enum Which {
         #[arg(long)]
         markdown: bool,
     },
+    /// Unmodified pipelines with the default pipe, a pipe sized by hand and
+    /// one the agent grows while they run.
+    Grow {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Predictions per second of the predictive model, against reading the
     /// same trace.
     Predict {
@@ -59,6 +66,22 @@ pub fn run(root: &Path, env: &BuildEnv, which: Which) -> Result<()> {
         Which::Agent { json } => run_tests_bench(root, env, "bench-agent", json, false),
         Which::Channel { json, markdown } => {
             run_tests_bench(root, env, "bench-channel", json, markdown)
+        }
+        Which::Grow { json } => {
+            // The bench starts the agent itself.
+            cmd::cargo(
+                root,
+                env,
+                &[
+                    "build",
+                    "--release",
+                    "--package",
+                    "resonance-user",
+                    "--bin",
+                    "resonance",
+                ],
+            )?;
+            run_tests_bench(root, env, "bench-grow", json, false)
         }
         Which::Predict { json, scenario } => {
             cmd::cargo(

@@ -214,24 +214,29 @@ fn observer_tests_pass_in_every_mode(
 ) -> Result<()> {
     for mode in OTHER_PROBE_MODES {
         eprintln!("xtask: the kernel tests with {PROBE_MODE_ENV}={mode}");
-        let mut command = kernel_tests(root, env, PROBE_MODE_ENV, mode);
+        // The pipe-growth tests too: the full-pipe reports must come in
+        // every mode.
+        let mut command = kernel_tests(root, env, &["observer", "grow"], PROBE_MODE_ENV, mode);
         cmd::status(&mut command).with_context(|| format!("the kernel tests in {mode} mode"))?;
     }
     Ok(())
 }
 
-/// `cargo test` of the kernel (observer) tests with one variable set.
+/// `cargo test` of the kernel test executables `tests` with one variable
+/// set.
 fn kernel_tests(
     root: &std::path::Path,
     env: &bootstrap::BuildEnv,
+    tests: &[&str],
     variable: &str,
     value: &str,
 ) -> std::process::Command {
     let mut command = std::process::Command::new("cargo");
-    command
-        .args(["test", "--package", "resonance-tests", "--test", "observer"])
-        .env(variable, value)
-        .current_dir(root);
+    command.args(["test", "--package", "resonance-tests"]);
+    for test in tests {
+        command.args(["--test", test]);
+    }
+    command.env(variable, value).current_dir(root);
     env.apply(&mut command);
     command
 }
@@ -241,7 +246,13 @@ fn corrupted_offset_is_caught_on_host(
     root: &std::path::Path,
     env: &bootstrap::BuildEnv,
 ) -> Result<()> {
-    let mut command = kernel_tests(root, env, CORRUPT_OFFSET_ENV, CORRUPTED_FIELD);
+    let mut command = kernel_tests(
+        root,
+        env,
+        &["observer"],
+        CORRUPT_OFFSET_ENV,
+        CORRUPTED_FIELD,
+    );
     eprintln!("xtask: the kernel tests must fail with {CORRUPT_OFFSET_ENV}={CORRUPTED_FIELD}");
     // Captured, not shown: this run is meant to fail, and its failure lines
     // would read like a broken suite.

@@ -44,7 +44,7 @@ pub const DEFAULT_PROFILE: &str = "release";
 
 /// How long one kernel may take by default: boot, tests and power-off. Two
 /// kernels at this limit still fit `cargo xtask test` in 30 minutes.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// What `cargo xtask vm-test` was asked to do.
 pub struct Options {

@@ -1,34 +1,42 @@
 //! connect and accept/accept4: who joined whom, and failed connects.
 
-use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf},
-    macros::tracepoint,
-    programs::TracePointContext,
-};
-use resonance_common::EventKind;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use resonance_common::{ChannelKind, EventKind};
 
 use super::{arg, create::report_new_fd, observed_task, ret};
 use crate::{
     emit::count_in_flight_full,
-    emit::{Happening, reserve},
+    emit::{Happening, copy_unix_path, emit_with_path, reserve},
     fdwalk::{Resolved, walk},
     maps::{IN_FLIGHT, InFlight, Op},
 };
-
-const AF_UNIX: u16 = 1;
 
 /// `sys_enter_connect`: remember the fd and the address.
 #[tracepoint]
 #[inline(always)]
 pub fn connect_enter(ctx: TracePointContext) -> u32 {
+    remember(&ctx, Op::Connect);
+    0
+}
+
+/// `sys_enter_bind`: likewise, for a Unix datagram socket's address.
+#[tracepoint]
+#[inline(always)]
+pub fn bind_enter(ctx: TracePointContext) -> u32 {
+    remember(&ctx, Op::Bind);
+    0
+}
+
+#[inline(always)]
+fn remember(ctx: &TracePointContext, op: Op) {
     let Some((pid_tgid, _)) = observed_task() else {
-        return 0;
+        return;
     };
-    let (Some(fd), Some(address)) = (arg(&ctx, 0), arg(&ctx, 1)) else {
-        return 0;
+    let (Some(fd), Some(address)) = (arg(ctx, 0), arg(ctx, 1)) else {
+        return;
     };
     let in_flight = InFlight {
-        op: Op::Connect,
+        op,
         kind: 0,
         blocked: 0,
         pad: 0,
@@ -42,10 +50,10 @@ pub fn connect_enter(ctx: TracePointContext) -> u32 {
     if IN_FLIGHT.insert(&pid_tgid, &in_flight, 0).is_err() {
         count_in_flight_full();
     }
-    0
 }
 
-/// `sys_exit_connect`: report the outcome with the Unix path, if any.
+/// `sys_exit_connect` and `sys_exit_bind`: report the outcome with the
+/// Unix path, if any.
 #[tracepoint]
 #[inline(always)]
 pub fn connect_exit(ctx: TracePointContext) -> u32 {
@@ -57,12 +65,28 @@ pub fn connect_exit(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let _ = IN_FLIGHT.remove(&pid_tgid);
-    if in_flight.op != Op::Connect {
-        return 0;
-    }
     let Some(result) = ret(&ctx) else { return 0 };
-    report_connect(tgid, in_flight.fd, result, in_flight.arg);
+    match in_flight.op {
+        Op::Connect => {
+            report_connect(tgid, in_flight.fd, result, in_flight.arg);
+        }
+        Op::Bind if result == 0 => report_bound(tgid, in_flight.fd, in_flight.arg),
+        _ => {}
+    }
     0
+}
+
+/// bind(`fd`, `address`) succeeded: a Unix datagram socket reports its
+/// path, so that peerless senders naming it join it even when it is gone
+/// by the time the agent reads the flows.
+#[inline(always)]
+pub fn report_bound(tgid: u32, fd: i32, address: u64) {
+    let Resolved::Followed(object) = walk(fd as i64) else {
+        return;
+    };
+    if object.kind == ChannelKind::UnixDgram {
+        emit_with_path(tgid, EventKind::Bound, fd, object, address);
+    }
 }
 
 /// connect(`fd`, `address`) returned `result`: reports the outcome with the
@@ -83,15 +107,7 @@ pub fn report_connect(tgid: u32, fd: i32, result: i64, address: u64) -> Resolved
     let Some(mut entry) = reserve(tgid, &happening) else {
         return resolved;
     };
-    // SAFETY: user pointers from the syscall's arguments; the helpers fail
-    // cleanly on unreadable memory and the path then stays empty.
-    unsafe {
-        let family = bpf_probe_read_user(address as *const u16).unwrap_or(0);
-        if family == AF_UNIX {
-            let event = entry.as_mut_ptr();
-            let _ = bpf_probe_read_user_buf((address + 2) as *const u8, &mut (*event).path);
-        }
-    }
+    copy_unix_path(&mut entry, address);
     entry.submit(0);
     resolved
 }

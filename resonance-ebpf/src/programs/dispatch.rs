@@ -23,13 +23,14 @@ use aya_ebpf::{
 use resonance_common::{Direction, EventKind};
 
 use super::{
-    connect::report_connect,
+    connect::{report_bound, report_connect},
     create::{report_new_fd, report_pair},
-    io::completed,
+    io::{completed, mmsg_bytes},
     lifecycle::report_close,
+    moved::{Move, moved_exit_only},
     observed_task,
 };
-use crate::{fdcache, fdwalk::Resolved, globals::offset};
+use crate::{emit::Destination, fdcache, fdwalk::Resolved, globals::offset, opaque::opaque};
 
 /// x86_64 syscall numbers: ABI, the same on every kernel.
 mod nr {
@@ -37,11 +38,13 @@ mod nr {
     pub const WRITE: u64 = 1;
     pub const CLOSE: u64 = 3;
     pub const READV: u64 = 19;
+    pub const SENDFILE: u64 = 40;
     pub const WRITEV: u64 = 20;
     pub const PIPE: u64 = 22;
     pub const DUP2: u64 = 33;
     pub const SOCKET: u64 = 41;
     pub const CONNECT: u64 = 42;
+    pub const BIND: u64 = 49;
     pub const ACCEPT: u64 = 43;
     pub const SENDTO: u64 = 44;
     pub const RECVFROM: u64 = 45;
@@ -49,7 +52,11 @@ mod nr {
     pub const RECVMSG: u64 = 47;
     pub const SOCKETPAIR: u64 = 53;
     pub const EXECVE: u64 = 59;
+    pub const SPLICE: u64 = 275;
+    pub const TEE: u64 = 276;
     pub const ACCEPT4: u64 = 288;
+    pub const RECVMMSG: u64 = 299;
+    pub const SENDMMSG: u64 = 307;
     pub const DUP3: u64 = 292;
     pub const PIPE2: u64 = 293;
     pub const EXECVEAT: u64 = 322;
@@ -120,8 +127,12 @@ pub fn hook_floor_btf(_ctx: BtfTracePointContext) -> i32 {
 fn dispatch(regs: &impl Regs, ret: i64) {
     let number = regs.word(offset!(regs_orig_ax));
     let dir = match number {
-        nr::WRITE | nr::WRITEV | nr::SENDTO | nr::SENDMSG => Direction::Send,
-        nr::READ | nr::READV | nr::RECVFROM | nr::RECVMSG => Direction::Recv,
+        nr::WRITE | nr::WRITEV | nr::SENDTO | nr::SENDMSG | nr::SENDMMSG => Direction::Send,
+        nr::READ | nr::READV | nr::RECVFROM | nr::RECVMSG | nr::RECVMMSG => Direction::Recv,
+        nr::SPLICE | nr::TEE | nr::SENDFILE => {
+            moved(regs, number, ret);
+            return;
+        }
         _ => {
             rare(regs, number, ret);
             return;
@@ -145,7 +156,57 @@ fn dispatch(regs: &impl Regs, ret: i64) {
     } else {
         0
     };
-    completed(tgid, object, dir, ret, count);
+    // sendmmsg/recvmmsg return messages; the bytes are in the vector. A
+    // call of its own: the verifier walks what follows the loop once per
+    // way out of it, so that tail stays short.
+    if matches!(number, nr::SENDMMSG | nr::RECVMMSG) {
+        // Each way the descriptor was resolved (a cache hit, or a walk to a
+        // pipe, a FIFO, a Unix or TCP socket) would walk the loop again.
+        let object = opaque(object);
+        let ret = if ret > 0 {
+            let Some(bytes) = mmsg_bytes(regs.word(offset!(regs_si)), ret) else {
+                return;
+            };
+            bytes
+        } else {
+            ret
+        };
+        completed(tgid, fd as i32, object, dir, ret, 0, Destination::NONE);
+        return;
+    }
+    // A datagram without a peer: where it went (sendto's fifth argument,
+    // or the msg_name of sendmsg's header), read only if the send starts
+    // a flow.
+    let to = match number {
+        nr::SENDTO => Destination {
+            address: regs.word(offset!(regs_r8)),
+            header: 0,
+        },
+        nr::SENDMSG => Destination {
+            address: 0,
+            header: regs.word(offset!(regs_si)),
+        },
+        _ => Destination::NONE,
+    };
+    completed(tgid, fd as i32, object, dir, ret, count, to);
+}
+
+/// splice(in, _, out), tee(in, out), sendfile(out, in): see `moved`.
+#[inline(always)]
+fn moved(regs: &impl Regs, number: u64, ret: i64) {
+    if !is_64bit(regs) {
+        return;
+    }
+    let Some((_, tgid)) = observed_task() else {
+        return;
+    };
+    let (first, second) = (regs.word(offset!(regs_di)), regs.word(offset!(regs_si)));
+    let (input, output, how) = match number {
+        nr::SPLICE => (first, regs.word(offset!(regs_dx)), Move::ReadAndWrite),
+        nr::TEE => (first, second, Move::WriteOnly),
+        _ => (second, first, Move::ReadAndWrite),
+    };
+    moved_exit_only(tgid, input, output, how, ret);
 }
 
 /// Whether the syscall came from 64-bit code, so its number means what
@@ -167,6 +228,7 @@ fn rare(regs: &impl Regs, number: u64, ret: i64) {
             | nr::SOCKETPAIR
             | nr::SOCKET
             | nr::CONNECT
+            | nr::BIND
             | nr::ACCEPT
             | nr::ACCEPT4
             | nr::DUP2
@@ -208,6 +270,7 @@ fn rare(regs: &impl Regs, number: u64, ret: i64) {
             let resolved = report_new_fd(tgid, ret, EventKind::Accepted);
             fdcache::remember(tgid, ret as u32, resolved);
         }
+        nr::BIND if ret == 0 => report_bound(tgid, fd as i32, regs.word(offset!(regs_si))),
         nr::CONNECT => {
             let address = regs.word(offset!(regs_si));
             let resolved = report_connect(tgid, fd as i32, ret, address);

@@ -1,4 +1,5 @@
-//! read/write, readv/writev, sendto/recvfrom, sendmsg/recvmsg on the classic
+//! read/write, readv/writev, sendto/recvfrom, sendmsg/recvmsg,
+//! sendmmsg/recvmmsg on the classic
 //! syscall tracepoints (the fallback mode): one enter program per direction
 //! and one shared exit program. The fd is resolved at enter, so syscalls on
 //! files and devices cost one walk and nothing else; the syscall is timed
@@ -7,22 +8,59 @@
 //! [`completed`] is the same accounting for the exit-only hot path
 //! (`dispatch`), which has no enter.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
 use resonance_common::{ChannelKind, Direction};
 
 use super::{arg, observed_task, ret};
 use crate::{
-    emit::count_in_flight_full,
+    emit::{Destination, count_in_flight_full},
     fdwalk::{Object, pipe_would_block, resolve},
     flows::{EAGAIN, FullPipe, account},
+    globals::offset,
     maps::{IN_FLIGHT, InFlight, Op},
+    opaque::opaque,
 };
 
-/// `sys_enter_{write,writev,sendto,sendmsg}`.
+/// What `InFlight.arg` holds for the exit (kept in `InFlight.pad`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Kept {
+    /// Nothing, or a pipe's `pipe_inode_info` (to tell a full read).
+    Plain = 0,
+    /// sendmmsg/recvmmsg's message vector (argument 1).
+    Vector = 1,
+    /// sendto's destination address (argument 4).
+    Address = 2,
+    /// sendmsg's `user_msghdr` (argument 1), which holds the address.
+    Header = 3,
+}
+
+/// `sys_enter_{write,writev}`.
 #[tracepoint]
 #[inline(always)]
 pub fn io_send_enter(ctx: TracePointContext) -> u32 {
-    enter(&ctx, Op::Send);
+    enter(&ctx, Op::Send, Kept::Plain);
+    0
+}
+
+/// `sys_enter_sendto`: the destination address kept, for a datagram
+/// socket without a peer.
+#[tracepoint]
+#[inline(always)]
+pub fn io_sendto_enter(ctx: TracePointContext) -> u32 {
+    enter(&ctx, Op::Send, Kept::Address);
+    0
+}
+
+/// `sys_enter_sendmsg`: likewise through its message header.
+#[tracepoint]
+#[inline(always)]
+pub fn io_sendmsg_enter(ctx: TracePointContext) -> u32 {
+    enter(&ctx, Op::Send, Kept::Header);
     0
 }
 
@@ -30,8 +68,54 @@ pub fn io_send_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 #[inline(always)]
 pub fn io_recv_enter(ctx: TracePointContext) -> u32 {
-    enter(&ctx, Op::Recv);
+    enter(&ctx, Op::Recv, Kept::Plain);
     0
+}
+
+/// `sys_enter_sendmmsg`: as a send, with the message vector kept for the
+/// exit to count its bytes.
+#[tracepoint]
+#[inline(always)]
+pub fn io_send_mmsg_enter(ctx: TracePointContext) -> u32 {
+    enter(&ctx, Op::Send, Kept::Vector);
+    0
+}
+
+/// `sys_enter_recvmmsg`: likewise.
+#[tracepoint]
+#[inline(always)]
+pub fn io_recv_mmsg_enter(ctx: TracePointContext) -> u32 {
+    enter(&ctx, Op::Recv, Kept::Vector);
+    0
+}
+
+/// The most messages one sendmmsg/recvmmsg moves (`UIO_MAXIOV`: the
+/// kernel caps the vector there), so every one is counted.
+const MAX_MMSG: i64 = 1024;
+
+/// Bytes a sendmmsg/recvmmsg of `messages` messages moved: the sum of
+/// `msg_len` over the first `messages` entries of the vector at `vector`
+/// (the kernel wrote them just before returning). `None` when the
+/// kernel's BTF gave no `struct mmsghdr` layout.
+#[inline(always)]
+pub fn mmsg_bytes(vector: u64, messages: i64) -> Option<i64> {
+    let stride = offset!(mmsghdr_size);
+    let len_at = offset!(mmsghdr_msg_len);
+    if stride == 0 || vector == 0 {
+        return None;
+    }
+    let mut total = 0i64;
+    let mut i = 0i64;
+    while i < MAX_MMSG && i < messages {
+        let at = vector + i as u64 * stride + len_at;
+        // SAFETY: the helper checks the user address; a bad one reads 0.
+        let len = unsafe { bpf_probe_read_user(at as *const u32) }.unwrap_or(0);
+        total += i64::from(len);
+        i += 1;
+    }
+    // What follows would be verified once per way out of the loop, each
+    // with its own bounds on `total` (see `opaque`).
+    Some(opaque(total))
 }
 
 /// `sys_exit_*` of all of the above.
@@ -43,7 +127,7 @@ pub fn io_exit(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn enter(ctx: &TracePointContext, op: Op) {
+fn enter(ctx: &TracePointContext, op: Op, kept: Kept) {
     let Some((pid_tgid, _)) = observed_task() else {
         return;
     };
@@ -62,12 +146,19 @@ fn enter(ctx: &TracePointContext, op: Op) {
         op,
         kind: object.kind as u8,
         blocked,
-        pad: 0,
+        pad: kept as u8,
         fd: fd as i32,
         start_ns,
         end: object.end,
         peer: object.peer,
-        arg: 0,
+        // See `Kept`; a pipe's pipe_inode_info, so that the exit can tell
+        // a read that found it full.
+        arg: match kept {
+            Kept::Vector | Kept::Header => arg(ctx, 1).unwrap_or(0),
+            Kept::Address => arg(ctx, 4).unwrap_or(0),
+            Kept::Plain if object.kind.is_one_way() => object.pipe,
+            Kept::Plain => 0,
+        },
     };
     if IN_FLIGHT.insert(&pid_tgid, &in_flight, 0).is_err() {
         count_in_flight_full();
@@ -92,12 +183,23 @@ fn exit(ctx: &TracePointContext) {
     let Some(kind) = ChannelKind::from_u8(in_flight.kind) else {
         return;
     };
-    let Some(ret) = ret(ctx) else { return };
+    let Some(mut ret) = ret(ctx) else { return };
+    let one_way = kind.is_one_way();
+    if in_flight.pad == Kept::Vector as u8 && ret > 0 {
+        let Some(bytes) = mmsg_bytes(in_flight.arg, ret) else {
+            return;
+        };
+        ret = bytes;
+    }
     let mut object = Object {
         kind,
         end: in_flight.end,
         peer: in_flight.peer,
-        pipe: 0,
+        pipe: if one_way && in_flight.pad == Kept::Plain as u8 {
+            in_flight.arg
+        } else {
+            0
+        },
         slots: 0,
     };
     // A stream socket's peer can change while the syscall blocks (the
@@ -110,8 +212,20 @@ fn exit(ctx: &TracePointContext) {
     }
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
+    let to = match in_flight.pad {
+        p if p == Kept::Address as u8 => Destination {
+            address: in_flight.arg,
+            header: 0,
+        },
+        p if p == Kept::Header as u8 => Destination {
+            address: 0,
+            header: in_flight.arg,
+        },
+        _ => Destination::NONE,
+    };
     account(
         tgid,
+        in_flight.fd,
         object,
         dir,
         ret,
@@ -122,14 +236,24 @@ fn exit(ctx: &TracePointContext) {
         },
         in_flight.start_ns,
         now,
+        to,
     );
 }
 
 /// The exit-only hot path's accounting of a completed read-like or
-/// write-like syscall on `object`. `count` is write()'s byte count (0 when
-/// the syscall has none, e.g. writev), to tell a short write.
+/// write-like syscall on `object`, descriptor `fd`. `count` is write()'s
+/// byte count (0 when the syscall has none, e.g. writev), to tell a short
+/// write; `to` where a send named an address.
 #[inline(always)]
-pub fn completed(tgid: u32, object: Object, dir: Direction, ret: i64, count: u64) {
+pub fn completed(
+    tgid: u32,
+    fd: i32,
+    object: Object,
+    dir: Direction,
+    ret: i64,
+    count: u64,
+    to: Destination,
+) {
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let full = if dir != Direction::Send || !object.kind.is_one_way() {
@@ -140,5 +264,5 @@ pub fn completed(tgid: u32, object: Object, dir: Direction, ret: i64, count: u64
         FullPipe::CheckAfter
     };
     // No enter time: the syscall itself is not timed on this path.
-    account(tgid, object, dir, ret, full, 0, now);
+    account(tgid, fd, object, dir, ret, full, 0, now, to);
 }

@@ -8,7 +8,7 @@ use aya::{
 };
 use resonance_common::{EndState, FlowKey, FlowStats, Offsets, ProbeConfig, names};
 
-use super::{ProbeError, preflight::VMLINUX_BTF};
+use super::{ProbeError, preflight::VMLINUX_BTF, refused};
 
 /// The classic mode: which program goes on which tracepoints (program,
 /// category, names).
@@ -16,13 +16,10 @@ pub const TRACEPOINTS: &[(&str, &str, &[&str])] = &[
     (
         "io_send_enter",
         "syscalls",
-        &[
-            "sys_enter_write",
-            "sys_enter_writev",
-            "sys_enter_sendto",
-            "sys_enter_sendmsg",
-        ],
+        &["sys_enter_write", "sys_enter_writev"],
     ),
+    ("io_sendto_enter", "syscalls", &["sys_enter_sendto"]),
+    ("io_sendmsg_enter", "syscalls", &["sys_enter_sendmsg"]),
     (
         "io_recv_enter",
         "syscalls",
@@ -45,8 +42,20 @@ pub const TRACEPOINTS: &[(&str, &str, &[&str])] = &[
             "sys_exit_readv",
             "sys_exit_recvfrom",
             "sys_exit_recvmsg",
+            "sys_exit_sendmmsg",
+            "sys_exit_recvmmsg",
         ],
     ),
+    ("io_send_mmsg_enter", "syscalls", &["sys_enter_sendmmsg"]),
+    ("splice_enter", "syscalls", &["sys_enter_splice"]),
+    ("tee_enter", "syscalls", &["sys_enter_tee"]),
+    ("sendfile_enter", "syscalls", &["sys_enter_sendfile64"]),
+    (
+        "move_exit",
+        "syscalls",
+        &["sys_exit_splice", "sys_exit_tee", "sys_exit_sendfile64"],
+    ),
+    ("io_recv_mmsg_enter", "syscalls", &["sys_enter_recvmmsg"]),
     (
         "pipe_enter",
         "syscalls",
@@ -61,7 +70,12 @@ pub const TRACEPOINTS: &[(&str, &str, &[&str])] = &[
     ("socketpair_exit", "syscalls", &["sys_exit_socketpair"]),
     ("socket_exit", "syscalls", &["sys_exit_socket"]),
     ("connect_enter", "syscalls", &["sys_enter_connect"]),
-    ("connect_exit", "syscalls", &["sys_exit_connect"]),
+    (
+        "connect_exit",
+        "syscalls",
+        &["sys_exit_connect", "sys_exit_bind"],
+    ),
+    ("bind_enter", "syscalls", &["sys_enter_bind"]),
     (
         "accept_exit",
         "syscalls",
@@ -205,14 +219,21 @@ impl Probes {
             log::debug!("could not lift RLIMIT_MEMLOCK: {error}");
         }
         let btf = aya::Btf::parse_file(VMLINUX_BTF, aya::Endianness::default()).ok();
+        let object: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/resonance"));
+        let digest = refused::digest(&[
+            object,
+            // Not the agent's pid, which differs in every process.
+            format!(
+                "{offsets:?} {} {} {set:?}",
+                config.idle_gap_ns, config.page_size
+            )
+            .as_bytes(),
+        ]);
         let mut ebpf = EbpfLoader::new()
             .btf(btf.as_ref())
             .override_global(names::OFFSETS, offsets, true)
             .override_global(names::CONFIG, config, true)
-            .load(aya::include_bytes_aligned!(concat!(
-                env!("OUT_DIR"),
-                "/resonance"
-            )))
+            .load(object)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
         let candidates: &[ProbeMode] = match &mode {
             Some(forced) => std::slice::from_ref(forced),
@@ -221,7 +242,18 @@ impl Probes {
         let mut attached = None;
         for (index, &candidate) in candidates.iter().enumerate() {
             let last = index + 1 == candidates.len();
-            match attach_mode(&mut ebpf, btf.as_ref(), candidate, set) {
+            let attempt = refused::Attempt::new(candidate, digest);
+            let outcome = match attempt.refused_before() {
+                Some(file) => Err(ProbeError::RefusedBefore {
+                    mode: candidate,
+                    file,
+                }),
+                None => attach_mode(&mut ebpf, btf.as_ref(), candidate, set),
+            };
+            if outcome.as_ref().err().is_some_and(too_complex) {
+                attempt.note_refused();
+            }
+            match outcome {
                 Ok(list) => {
                     attached = Some((candidate, list));
                     break;
@@ -389,4 +421,17 @@ where
         name,
         source: Box::new(source),
     })
+}
+
+/// Whether the verifier refused a program as too complex for it (E2BIG:
+/// it walked its limit of instructions), which it will do again.
+fn too_complex(error: &ProbeError) -> bool {
+    match error {
+        ProbeError::Attach { source, .. } => matches!(
+            &**source,
+            aya::programs::ProgramError::LoadError { io_error, .. }
+                if io_error.raw_os_error() == Some(libc::E2BIG)
+        ),
+        _ => false,
+    }
 }

@@ -83,11 +83,23 @@ pub fn read_offsets(path: &Path) -> Result<Offsets, OffsetError> {
         sock_rcv_saddr: layout.offset("sock", &["__sk_common", "skc_rcv_saddr"])?,
         sock_dport: layout.offset("sock", &["__sk_common", "skc_dport"])?,
         sock_num: layout.offset("sock", &["__sk_common", "skc_num"])?,
+        // Only in kernels built with IPv6: without them IPv6 TCP is not
+        // followed, and everything else is.
+        sock_v6_daddr: layout
+            .offset("sock", &["__sk_common", "skc_v6_daddr"])
+            .unwrap_or(0),
+        sock_v6_rcv_saddr: layout
+            .offset("sock", &["__sk_common", "skc_v6_rcv_saddr"])
+            .unwrap_or(0),
+        mmsghdr_size: layout.size("mmsghdr").unwrap_or(0),
+        mmsghdr_msg_len: layout.offset("mmsghdr", &["msg_len"]).unwrap_or(0),
         regs_orig_ax: layout.offset("pt_regs", &["orig_ax"])?,
         regs_di: layout.offset("pt_regs", &["di"])?,
         regs_si: layout.offset("pt_regs", &["si"])?,
         regs_dx: layout.offset("pt_regs", &["dx"])?,
         regs_r10: layout.offset("pt_regs", &["r10"])?,
+        regs_r8: layout.offset("pt_regs", &["r8"])?,
+        user_msghdr_name: layout.offset("user_msghdr", &["msg_name"])?,
         regs_cs: layout.offset("pt_regs", &["cs"])?,
     };
     // The programs read the pipe's ring indices and limit in one 16-byte
@@ -166,6 +178,11 @@ impl Layout<'_> {
             }
         }
         Ok(total)
+    }
+
+    /// `sizeof(struct name)`.
+    fn size(&self, strukt: &str) -> Result<u64, OffsetError> {
+        Ok(self.named_struct(strukt)?.size() as u64)
     }
 
     fn named_struct(&self, name: &str) -> Result<btf_rs::Struct, OffsetError> {

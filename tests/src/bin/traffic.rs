@@ -5,7 +5,10 @@
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
-    os::unix::net::{UnixDatagram, UnixListener, UnixStream},
+    os::{
+        fd::AsRawFd,
+        unix::net::{UnixDatagram, UnixListener, UnixStream},
+    },
     thread::sleep,
     time::Duration,
 };
@@ -35,8 +38,32 @@ fn main() -> Result<()> {
         // dgram-server PATH COUNT SIZE / dgram-client PATH COUNT SIZE
         "dgram-server" => dgram_server(arg(1)?, number(2)?, number(3)?),
         "dgram-client" => dgram_client(arg(1)?, number(2)?, number(3)?),
-        // tcp-fork CHILD_TO_PARENT PARENT_TO_CHILD
-        "tcp-fork" => tcp_fork(number(1)?, number(2)?),
+        // dgram-send-to PATH COUNT SIZE sendto|sendmsg: the client without
+        // connect, the address on every datagram (`@name`: abstract)
+        "dgram-send-to" => dgram_send_to(arg(1)?, number(2)?, number(3)?, arg(4)?),
+        // tcp-fork CHILD_TO_PARENT PARENT_TO_CHILD [LISTEN_IP CONNECT_IP]:
+        // the parent listens on LISTEN_IP (127.0.0.1, or ::1, or :: for a
+        // dual-stack listener), the child connects to CONNECT_IP
+        "tcp-fork" => tcp_fork(
+            number(1)?,
+            number(2)?,
+            args.get(3).map_or("127.0.0.1", String::as_str),
+            args.get(4).map_or("127.0.0.1", String::as_str),
+        ),
+        // mmsg-fork BATCHES BATCH SIZE: the child sends BATCHES sendmmsg
+        // calls of BATCH SIZE-byte datagrams over a Unix datagram
+        // socketpair; the parent takes them with recvmmsg
+        "mmsg-fork" => mmsg_fork(number(1)?, number(2)?, number(3)?),
+        // splice-relay BYTES: the child writes BYTES into pipe A; the parent
+        // splices A into pipe B; the child reads B (BYTES at most ~120 KiB:
+        // the two pipes hold what is in flight)
+        "splice-relay" => splice_relay(number(1)?),
+        // tee-relay BYTES: the child writes BYTES (at most 64 KiB) into pipe
+        // A; the parent tees A into pipe B, then reads A; the child reads B
+        "tee-relay" => tee_relay(number(1)?),
+        // sendfile-socket BYTES: the parent sendfiles a file of BYTES into
+        // a Unix stream socketpair; the child reads it
+        "sendfile-socket" => sendfile_socket(number(1)?),
         // connect-missing PATH
         "connect-missing" => connect_missing(arg(1)?),
         // write-file PATH BYTES (e.g. into a FIFO)
@@ -63,6 +90,24 @@ fn main() -> Result<()> {
         // fork), for the probes' descriptor cache; prints the forked
         // child's pid
         "fd-reuse" => fd_reuse(),
+        // stdin-reader CHUNK DELAY_US: reads stdin to EOF in CHUNK-byte
+        // reads, pausing DELAY_US after each, and prints the bytes read,
+        // its pipe's capacity (F_GETPIPE_SZ) first and at its largest, and
+        // that of a new pipe made at EOF
+        "stdin-reader" => stdin_reader(number(1)?, number(2)?),
+        // pipesz SIZE PROGRAM ARGS...: sets its stdout pipe's capacity and
+        // execs PROGRAM (what util-linux 2.39's pipesz does)
+        "pipesz" => pipesz(number(1)?, &args[2..]),
+        // write-then-close BYTES CHUNK SLEEP_MS: writes BYTES to stdout in
+        // CHUNK-byte writes, closes it, reopens fd 1 on /dev/null and
+        // lives SLEEP_MS more
+        "write-then-close" => write_then_close(number(1)?, number(2)?, number(3)?),
+        // pipe-capacity: prints the capacity of a new pipe
+        "pipe-capacity" => {
+            let (reader, _writer) = std::io::pipe()?;
+            println!("{}", pipe_capacity(reader.as_raw_fd())?);
+            Ok(())
+        }
         other => bail!("unknown traffic kind {other}"),
     }
 }
@@ -120,9 +165,21 @@ fn socketpair_fork(child_to_parent: u64, parent_to_child: u64) -> Result<()> {
     )
 }
 
+/// A Unix address: a path, or an abstract name for `@name`.
+fn unix_address(path: &str) -> Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    Ok(match path.strip_prefix('@') {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name)?,
+        None => std::os::unix::net::SocketAddr::from_pathname(path)?,
+    })
+}
+
 fn dgram_server(path: &str, count: u64, size: u64) -> Result<()> {
-    let _ = std::fs::remove_file(path);
-    let socket = UnixDatagram::bind(path).with_context(|| format!("binding {path}"))?;
+    if !path.starts_with('@') {
+        let _ = std::fs::remove_file(path);
+    }
+    let socket =
+        UnixDatagram::bind_addr(&unix_address(path)?).with_context(|| format!("binding {path}"))?;
     println!("ready");
     std::io::stdout().flush()?;
     let mut buffer = vec![0u8; size as usize + 1];
@@ -144,9 +201,62 @@ fn dgram_client(path: &str, count: u64, size: u64) -> Result<()> {
     Ok(())
 }
 
-fn tcp_fork(child_to_parent: u64, parent_to_child: u64) -> Result<()> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    let address = listener.local_addr()?;
+fn dgram_send_to(path: &str, count: u64, size: u64, how: &str) -> Result<()> {
+    let socket = UnixDatagram::unbound().context("socket")?;
+    let address = unix_address(path)?;
+    let datagram = vec![b'd'; size as usize];
+    for _ in 0..count {
+        match how {
+            "sendto" => {
+                socket.send_to_addr(&datagram, &address).context("sendto")?;
+            }
+            "sendmsg" => send_msg_to(&socket, &datagram, path)?,
+            other => bail!("dgram-send-to: {other} is neither sendto nor sendmsg"),
+        }
+    }
+    Ok(())
+}
+
+/// One datagram through sendmsg with `msg_name` set, as sd_notify sends.
+fn send_msg_to(socket: &UnixDatagram, datagram: &[u8], path: &str) -> Result<()> {
+    // SAFETY: zeroed sockaddr_un is valid; the path is copied within its
+    // bounds below.
+    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let (bytes, start) = match path.strip_prefix('@') {
+        Some(name) => (name.as_bytes(), 1),
+        None => (path.as_bytes(), 0),
+    };
+    if start + bytes.len() >= address.sun_path.len() {
+        bail!("{path} is too long for a Unix address");
+    }
+    for (slot, byte) in address.sun_path[start..].iter_mut().zip(bytes) {
+        *slot = *byte as libc::c_char;
+    }
+    let length = std::mem::size_of::<libc::sa_family_t>() + start + bytes.len();
+    let mut vector = libc::iovec {
+        iov_base: datagram.as_ptr() as *mut libc::c_void,
+        iov_len: datagram.len(),
+    };
+    // SAFETY: zeroed msghdr is valid; every pointer set below outlives the
+    // call.
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    header.msg_name = (&raw mut address).cast();
+    header.msg_namelen = length as libc::socklen_t;
+    header.msg_iov = &raw mut vector;
+    header.msg_iovlen = 1;
+    // SAFETY: a valid socket and a header whose buffers are alive.
+    if unsafe { libc::sendmsg(socket.as_raw_fd(), &header, 0) } < 0 {
+        bail!("sendmsg: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn tcp_fork(child_to_parent: u64, parent_to_child: u64, listen: &str, connect: &str) -> Result<()> {
+    let listen: std::net::IpAddr = listen.parse().context("the listen address")?;
+    let connect: std::net::IpAddr = connect.parse().context("the connect address")?;
+    let listener = TcpListener::bind((listen, 0)).with_context(|| format!("binding {listen}"))?;
+    let address = std::net::SocketAddr::new(connect, listener.local_addr()?.port());
     fork_child(
         || {
             let mut stream = TcpStream::connect(address)?;
@@ -160,6 +270,205 @@ fn tcp_fork(child_to_parent: u64, parent_to_child: u64) -> Result<()> {
             let mut got = vec![0u8; child_to_parent as usize];
             stream.read_exact(&mut got)?;
             stream.write_all(&vec![b'p'; parent_to_child as usize])?;
+            Ok(())
+        },
+    )
+}
+
+fn mmsg_fork(batches: u64, batch: u64, size: u64) -> Result<()> {
+    let (parent_end, child_end) = UnixDatagram::pair().context("socketpair")?;
+    let batch = batch as usize;
+    let size = size as usize;
+    // One vector of `batch` messages over `batch` buffers, for either side.
+    fn vector(buffers: &mut [Vec<u8>]) -> (Vec<libc::iovec>, Vec<libc::mmsghdr>) {
+        let mut iovecs: Vec<libc::iovec> = buffers
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        let messages = iovecs
+            .iter_mut()
+            .map(|iov| {
+                // SAFETY: an all-zero msghdr is a valid empty header.
+                let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+                header.msg_iov = iov;
+                header.msg_iovlen = 1;
+                libc::mmsghdr {
+                    msg_hdr: header,
+                    msg_len: 0,
+                }
+            })
+            .collect();
+        (iovecs, messages)
+    }
+    fork_child(
+        || {
+            let mut buffers = vec![vec![b'm'; size]; batch];
+            for _ in 0..batches {
+                let (_iovecs, mut messages) = vector(&mut buffers);
+                let mut sent = 0;
+                while sent < batch {
+                    // SAFETY: `messages` points at live headers and buffers.
+                    let n = unsafe {
+                        libc::sendmmsg(
+                            child_end.as_raw_fd(),
+                            messages[sent..].as_mut_ptr(),
+                            (batch - sent) as u32,
+                            0,
+                        )
+                    };
+                    if n < 0 {
+                        return Err(std::io::Error::last_os_error().into());
+                    }
+                    sent += n as usize;
+                }
+            }
+            Ok(())
+        },
+        || {
+            let mut buffers = vec![vec![0u8; size + 1]; batch];
+            let mut left = batches as usize * batch;
+            while left > 0 {
+                let (_iovecs, mut messages) = vector(&mut buffers);
+                let want = left.min(batch);
+                // SAFETY: as above; MSG_WAITFORONE returns once one came.
+                let n = unsafe {
+                    libc::recvmmsg(
+                        parent_end.as_raw_fd(),
+                        messages.as_mut_ptr(),
+                        want as u32,
+                        libc::MSG_WAITFORONE as _,
+                        std::ptr::null_mut(),
+                    )
+                };
+                if n < 0 {
+                    return Err(std::io::Error::last_os_error().into());
+                }
+                left -= n as usize;
+            }
+            Ok(())
+        },
+    )
+}
+
+/// pipe2(O_CLOEXEC): (read end, write end).
+fn pipe() -> Result<(std::fs::File, std::fs::File)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into a live array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("pipe2: {}", std::io::Error::last_os_error());
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: both descriptors are new and ours alone.
+    Ok(unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+fn read_exactly(mut from: &std::fs::File, bytes: u64) -> Result<()> {
+    let mut buffer = vec![0u8; bytes as usize];
+    from.read_exact(&mut buffer)?;
+    Ok(())
+}
+
+fn splice_relay(bytes: u64) -> Result<()> {
+    let (a_read, mut a_write) = pipe()?;
+    let (b_read, b_write) = pipe()?;
+    fork_child(
+        || {
+            a_write.write_all(&vec![b's'; bytes as usize])?;
+            read_exactly(&b_read, bytes)
+        },
+        || {
+            let mut moved = 0;
+            while moved < bytes {
+                // SAFETY: splice between two live pipe descriptors.
+                let n = unsafe {
+                    libc::splice(
+                        a_read.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        b_write.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        (bytes - moved) as usize,
+                        0,
+                    )
+                };
+                if n <= 0 {
+                    bail!("splice: {}", std::io::Error::last_os_error());
+                }
+                moved += n as u64;
+            }
+            Ok(())
+        },
+    )
+}
+
+fn tee_relay(bytes: u64) -> Result<()> {
+    let (a_read, mut a_write) = pipe()?;
+    let (b_read, b_write) = pipe()?;
+    fork_child(
+        || {
+            a_write.write_all(&vec![b't'; bytes as usize])?;
+            read_exactly(&b_read, bytes)
+        },
+        || {
+            // tee copies from the start of what A holds, without consuming:
+            // wait until all of it is there, copy it once, then consume A.
+            loop {
+                let mut pending: libc::c_int = 0;
+                // SAFETY: FIONREAD writes one int.
+                unsafe { libc::ioctl(a_read.as_raw_fd(), libc::FIONREAD, &mut pending) };
+                if pending as u64 >= bytes {
+                    break;
+                }
+                sleep(Duration::from_millis(5));
+            }
+            // SAFETY: tee between two live pipe descriptors.
+            let n =
+                unsafe { libc::tee(a_read.as_raw_fd(), b_write.as_raw_fd(), bytes as usize, 0) };
+            if n as u64 != bytes {
+                bail!("tee moved {n}: {}", std::io::Error::last_os_error());
+            }
+            read_exactly(&a_read, bytes)
+        },
+    )
+}
+
+fn sendfile_socket(bytes: u64) -> Result<()> {
+    let path = std::env::temp_dir().join(format!("resonance-sendfile-{}", std::process::id()));
+    std::fs::write(&path, vec![b'f'; bytes as usize])?;
+    let file = std::fs::File::open(&path)?;
+    std::fs::remove_file(&path)?;
+    let (parent_end, mut child_end) = UnixStream::pair().context("socketpair")?;
+    fork_child(
+        || {
+            let mut buffer = vec![0u8; bytes as usize];
+            child_end.read_exact(&mut buffer)?;
+            Ok(())
+        },
+        || {
+            let mut sent = 0;
+            while sent < bytes {
+                // SAFETY: sendfile from a live file into a live socket; the
+                // kernel keeps the file offset (null offset).
+                let n = unsafe {
+                    libc::sendfile(
+                        parent_end.as_raw_fd(),
+                        file.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        (bytes - sent) as usize,
+                    )
+                };
+                if n <= 0 {
+                    bail!("sendfile: {}", std::io::Error::last_os_error());
+                }
+                sent += n as u64;
+            }
             Ok(())
         },
     )
@@ -408,4 +717,76 @@ fn pipe_saturated(total: u64, read: u64, read_ms: u64) -> Result<()> {
             Ok(())
         },
     )
+}
+
+/// `F_GETPIPE_SZ` of a pipe descriptor.
+fn pipe_capacity(fd: i32) -> Result<u64> {
+    // SAFETY: fcntl on a descriptor number; a bad one gets EBADF.
+    let size = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
+    if size < 0 {
+        bail!("F_GETPIPE_SZ: {}", std::io::Error::last_os_error());
+    }
+    Ok(size as u64)
+}
+
+fn stdin_reader(chunk: u64, delay_us: u64) -> Result<()> {
+    let first = pipe_capacity(0)?;
+    let mut largest = first;
+    let mut buffer = vec![0u8; usize::try_from(chunk).context("chunk too large")?];
+    let mut stdin = std::io::stdin().lock();
+    let mut total = 0u64;
+    loop {
+        let n = match stdin.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error.into()),
+        };
+        total += n as u64;
+        largest = largest.max(pipe_capacity(0)?);
+        if delay_us > 0 {
+            sleep(Duration::from_micros(delay_us));
+        }
+    }
+    // A new pipe made while stdin's is still held: what the user's next
+    // pipe gets with this one's pages counted.
+    let (fresh, _writer) = std::io::pipe()?;
+    let fresh = pipe_capacity(fresh.as_raw_fd())?;
+    println!("bytes={total} first={first} largest={largest} fresh={fresh}");
+    Ok(())
+}
+
+fn pipesz(size: u64, command: &[String]) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let size = libc::c_int::try_from(size).context("size too large")?;
+    // SAFETY: fcntl on our stdout.
+    if unsafe { libc::fcntl(1, libc::F_SETPIPE_SZ, size) } < 0 {
+        bail!("F_SETPIPE_SZ {size}: {}", std::io::Error::last_os_error());
+    }
+    let (program, rest) = command
+        .split_first()
+        .context("pipesz SIZE PROGRAM ARGS...")?;
+    let error = std::process::Command::new(program).args(rest).exec();
+    bail!("exec {program}: {error}")
+}
+
+fn write_then_close(bytes: u64, chunk: u64, sleep_ms: u64) -> Result<()> {
+    let buffer = vec![b'w'; usize::try_from(chunk).context("chunk too large")?];
+    {
+        let mut stdout = std::io::stdout().lock();
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk) as usize;
+            stdout.write_all(&buffer[..n])?;
+            left -= n as u64;
+        }
+        stdout.flush()?;
+    }
+    let null = std::fs::File::open("/dev/null")?;
+    // SAFETY: dup2 onto our own fd 1, closing the pipe end it held.
+    if unsafe { libc::dup2(null.as_raw_fd(), 1) } < 0 {
+        bail!("dup2: {}", std::io::Error::last_os_error());
+    }
+    sleep(Duration::from_millis(sleep_ms));
+    Ok(())
 }
