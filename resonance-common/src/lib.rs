@@ -7,12 +7,14 @@
 #![no_std]
 
 pub mod event;
+pub mod exit_path;
 pub mod flow;
 pub mod histogram;
 pub mod kind;
 pub mod offsets;
 
 pub use event::{Event, EventKind, UNIX_PATH_LEN};
+pub use exit_path::ExitPath;
 pub use flow::{COMM_LEN, Direction, EndState, FlowKey, FlowStats, PIPE_CHECKPOINTS, fifo_end};
 pub use histogram::{HIST_BUCKETS, bucket_index, bucket_lower_bound, bucket_upper_bound};
 pub use kind::ChannelKind;
@@ -33,6 +35,9 @@ pub mod names {
     pub const FD_WALKS: &str = "FD_WALKS";
     /// Syscalls in flight, keyed by pid_tgid: `HashMap<u64, InFlight>`.
     pub const IN_FLIGHT: &str = "IN_FLIGHT";
+    /// The programs the exit-only hot path tail-calls, indexed by
+    /// [`crate::ExitPath`]: `ProgramArray`.
+    pub const EXIT_PATHS: &str = "EXIT_PATHS";
     /// Global holding [`crate::Offsets`].
     pub const OFFSETS: &str = "OFFSETS";
     /// Global holding [`crate::ProbeConfig`].

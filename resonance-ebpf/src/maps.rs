@@ -2,9 +2,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
-use resonance_common::{EndState, FlowKey, FlowStats};
+use resonance_common::{EndState, ExitPath, FlowKey, FlowStats};
 
 /// Flows the agent drains periodically. LRU: a full map forgets the flow
 /// unused longest instead of failing the syscall path.
@@ -136,3 +136,10 @@ pub enum Op {
     /// bind.
     Bind = 7,
 }
+
+/// The programs `programs::dispatch` hands rarer syscalls to, indexed by
+/// `resonance_common::ExitPath`; filled by the agent after loading them. An
+/// empty slot makes the tail call fall through: those syscalls go
+/// unobserved rather than anything failing.
+#[map(name = "EXIT_PATHS")]
+pub static EXIT_PATHS: ProgramArray = ProgramArray::with_max_entries(ExitPath::SLOTS, 0);

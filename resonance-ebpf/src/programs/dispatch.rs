@@ -10,17 +10,24 @@
 //! a hash lookup, and one on a followed channel a lookup and the flow's
 //! counters.
 //!
+//! The program itself follows only the read/write family; the rarer
+//! families (descriptor life cycle, splice/tee/sendfile, sendmmsg/recvmmsg)
+//! are tail calls to programs of their own (`resonance_common::ExitPath`),
+//! so that each is verified alone: together they outgrew what the 5.10 and
+//! 6.1 verifiers accept.
+//!
 //! Two flavours of the same program: `tp_btf` (BTF-typed registers, read
 //! with plain loads) where the kernel allows it, `raw_tp` (registers read
 //! with `bpf_probe_read_kernel`) where it does not; the agent picks at load
 //! time.
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::bpf_probe_read_kernel,
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
-use resonance_common::{Direction, EventKind};
+use resonance_common::{Direction, EventKind, ExitPath};
 
 use super::{
     connect::{report_bound, report_connect},
@@ -30,7 +37,9 @@ use super::{
     moved::{Move, moved_exit_only},
     observed_task,
 };
-use crate::{emit::Destination, fdcache, fdwalk::Resolved, globals::offset, opaque::opaque};
+use crate::{
+    emit::Destination, fdcache, fdwalk::Resolved, globals::offset, maps::EXIT_PATHS, opaque::opaque,
+};
 
 /// x86_64 syscall numbers: ABI, the same on every kernel.
 mod nr {
@@ -103,7 +112,9 @@ impl Regs for RawRegs {
 pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
     let regs: *const u8 = ctx.arg(0);
     let ret: i64 = ctx.arg(1);
-    dispatch(&BtfRegs(regs), ret);
+    if let Some(path) = dispatch(&BtfRegs(regs), ret) {
+        hand_off(&ctx, path);
+    }
     0
 }
 
@@ -112,7 +123,57 @@ pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
 pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
     let regs: u64 = ctx.arg(0);
     let ret: i64 = ctx.arg(1);
-    dispatch(&RawRegs(regs), ret);
+    if let Some(path) = dispatch(&RawRegs(regs), ret) {
+        hand_off(&ctx, path);
+    }
+    0
+}
+
+/// [`ExitPath::Rare`], tp_btf flavour: tail-called, never attached.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn exit_rare_btf(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const u8 = ctx.arg(0);
+    rare(&BtfRegs(regs), ctx.arg(1));
+    0
+}
+
+/// [`ExitPath::Rare`], raw_tp flavour.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn exit_rare_raw(ctx: RawTracePointContext) -> i32 {
+    let regs: u64 = ctx.arg(0);
+    rare(&RawRegs(regs), ctx.arg(1));
+    0
+}
+
+/// [`ExitPath::Moved`], tp_btf flavour.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn exit_moved_btf(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const u8 = ctx.arg(0);
+    moved(&BtfRegs(regs), ctx.arg(1));
+    0
+}
+
+/// [`ExitPath::Moved`], raw_tp flavour.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn exit_moved_raw(ctx: RawTracePointContext) -> i32 {
+    let regs: u64 = ctx.arg(0);
+    moved(&RawRegs(regs), ctx.arg(1));
+    0
+}
+
+/// [`ExitPath::Mmsg`], tp_btf flavour.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn exit_mmsg_btf(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const u8 = ctx.arg(0);
+    mmsg(&BtfRegs(regs), ctx.arg(1));
+    0
+}
+
+/// [`ExitPath::Mmsg`], raw_tp flavour.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn exit_mmsg_raw(ctx: RawTracePointContext) -> i32 {
+    let regs: u64 = ctx.arg(0);
+    mmsg(&RawRegs(regs), ctx.arg(1));
     0
 }
 
@@ -123,57 +184,61 @@ pub fn hook_floor_btf(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// Tail-calls the program of `path`. Returns only if that cannot happen
+/// (an empty slot): those syscalls then go unobserved, nothing else.
 #[inline(always)]
-fn dispatch(regs: &impl Regs, ret: i64) {
+fn hand_off<C: EbpfContext>(ctx: &C, path: ExitPath) {
+    // SAFETY: the context is this program's own, of the type every program
+    // in the array was loaded for (the agent fills each flavour's slots
+    // with that flavour's programs).
+    unsafe { EXIT_PATHS.tail_call(ctx, path as u32) };
+}
+
+/// Follows a read/write-family syscall here; says which program to hand
+/// any other followed syscall to.
+#[inline(always)]
+fn dispatch(regs: &impl Regs, ret: i64) -> Option<ExitPath> {
     let number = regs.word(offset!(regs_orig_ax));
     let dir = match number {
-        nr::WRITE | nr::WRITEV | nr::SENDTO | nr::SENDMSG | nr::SENDMMSG => Direction::Send,
-        nr::READ | nr::READV | nr::RECVFROM | nr::RECVMSG | nr::RECVMMSG => Direction::Recv,
-        nr::SPLICE | nr::TEE | nr::SENDFILE => {
-            moved(regs, number, ret);
-            return;
-        }
+        nr::WRITE | nr::WRITEV | nr::SENDTO | nr::SENDMSG => Direction::Send,
+        nr::READ | nr::READV | nr::RECVFROM | nr::RECVMSG => Direction::Recv,
         _ => {
-            rare(regs, number, ret);
-            return;
+            let path = match number {
+                nr::SPLICE | nr::TEE | nr::SENDFILE => ExitPath::Moved,
+                nr::SENDMMSG | nr::RECVMMSG => ExitPath::Mmsg,
+                nr::CLOSE
+                | nr::PIPE
+                | nr::PIPE2
+                | nr::SOCKETPAIR
+                | nr::SOCKET
+                | nr::CONNECT
+                | nr::BIND
+                | nr::ACCEPT
+                | nr::ACCEPT4
+                | nr::DUP2
+                | nr::DUP3
+                | nr::CLOSE_RANGE
+                | nr::EXECVE
+                | nr::EXECVEAT => ExitPath::Rare,
+                _ => return None,
+            };
+            return is_64bit(regs).then_some(path);
         }
     };
     if !is_64bit(regs) {
-        return;
+        return None;
     }
-    let Some((_, tgid)) = observed_task() else {
-        return;
-    };
+    let (_, tgid) = observed_task()?;
     let fd = regs.word(offset!(regs_di));
     if fd > i32::MAX as u64 {
-        return;
+        return None;
     }
-    let Some(object) = fdcache::lookup(tgid, fd as u32) else {
-        return;
-    };
+    let object = fdcache::lookup(tgid, fd as u32)?;
     let count = if number == nr::WRITE {
         regs.word(offset!(regs_dx))
     } else {
         0
     };
-    // sendmmsg/recvmmsg return messages; the bytes are in the vector. A
-    // call of its own: the verifier walks what follows the loop once per
-    // way out of it, so that tail stays short.
-    if matches!(number, nr::SENDMMSG | nr::RECVMMSG) {
-        // Each way the descriptor was resolved (a cache hit, or a walk to a
-        // pipe, a FIFO, a Unix or TCP socket) would walk the loop again.
-        let object = opaque(object);
-        let ret = if ret > 0 {
-            let Some(bytes) = mmsg_bytes(regs.word(offset!(regs_si)), ret) else {
-                return;
-            };
-            bytes
-        } else {
-            ret
-        };
-        completed(tgid, fd as i32, object, dir, ret, 0, Destination::NONE);
-        return;
-    }
     // A datagram without a peer: where it went (sendto's fifth argument,
     // or the msg_name of sendmsg's header), read only if the send starts
     // a flow.
@@ -189,14 +254,47 @@ fn dispatch(regs: &impl Regs, ret: i64) {
         _ => Destination::NONE,
     };
     completed(tgid, fd as i32, object, dir, ret, count, to);
+    None
 }
 
-/// splice(in, _, out), tee(in, out), sendfile(out, in): see `moved`.
+/// sendmmsg/recvmmsg (64-bit, as [`dispatch`] checked): they return
+/// messages; the bytes are in the vector.
 #[inline(always)]
-fn moved(regs: &impl Regs, number: u64, ret: i64) {
-    if !is_64bit(regs) {
+fn mmsg(regs: &impl Regs, ret: i64) {
+    let Some((_, tgid)) = observed_task() else {
+        return;
+    };
+    let fd = regs.word(offset!(regs_di));
+    if fd > i32::MAX as u64 {
         return;
     }
+    let Some(object) = fdcache::lookup(tgid, fd as u32) else {
+        return;
+    };
+    let dir = if regs.word(offset!(regs_orig_ax)) == nr::SENDMMSG {
+        Direction::Send
+    } else {
+        Direction::Recv
+    };
+    // Each way the descriptor was resolved (a cache hit, or a walk to a
+    // pipe, a FIFO, a Unix or TCP socket) would walk the loop again.
+    let object = opaque(object);
+    let ret = if ret > 0 {
+        let Some(bytes) = mmsg_bytes(regs.word(offset!(regs_si)), ret) else {
+            return;
+        };
+        bytes
+    } else {
+        ret
+    };
+    completed(tgid, fd as i32, object, dir, ret, 0, Destination::NONE);
+}
+
+/// splice(in, _, out), tee(in, out), sendfile(out, in) (64-bit, as
+/// [`dispatch`] checked): see `moved`.
+#[inline(always)]
+fn moved(regs: &impl Regs, ret: i64) {
+    let number = regs.word(offset!(regs_orig_ax));
     let Some((_, tgid)) = observed_task() else {
         return;
     };
@@ -216,30 +314,12 @@ fn is_64bit(regs: &impl Regs) -> bool {
     regs.word(offset!(regs_cs)) == USER64_CS
 }
 
-/// Syscalls that create, join or free descriptors: reported as the classic
-/// programs report them, and kept in `fdcache`.
+/// Syscalls that create, join or free descriptors (64-bit, as [`dispatch`]
+/// checked): reported as the classic programs report them, and kept in
+/// `fdcache`.
 #[inline(always)]
-fn rare(regs: &impl Regs, number: u64, ret: i64) {
-    if !matches!(
-        number,
-        nr::CLOSE
-            | nr::PIPE
-            | nr::PIPE2
-            | nr::SOCKETPAIR
-            | nr::SOCKET
-            | nr::CONNECT
-            | nr::BIND
-            | nr::ACCEPT
-            | nr::ACCEPT4
-            | nr::DUP2
-            | nr::DUP3
-            | nr::CLOSE_RANGE
-            | nr::EXECVE
-            | nr::EXECVEAT
-    ) || !is_64bit(regs)
-    {
-        return;
-    }
+fn rare(regs: &impl Regs, ret: i64) {
+    let number = regs.word(offset!(regs_orig_ax));
     let Some((_, tgid)) = observed_task() else {
         return;
     };

@@ -3,10 +3,10 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{BtfTracePoint, RawTracePoint, TracePoint, trace_point::TracePointLinkId},
 };
-use resonance_common::{EndState, FlowKey, FlowStats, Offsets, ProbeConfig, names};
+use resonance_common::{EndState, ExitPath, FlowKey, FlowStats, Offsets, ProbeConfig, names};
 
 use super::{ProbeError, preflight::VMLINUX_BTF, refused};
 
@@ -315,9 +315,20 @@ fn attach_mode(
                 "sys_exit_btf"
             };
             let btf = btf.ok_or(ProbeError::Missing("kernel BTF for tp_btf"))?;
+            if !floor {
+                for path in ExitPath::ALL {
+                    let name = path.btf_program();
+                    let hand_off: &mut BtfTracePoint = program_of(ebpf, name)?;
+                    hand_off
+                        .load("sys_exit", btf)
+                        .map_err(|source| attach_error(name, "tp_btf", "sys_exit", source))?;
+                }
+                fill_exit_paths(ebpf, ExitPath::btf_program)?;
+            }
             let hook: &mut BtfTracePoint = program_of(ebpf, program)?;
             let error = |source| attach_error(program, "tp_btf", "sys_exit", source);
             hook.load("sys_exit", btf).map_err(error)?;
+            log_verified(hook.info().ok(), program);
             hook.attach().map_err(error)?;
             attached.push(AttachStatus {
                 program,
@@ -332,9 +343,20 @@ fn attach_mode(
             } else {
                 "sys_exit_raw"
             };
+            if !floor {
+                for path in ExitPath::ALL {
+                    let name = path.raw_program();
+                    let hand_off: &mut RawTracePoint = program_of(ebpf, name)?;
+                    hand_off
+                        .load()
+                        .map_err(|source| attach_error(name, "raw_tp", "sys_exit", source))?;
+                }
+                fill_exit_paths(ebpf, ExitPath::raw_program)?;
+            }
             let hook: &mut RawTracePoint = program_of(ebpf, program)?;
             let error = |source| attach_error(program, "raw_tp", "sys_exit", source);
             hook.load().map_err(error)?;
+            log_verified(hook.info().ok(), program);
             hook.attach("sys_exit").map_err(error)?;
             attached.push(AttachStatus {
                 program,
@@ -355,6 +377,52 @@ fn attach_mode(
         }
     }
     result.map(|()| attached)
+}
+
+/// Puts each [`ExitPath`]'s program, already loaded, into its slot of the
+/// program array the hot path tail-calls through. The array stays in
+/// `ebpf`: the kernel empties a program array once user space holds it no
+/// more.
+fn fill_exit_paths(
+    ebpf: &mut Ebpf,
+    program: fn(ExitPath) -> &'static str,
+) -> Result<(), ProbeError> {
+    let mut fds = Vec::with_capacity(ExitPath::ALL.len());
+    for path in ExitPath::ALL {
+        let name = program(path);
+        let loaded = ebpf.program(name).ok_or(ProbeError::Missing(name))?;
+        log_verified(loaded.info().ok(), name);
+        let fd = loaded
+            .fd()
+            .map_err(|source| attach_error(name, "program", name, source))?
+            .try_clone()
+            .map_err(|source| attach_error(name, "program", name, source.into()))?;
+        fds.push((path, fd));
+    }
+    let map = ebpf
+        .map_mut(names::EXIT_PATHS)
+        .ok_or(ProbeError::Missing(names::EXIT_PATHS))?;
+    let mut slots = ProgramArray::try_from(map).map_err(|source| ProbeError::Map {
+        name: names::EXIT_PATHS,
+        source: Box::new(source),
+    })?;
+    for (path, fd) in &fds {
+        slots
+            .set(*path as u32, fd, 0)
+            .map_err(|source| ProbeError::Map {
+                name: names::EXIT_PATHS,
+                source: Box::new(source),
+            })?;
+    }
+    Ok(())
+}
+
+/// Logs how many instructions the verifier walked for `program`: how close
+/// it is to the million older kernels allow (5.16 and later report it).
+fn log_verified(info: Option<aya::programs::ProgramInfo>, program: &str) {
+    if let Some(count) = info.and_then(|info| info.verified_instruction_count()) {
+        log::debug!("{program}: {count} instructions verified");
+    }
 }
 
 fn attach_tracepoints(
