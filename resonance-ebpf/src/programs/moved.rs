@@ -38,9 +38,26 @@ impl Move {
     }
 }
 
+/// Invalid argument: what splice and sendfile return for descriptors
+/// (or flags) they cannot move between.
+const EINVAL: i64 = 22;
+
+/// Whether a move's result is the kernel declining these descriptors, which
+/// is counted nowhere: nothing moved and nothing failed on the channel.
+/// Programs try a move first and fall back to read and write (busybox's
+/// `cat` calls sendfile, which kernels before 5.12 refuse from a pipe);
+/// counted as an error, every such pipeline would show one.
+#[inline(always)]
+fn declined(ret: i64) -> bool {
+    ret == -EINVAL
+}
+
 /// The exit-only hot path's accounting of a move of `ret` bytes.
 #[inline(always)]
 pub fn moved_exit_only(tgid: u32, input: u64, output: u64, how: Move, ret: i64) {
+    if declined(ret) {
+        return;
+    }
     if how == Move::ReadAndWrite
         && input <= i32::MAX as u64
         && let Some(object) = fdcache::lookup(tgid, input as u32)
@@ -141,7 +158,9 @@ fn exit(ctx: &TracePointContext) {
         return;
     }
     let _ = IN_FLIGHT.remove(&pid_tgid);
-    let Some(ret) = ret(ctx) else { return };
+    let Some(ret) = ret(ctx).filter(|&ret| !declined(ret)) else {
+        return;
+    };
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let count = |fd: i32, object: Object, dir: Direction| {

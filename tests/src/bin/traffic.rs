@@ -385,6 +385,25 @@ fn splice_relay(bytes: u64) -> Result<()> {
             read_exactly(&b_read, bytes)
         },
         || {
+            // First a move the kernel declines (flags it does not know), as
+            // programs that try a move and fall back to read/write see one
+            // (busybox's cat calling sendfile from a pipe on 5.10): the
+            // observer must not count it as the channel's error.
+            // SAFETY: as below; the kernel checks the flags first.
+            let declined = unsafe {
+                libc::splice(
+                    a_read.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    b_write.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    1,
+                    u32::MAX,
+                )
+            };
+            let error = std::io::Error::last_os_error();
+            if declined != -1 || error.raw_os_error() != Some(libc::EINVAL) {
+                bail!("splice with unknown flags gave {declined} ({error}), not EINVAL");
+            }
             let mut moved = 0;
             while moved < bytes {
                 // SAFETY: splice between two live pipe descriptors.
