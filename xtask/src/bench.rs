@@ -58,9 +58,14 @@ pub enum Which {
 }
 
 /// Builds and runs one benchmark.
+/// Debian packages of the observer bench's real workloads: PostgreSQL
+/// (initdb, postgres, pgbench) and redis (redis-server, redis-benchmark).
+const OBSERVER_PACKAGES: &[&str] = &["postgresql", "redis-server", "redis-tools"];
+
 pub fn run(root: &Path, env: &BuildEnv, which: Which) -> Result<()> {
     match which {
         Which::Observer { json, markdown } => {
+            crate::debian::ensure(OBSERVER_PACKAGES)?;
             run_tests_bench(root, env, "bench-observer", json, markdown)
         }
         Which::Agent { json } => run_tests_bench(root, env, "bench-agent", json, false),
