@@ -29,6 +29,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use resonance::{config::BrokerSettings, handout::Broker};
 use resonance_client::{Channel, Client, Peer};
+use resonance_tests::helper_bin;
 
 const TRIALS: usize = 3000;
 const WARMUP: usize = 100;
@@ -74,15 +75,6 @@ fn broker_role(args: &[String]) -> Result<()> {
         broker.run().await;
         Ok(())
     })
-}
-
-fn sibling(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.with_file_name(name);
-    if !path.is_file() {
-        bail!("{} is not built", path.display());
-    }
-    Ok(path)
 }
 
 fn spawn_ready(command: &mut Command) -> Result<Killed> {
@@ -311,7 +303,7 @@ fn print_markdown(variants: &[&Figures], a_acq: f64, a_rtt: f64) {
 }
 
 fn run(dir: &Path, json: bool, markdown: bool) -> Result<()> {
-    let responder = sibling("responder")?;
+    let responder = helper_bin("responder");
     let listen = dir.join("listen.sock");
     let _b_listen = spawn_ready(Command::new(&responder).arg("--listen").arg(&listen))?;
     let me = std::env::current_exe()?;

@@ -24,6 +24,7 @@ use resonance::{
     Direction,
     observer::{Observer, ObserverOptions},
 };
+use resonance_tests::{resonance_bin, traffic_bin};
 
 const ROUNDS: usize = 5;
 const MIB: u64 = 1 << 20;
@@ -102,15 +103,6 @@ fn main() -> Result<()> {
     result
 }
 
-fn sibling(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.with_file_name(name);
-    if !path.is_file() {
-        bail!("{} is not built", path.display());
-    }
-    Ok(path)
-}
-
 fn which(program: &str) -> Result<PathBuf> {
     for dir in std::env::var("PATH").unwrap_or_default().split(':') {
         let path = Path::new(dir).join(program);
@@ -126,7 +118,7 @@ fn start_agent(dir: &Path) -> Result<Killed> {
     std::fs::write(&config, "[grow]\nservices = [\"grown-*\"]\n")?;
     let control = dir.join("control.sock");
     let log = std::fs::File::create(dir.join("agent.log"))?;
-    let child = Command::new(sibling("resonance")?)
+    let child = Command::new(resonance_bin())
         .arg("run")
         .arg("--config")
         .arg(&config)
@@ -173,7 +165,7 @@ fn script(dir: &Path, workload: &Workload, variant: Variant, round: usize) -> Re
     let writer = match variant {
         Variant::HandSet => format!(
             "{} pipesz {MIB} {}",
-            sibling("traffic")?.display(),
+            traffic_bin().display(),
             workload.writer
         ),
         _ => workload.writer.to_owned(),
