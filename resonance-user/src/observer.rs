@@ -9,7 +9,7 @@
 use std::{collections::HashMap, os::fd::AsFd, time::Duration};
 
 use anyhow::{Context, Result};
-use resonance_common::{ChannelKind, Direction, FlowKey, ProbeConfig};
+use resonance_common::{ChannelKind, Direction, ProbeConfig};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -433,32 +433,6 @@ impl Observer {
         flows
     }
 
-    /// Drops the `FLOWS` entries of processes that are gone, which the
-    /// [`Observer::interval`] that calls this has read a last time: no
-    /// syscall can count into them any more. Left in, they would fill the
-    /// LRU map on a host whose processes come and go, until it forgot the
-    /// counts of live but idle flows to make room.
-    fn forget_gone_processes(&mut self) {
-        // The thread group's /proc entry goes with its last thread (an exit
-        // event comes with its leader's, and may have been dropped).
-        let mut gone_tgids: HashMap<u32, bool> = HashMap::new();
-        let gone: Vec<FlowKey> = self
-            .probes
-            .flows
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| {
-                *gone_tgids.entry(key.tgid).or_insert_with(|| {
-                    !std::path::Path::new(&format!("/proc/{}", key.tgid)).exists()
-                })
-            })
-            .collect();
-        for key in gone {
-            // Already gone (the LRU evicted it meanwhile) is as good.
-            let _ = self.probes.flows.remove(&key);
-        }
-    }
-
     /// Reads the per-end latency map.
     pub fn end_latency(&self) -> EndLatency {
         self.probes
@@ -582,7 +556,6 @@ impl Observer {
             ends: latency,
             readers,
         };
-        self.forget_gone_processes();
         self.intervals += 1;
         // Starts nobody asked for within an interval of being resolvable
         // are dropped: observing alone must not grow without bound.
