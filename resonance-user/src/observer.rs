@@ -9,7 +9,7 @@
 use std::{collections::HashMap, os::fd::AsFd, time::Duration};
 
 use anyhow::{Context, Result};
-use resonance_common::{ChannelKind, Direction, ProbeConfig};
+use resonance_common::{ChannelKind, Direction, FlowKey, ProbeConfig};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -118,6 +118,12 @@ pub struct Observer {
 /// How long [`Observer::interval`] waits for the reader of a new writer to
 /// show up before counting its bytes as sent to nobody seen.
 const READER_GRACE_NS: u64 = 2_000_000_000;
+
+/// How long the flows of a process that is gone stay in the kernel map
+/// after their last syscall: past [`READER_GRACE_NS`], so that a writer
+/// held back for its reader, or a start waiting for the readers of its
+/// end, still finds them (forgotten at once, the pairing lost them).
+const FORGET_AFTER_NS: u64 = 2 * READER_GRACE_NS;
 
 /// Identifies a flow the way the kernel map key does.
 type FlowId = (u32, ChannelKind, Direction, u64);
@@ -433,6 +439,36 @@ impl Observer {
         flows
     }
 
+    /// Drops the `FLOWS` entries of processes that are gone and whose flows
+    /// have been silent for [`FORGET_AFTER_NS`]: no syscall can count into
+    /// them any more, every interval since their last syscall has read
+    /// them, and no writer still waits for them to pair with. Left in, they
+    /// would fill the LRU map on a host whose processes come and go, until
+    /// it forgot the counts of live but idle flows to make room.
+    fn forget_gone_processes(&mut self) {
+        let now = monotonic_ns();
+        // The thread group's /proc entry goes with its last thread (an exit
+        // event comes with its leader's, and may have been dropped).
+        let mut gone_tgids: HashMap<u32, bool> = HashMap::new();
+        let gone: Vec<FlowKey> = self
+            .probes
+            .flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, stats)| now.saturating_sub(stats.last_ns) > FORGET_AFTER_NS)
+            .filter(|(key, _)| {
+                *gone_tgids.entry(key.tgid).or_insert_with(|| {
+                    !std::path::Path::new(&format!("/proc/{}", key.tgid)).exists()
+                })
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in gone {
+            // Already gone (the LRU evicted it meanwhile) is as good.
+            let _ = self.probes.flows.remove(&key);
+        }
+    }
+
     /// Reads the per-end latency map.
     pub fn end_latency(&self) -> EndLatency {
         self.probes
@@ -556,6 +592,7 @@ impl Observer {
             ends: latency,
             readers,
         };
+        self.forget_gone_processes();
         self.intervals += 1;
         // Starts nobody asked for within an interval of being resolvable
         // are dropped: observing alone must not grow without bound.

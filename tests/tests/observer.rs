@@ -562,6 +562,73 @@ fn writes_into_a_full_pipe_count_as_blocked_and_writes_that_fit_do_not() {
     assert_eq!(blocked_writes("65536"), 0);
 }
 
+/// A process that is gone is counted once and then forgotten: the interval
+/// after its exit reports every byte it moved, its flows stay while a
+/// writer could still pair with them, then leave the kernel map (room for
+/// live ones), and no later interval reports them again.
+#[test]
+fn a_gone_process_is_counted_once_and_then_forgotten() {
+    use resonance::{ChannelKind, Direction};
+    let _serial = serial();
+    let mut observer = resonance_tests::start_observer();
+    let _ = observer.interval();
+    let child = traffic(&["pipe-pingpong", "1000"])
+        .spawn()
+        .expect("starting pipe-pingpong");
+    let parent = child.id();
+    wait(child, "pipe-pingpong").expect("pipe-pingpong");
+    let all = observer.flows();
+    let child_of = |pid: u32| all.iter().any(|f| f.pid == pid && f.ppid == parent);
+    // The two pipes both processes use (the parent's stdout is no pipe of
+    // theirs).
+    let shared = |end: u64| {
+        all.iter().any(|f| f.end == end && f.pid == parent)
+            && all.iter().any(|f| f.end == end && child_of(f.pid))
+    };
+    let flows: Vec<_> = all
+        .iter()
+        .filter(|f| f.kind == ChannelKind::Pipe && shared(f.end))
+        .cloned()
+        .collect();
+    let mut sent: Vec<u64> = flows
+        .iter()
+        .filter(|f| f.dir == Direction::Send)
+        .map(|f| f.bytes)
+        .collect();
+    sent.sort_unstable();
+    assert_eq!(sent, [1000, 1000], "{flows:#?}");
+    let pids: Vec<u32> = flows.iter().map(|f| f.pid).collect();
+    let between_them = |interactions: &[resonance::aggregate::Interaction]| -> Vec<u64> {
+        let mut bytes: Vec<u64> = interactions
+            .iter()
+            .filter(|i| i.kind == ChannelKind::Pipe && pids.contains(&i.src.pid))
+            .filter(|i| i.dst.as_ref().is_some_and(|d| pids.contains(&d.pid)))
+            .map(|i| i.bytes)
+            .collect();
+        bytes.sort_unstable();
+        bytes
+    };
+    assert_eq!(between_them(&observer.interval()), [1000, 1000]);
+    let kept = observer
+        .flows()
+        .into_iter()
+        .filter(|f| pids.contains(&f.pid))
+        .count();
+    assert!(
+        kept >= 4,
+        "forgotten within the reader grace: {kept} flows left"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert_eq!(between_them(&observer.interval()), Vec::<u64>::new());
+    let left: Vec<_> = observer
+        .flows()
+        .into_iter()
+        .filter(|f| pids.contains(&f.pid))
+        .collect();
+    assert!(left.is_empty(), "still in the map: {left:#?}");
+    assert_eq!(between_them(&observer.interval()), Vec::<u64>::new());
+}
+
 /// Descriptor numbers that change meaning are followed: a pipe end closed
 /// and its number reused by /dev/zero stops counting, pipe B dup2'd onto
 /// that number counts as B, and a forked child's inherited copy counts as
