@@ -445,23 +445,31 @@ impl Observer {
     /// them, and no writer still waits for them to pair with. Left in, they
     /// would fill the LRU map on a host whose processes come and go, until
     /// it forgot the counts of live but idle flows to make room.
+    ///
+    /// The candidates come from the snapshot this interval just took, so
+    /// the map is not walked a second time.
     fn forget_gone_processes(&mut self) {
         let now = monotonic_ns();
         // The thread group's /proc entry goes with its last thread (an exit
         // event comes with its leader's, and may have been dropped).
         let mut gone_tgids: HashMap<u32, bool> = HashMap::new();
         let gone: Vec<FlowKey> = self
-            .probes
+            .previous
             .flows
             .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, stats)| now.saturating_sub(stats.last_ns) > FORGET_AFTER_NS)
-            .filter(|(key, _)| {
-                *gone_tgids.entry(key.tgid).or_insert_with(|| {
-                    !std::path::Path::new(&format!("/proc/{}", key.tgid)).exists()
-                })
+            .filter(|(_, flow)| now.saturating_sub(flow.last_ns) > FORGET_AFTER_NS)
+            .filter(|((pid, ..), _)| {
+                *gone_tgids
+                    .entry(*pid)
+                    .or_insert_with(|| !std::path::Path::new(&format!("/proc/{pid}")).exists())
             })
-            .map(|(key, _)| key)
+            .map(|(&(tgid, kind, dir, end), _)| FlowKey {
+                tgid,
+                kind: kind as u8,
+                dir: dir as u8,
+                pad: 0,
+                end,
+            })
             .collect();
         for key in gone {
             // Already gone (the LRU evicted it meanwhile) is as good.
