@@ -8,8 +8,8 @@
 //! - [`qemu`] boots each kernel with that image and reads the verdict the
 //!   guest prints on its serial console.
 //!
-//! Kernels run one after another (the machines have two cores); a summary
-//! table ends the run and any failure makes the command fail.
+//! Kernels run one after another, or `RESONANCE_VM_JOBS` at a time; a
+//! summary table ends the run and any failure makes the command fail.
 //!
 //! The host's `RESONANCE_*` variables (except `RESONANCE_CACHE_DIR` and the
 //! `RESONANCE_VM_*` knobs of xtask) are exported to the tests in the guest.
@@ -26,6 +26,11 @@ mod qemu;
 use std::{
     fs,
     path::Path,
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread,
     time::{Duration, Instant},
 };
 
@@ -108,72 +113,67 @@ pub fn run(root: &Path, env: &BuildEnv, options: &Options) -> Result<()> {
         payload.tests.len()
     );
 
-    let mut detected = Accel::detect();
-    let mut rows = Vec::new();
-    for kernel in &kernels {
-        eprintln!(
-            "xtask: booting {} ({}) under {}",
-            kernel.label,
-            kernel.package,
-            detected.name()
-        );
-        // The smoke test checks the guest really runs the kernel we meant.
-        let cmdline = format!("RESONANCE_EXPECT_KERNEL_RELEASE={}", kernel.release);
-        let start = Instant::now();
-        let mut accel = detected;
-        let mut seen = qemu::Seen::default();
-        let mut outcome = qemu::boot(
-            &kernel.vmlinuz,
-            &image_path,
-            accel,
-            &cmdline,
-            timeout,
-            !expect_failure,
-            &mut seen,
-        )?;
-        if accel == Accel::Kvm && matches!(outcome, Outcome::NoBoot) {
-            eprintln!(
-                "xtask: the guest never reached init under KVM; retrying with TCG, \
-                 and using TCG for the remaining kernels"
-            );
-            accel = Accel::Tcg;
-            detected = Accel::Tcg;
-            outcome = qemu::boot(
-                &kernel.vmlinuz,
-                &image_path,
-                accel,
-                &cmdline,
-                timeout,
-                !expect_failure,
-                &mut seen,
-            )?;
+    let jobs = jobs_from_env()?;
+    let fallback = KvmFallback::new(Accel::detect());
+    let next = AtomicUsize::new(0);
+    let finished: Mutex<Vec<Option<Row>>> = Mutex::new(kernels.iter().map(|_| None).collect());
+    let tests = payload.tests.len();
+    thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = (0..jobs.min(kernels.len()))
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    loop {
+                        let index = next.fetch_add(1, Ordering::SeqCst);
+                        let Some(kernel) = kernels.get(index) else {
+                            return Ok(());
+                        };
+                        let boot = Boot {
+                            image: &image_path,
+                            timeout,
+                            expect_failure,
+                            tests,
+                            // One guest's console is echoed as it was; several
+                            // at once are told apart by their kernel's label.
+                            prefix: if jobs > 1 {
+                                format!("{} | ", kernel.label)
+                            } else {
+                                "| ".to_owned()
+                            },
+                        };
+                        let row = boot_one(kernel, &boot, &fallback)?;
+                        if let Ok(mut rows) = finished.lock() {
+                            rows[index] = Some(row);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("a guest's worker thread panicked"))??;
         }
-        let seconds = start.elapsed().as_secs_f64();
-        let mut result = describe(&outcome, payload.tests.len(), timeout);
-        if let Some(mode) = &seen.probe_mode {
-            result.1 = format!("{}, probes in {mode} mode", result.1);
-        }
-        if expect_failure {
-            result = match (outcome, crate::corruption::verdict(&seen.tests)) {
-                (Outcome::Reported(Verdict::Failed { .. }), Ok(caught)) => {
-                    (true, format!("failed as expected: {}; {caught}", result.1))
-                }
-                (Outcome::Reported(Verdict::Failed { .. }), Err(error)) => {
-                    (false, format!("UNEXPECTED: {}; {error:#}", result.1))
-                }
-                _ => (false, format!("UNEXPECTED: {}", result.1)),
-            };
-        }
-        eprintln!("xtask: {}: {} in {seconds:.1} s", kernel.label, result.1);
-        rows.push((kernel, accel, result, seconds));
-    }
+        Ok(())
+    })?;
+    let rows: Vec<Row> = finished
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a guest's worker thread panicked"))?
+        .into_iter()
+        .flatten()
+        .collect();
 
     eprintln!();
     eprintln!(
         "{:<14} {:<34} {:<5} {:>8}  result",
         "kernel", "package", "accel", "wall s"
     );
-    for (kernel, accel, (_, text), seconds) in &rows {
+    for Row {
+        kernel,
+        accel,
+        result: (_, text),
+        seconds,
+    } in &rows
+    {
         eprintln!(
             "{:<14} {:<34} {:<5} {:>8.1}  {}",
             kernel.label,
@@ -185,8 +185,8 @@ pub fn run(root: &Path, env: &BuildEnv, options: &Options) -> Result<()> {
     }
     let failed: Vec<&str> = rows
         .iter()
-        .filter(|(_, _, (ok, _), _)| !ok)
-        .map(|(k, ..)| k.label.as_str())
+        .filter(|row| !row.result.0)
+        .map(|row| row.kernel.label.as_str())
         .collect();
     if !failed.is_empty() {
         if expect_failure {
@@ -198,6 +198,144 @@ pub fn run(root: &Path, env: &BuildEnv, options: &Options) -> Result<()> {
         bail!("VM tests failed on: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// How many guests boot at once: `RESONANCE_VM_JOBS`, default 1. A guest
+/// under TCG keeps about one host core busy (its tests run one at a time),
+/// so on two cores two guests at once take about half the wall time.
+fn jobs_from_env() -> Result<usize> {
+    parse_jobs(std::env::var("RESONANCE_VM_JOBS").ok().as_deref())
+}
+
+fn parse_jobs(value: Option<&str>) -> Result<usize> {
+    match value {
+        None => Ok(1),
+        Some(value) => match value.trim().parse::<usize>() {
+            Ok(jobs) if jobs >= 1 => Ok(jobs),
+            _ => bail!("RESONANCE_VM_JOBS={value:?}: expected a whole number of at least 1"),
+        },
+    }
+}
+
+/// The accelerator guests boot with: KVM until one guest fails to reach
+/// init under it, TCG for every boot after that.
+struct KvmFallback(Mutex<Accel>);
+
+impl KvmFallback {
+    fn new(detected: Accel) -> Self {
+        Self(Mutex::new(detected))
+    }
+
+    fn current(&self) -> Accel {
+        self.0.lock().map(|accel| *accel).unwrap_or(Accel::Tcg)
+    }
+
+    fn give_up_kvm(&self) {
+        if let Ok(mut accel) = self.0.lock() {
+            *accel = Accel::Tcg;
+        }
+    }
+}
+
+/// What every boot of one run shares.
+struct Boot<'a> {
+    image: &'a Path,
+    timeout: Duration,
+    expect_failure: bool,
+    /// Test executables in the image.
+    tests: usize,
+    /// Put before each echoed console line.
+    prefix: String,
+}
+
+/// One kernel's line of the summary.
+struct Row<'a> {
+    kernel: &'a kernels::Kernel,
+    accel: Accel,
+    /// Whether it passed, and how it ended.
+    result: (bool, String),
+    seconds: f64,
+}
+
+/// Boots one kernel (under TCG again if KVM never reaches init) and judges
+/// how it ended.
+fn boot_one<'a>(
+    kernel: &'a kernels::Kernel,
+    boot: &Boot,
+    fallback: &KvmFallback,
+) -> Result<Row<'a>> {
+    let Boot {
+        image,
+        timeout,
+        expect_failure,
+        tests,
+        ref prefix,
+    } = *boot;
+    let mut accel = fallback.current();
+    eprintln!(
+        "xtask: booting {} ({}) under {}",
+        kernel.label,
+        kernel.package,
+        accel.name()
+    );
+    // The smoke test checks the guest really runs the kernel we meant.
+    let cmdline = format!("RESONANCE_EXPECT_KERNEL_RELEASE={}", kernel.release);
+    let start = Instant::now();
+    let mut seen = qemu::Seen::default();
+    let console = qemu::Console {
+        echo_all: !expect_failure,
+        prefix,
+    };
+    let mut outcome = qemu::boot(
+        &kernel.vmlinuz,
+        image,
+        accel,
+        &cmdline,
+        timeout,
+        &console,
+        &mut seen,
+    )?;
+    if accel == Accel::Kvm && matches!(outcome, Outcome::NoBoot) {
+        eprintln!(
+            "xtask: {} never reached init under KVM; retrying with TCG, \
+             and using TCG for the remaining kernels",
+            kernel.label
+        );
+        accel = Accel::Tcg;
+        fallback.give_up_kvm();
+        outcome = qemu::boot(
+            &kernel.vmlinuz,
+            image,
+            accel,
+            &cmdline,
+            timeout,
+            &console,
+            &mut seen,
+        )?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let mut result = describe(&outcome, tests, timeout);
+    if let Some(mode) = &seen.probe_mode {
+        result.1 = format!("{}, probes in {mode} mode", result.1);
+    }
+    if expect_failure {
+        result = match (outcome, crate::corruption::verdict(&seen.tests)) {
+            (Outcome::Reported(Verdict::Failed { .. }), Ok(caught)) => {
+                (true, format!("failed as expected: {}; {caught}", result.1))
+            }
+            (Outcome::Reported(Verdict::Failed { .. }), Err(error)) => {
+                (false, format!("UNEXPECTED: {}; {error:#}", result.1))
+            }
+            _ => (false, format!("UNEXPECTED: {}", result.1)),
+        };
+    }
+    eprintln!("xtask: {}: {} in {seconds:.1} s", kernel.label, result.1);
+    Ok(Row {
+        kernel,
+        accel,
+        result,
+        seconds,
+    })
 }
 
 /// A stable short name for a path (FNV-1a over its bytes).
@@ -248,6 +386,16 @@ mod tests {
         assert_eq!(fnv1a(Path::new("")), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(Path::new("a")), 0xaf63_dc4c_8601_ec8c);
         assert_ne!(fnv1a(Path::new("/x/one")), fnv1a(Path::new("/x/two")));
+    }
+
+    #[test]
+    fn guests_boot_one_at_a_time_unless_told_otherwise() {
+        assert_eq!(parse_jobs(None).unwrap(), 1);
+        assert_eq!(parse_jobs(Some(" 2 ")).unwrap(), 2);
+        for bad in ["0", "-1", "two", ""] {
+            let error = parse_jobs(Some(bad)).unwrap_err().to_string();
+            assert!(error.contains("RESONANCE_VM_JOBS"), "{error}");
+        }
     }
 
     #[test]

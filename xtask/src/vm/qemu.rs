@@ -182,16 +182,23 @@ pub enum Outcome {
     TimedOut,
 }
 
-/// Boots `vmlinuz` with `initramfs`, echoing the serial console (only the
-/// marker lines when `echo` is false), and waits at most `limit` for QEMU
-/// to exit.
+/// How a boot echoes the guest's serial console.
+pub struct Console<'a> {
+    /// Every line; otherwise only the marker lines.
+    pub echo_all: bool,
+    /// Put before each echoed line.
+    pub prefix: &'a str,
+}
+
+/// Boots `vmlinuz` with `initramfs`, echoing the serial console as
+/// `console` says, and waits at most `limit` for QEMU to exit.
 pub fn boot(
     vmlinuz: &Path,
     initramfs: &Path,
     accel: Accel,
     cmdline_extra: &str,
     limit: Duration,
-    echo: bool,
+    console: &Console,
     seen: &mut Seen,
 ) -> Result<Outcome> {
     let mut command = Command::new("qemu-system-x86_64");
@@ -219,12 +226,13 @@ pub fn boot(
         .context("starting qemu-system-x86_64 (is qemu-system-x86 installed?)")?;
     let stdout = child.stdout.take().context("qemu has no stdout")?;
     let (lines_tx, lines) = mpsc::channel::<String>();
+    let (echo, prefix) = (console.echo_all, format!("    {}", console.prefix));
     let reader = thread::spawn(move || {
         for line in BufReader::new(stdout).split(b'\n') {
             let Ok(line) = line else { break };
             let line = without_escapes(&String::from_utf8_lossy(&line));
             if echo || line.starts_with("RESONANCE-VM") {
-                println!("    | {line}");
+                println!("{prefix}{line}");
             }
             if lines_tx.send(line).is_err() {
                 break;
