@@ -286,15 +286,18 @@ fn boot_one<'a>(
         echo_all: !expect_failure,
         prefix,
     };
-    let mut outcome = qemu::boot(
-        &kernel.vmlinuz,
-        image,
-        accel,
-        &cmdline,
-        timeout,
-        &console,
-        &mut seen,
-    )?;
+    let mut boot_under = |accel: Accel| {
+        qemu::boot(
+            &kernel.vmlinuz,
+            image,
+            accel,
+            &cmdline,
+            timeout,
+            &console,
+            &mut seen,
+        )
+    };
+    let mut outcome = boot_under(accel)?;
     if accel == Accel::Kvm && matches!(outcome, Outcome::NoBoot) {
         eprintln!(
             "xtask: {} never reached init under KVM; retrying with TCG, \
@@ -303,15 +306,7 @@ fn boot_one<'a>(
         );
         accel = Accel::Tcg;
         fallback.give_up_kvm();
-        outcome = qemu::boot(
-            &kernel.vmlinuz,
-            image,
-            accel,
-            &cmdline,
-            timeout,
-            &console,
-            &mut seen,
-        )?;
+        outcome = boot_under(accel)?;
     }
     let seconds = start.elapsed().as_secs_f64();
     let mut result = describe(&outcome, tests, timeout);
