@@ -82,7 +82,7 @@ pub struct Pass {
     /// Short name for the summary and the image file ("normal", "corrupted").
     pub name: String,
     /// Pass only if the tests run and fail on every kernel as the corrupted
-    /// offset must make them (see `corruption_verdict`): the suite proves
+    /// offset must make them (see `corruption::verdict`): the suite proves
     /// it catches a fault injected through a `RESONANCE_*` variable.
     pub expect_failure: bool,
     /// Variables set in the guest on top of the host's `RESONANCE_*` ones.
@@ -111,7 +111,6 @@ pub fn run(root: &Path, env: &BuildEnv, options: &Options) -> Result<()> {
         passes,
         default_jobs,
     } = options;
-    let timeout = *timeout;
     let names: Vec<&str> = if kernels.is_empty() {
         DEFAULT_KERNELS.to_vec()
     } else {
@@ -139,7 +138,7 @@ pub fn run(root: &Path, env: &BuildEnv, options: &Options) -> Result<()> {
 
     let jobs = jobs_from_env(*default_jobs)?;
     let boots = boot_order(passes.len(), kernels.len());
-    let timeout = shared_timeout(timeout, jobs.min(boots.len()));
+    let timeout = shared_timeout(*timeout, jobs.min(boots.len()));
     let fallback = KvmFallback::new(Accel::detect());
     let next = AtomicUsize::new(0);
     let finished: Mutex<Vec<Option<Row>>> = Mutex::new(boots.iter().map(|_| None).collect());
