@@ -17,11 +17,16 @@ pub enum ExitPath {
     Moved = 1,
     /// sendmmsg and recvmmsg: bytes summed over a vector of messages.
     Mmsg = 2,
+    /// A read/write-family syscall the hot path could not count in its
+    /// descriptor's cache entry (the first of a direction, the first after
+    /// an idle gap, one that met a full pipe, or a descriptor just walked):
+    /// counted in `FLOWS` from what the hot path left in `FLOW_ARGS`.
+    Flow = 3,
 }
 
 impl ExitPath {
     /// Every slot, in slot order.
-    pub const ALL: [Self; 3] = [Self::Rare, Self::Moved, Self::Mmsg];
+    pub const ALL: [Self; 4] = [Self::Rare, Self::Moved, Self::Mmsg, Self::Flow];
 
     /// Slots in the program array.
     pub const SLOTS: u32 = Self::ALL.len() as u32;
@@ -32,6 +37,7 @@ impl ExitPath {
             Self::Rare => "exit_rare_btf",
             Self::Moved => "exit_moved_btf",
             Self::Mmsg => "exit_mmsg_btf",
+            Self::Flow => "exit_flow_btf",
         }
     }
 
@@ -41,6 +47,7 @@ impl ExitPath {
             Self::Rare => "exit_rare_raw",
             Self::Moved => "exit_moved_raw",
             Self::Mmsg => "exit_mmsg_raw",
+            Self::Flow => "exit_flow_raw",
         }
     }
 }

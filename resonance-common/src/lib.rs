@@ -8,6 +8,7 @@
 
 pub mod event;
 pub mod exit_path;
+pub mod fd_entry;
 pub mod flow;
 pub mod histogram;
 pub mod kind;
@@ -15,6 +16,7 @@ pub mod offsets;
 
 pub use event::{Event, EventKind, UNIX_PATH_LEN};
 pub use exit_path::ExitPath;
+pub use fd_entry::{FdCounts, FdEntry, RETIRED_FD, fd_key, is_retired};
 pub use flow::{COMM_LEN, Direction, EndState, FlowKey, FlowStats, PIPE_CHECKPOINTS, fifo_end};
 pub use histogram::{HIST_BUCKETS, bucket_index, bucket_lower_bound, bucket_upper_bound};
 pub use kind::ChannelKind;
@@ -33,6 +35,17 @@ pub mod names {
     /// Descriptor walks on the hot path's cache misses, one slot per CPU:
     /// `PerCpuArray<u64>`.
     pub const FD_WALKS: &str = "FD_WALKS";
+    /// The descriptor cache, with counts not yet moved to `FLOWS`:
+    /// `LruHashMap<u64, FdEntry>` keyed by [`crate::fd_key`].
+    pub const FDS: &str = "FDS";
+    /// One slot, set to 1 by the agent once it can move the counts the hot
+    /// path keeps in `FDS` entries (its iterator loaded): `Array<u32>`.
+    /// Until then every syscall counts in `FLOWS` directly.
+    pub const ENTRY_COUNTS: &str = "ENTRY_COUNTS";
+    /// The `bpf_map_elem` iterator over `FDS` that moves its counts into
+    /// `FLOWS` and writes the retired keys it emptied for the agent to
+    /// delete.
+    pub const MOVE_FD_COUNTS: &str = "move_fd_counts";
     /// Syscalls in flight, keyed by pid_tgid: `HashMap<u64, InFlight>`.
     pub const IN_FLIGHT: &str = "IN_FLIGHT";
     /// The programs the exit-only hot path tail-calls, indexed by
@@ -51,6 +64,7 @@ mod pod {
     // pattern is valid.
     unsafe impl aya::Pod for crate::FlowKey {}
     unsafe impl aya::Pod for crate::FlowStats {}
+    unsafe impl aya::Pod for crate::FdEntry {}
     unsafe impl aya::Pod for crate::EndState {}
     unsafe impl aya::Pod for crate::Offsets {}
     unsafe impl aya::Pod for crate::ProbeConfig {}

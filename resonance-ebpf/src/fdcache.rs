@@ -18,22 +18,27 @@
 //! use, as are descriptors opened before the agent started, received with
 //! SCM_RIGHTS or opened on a FIFO.
 //!
+//! An entry also holds the counts of the syscalls on it not yet moved to
+//! their flow (`resonance_common::fd_entry`). Those must survive the entry
+//! being voided: `close`, `dup2`/`dup3` and a refill over an entry that
+//! holds counts keep it under a retired key instead ([`retire`]), which the
+//! agent's next move empties and deletes; a generation bump leaves entries
+//! in place, where the move finds them. Only the move takes counts out of
+//! an entry: a second mover would race with it (both reading one count
+//! before either subtracts it), and atomic exchange, which would settle
+//! that, came only in 5.12.
+//!
 //! Not seen, and documented as limits: descriptors closed by io_uring, and
 //! processes that share one descriptor table without being threads of one
 //! process (`clone(CLONE_FILES)` without `CLONE_THREAD`).
 
 use aya_ebpf::helpers::bpf_get_smp_processor_id;
-use resonance_common::ChannelKind;
+use resonance_common::{ChannelKind, FdEntry, RETIRED_FD, fd_key as key};
 
 use crate::{
     fdwalk::{Object, Resolved, walk},
-    maps::{FD_WALKS, FDS, FdEntry, GEN_NEXT, GEN_SLOTS, GENS},
+    maps::{FD_WALKS, FDS, GEN_NEXT, GEN_SLOTS, GENS, RETIRED_NEXT},
 };
-
-#[inline(always)]
-fn key(tgid: u32, fd: u32) -> u64 {
-    ((tgid as u64) << 32) | fd as u64
-}
 
 /// The process's current generation, if its slot is its own.
 #[inline(always)]
@@ -69,14 +74,16 @@ pub fn renew(tgid: u32) -> Option<u32> {
 }
 
 /// What `fd` of the current process (`tgid`) is: from the cache when it
-/// can answer, else walked and remembered. `None`: not followed.
+/// can answer, else walked and remembered. `None`: not followed. With the
+/// object comes its cache entry, to count into; null when it was walked
+/// (its first syscall counts in `FLOWS` anyway).
 #[inline(always)]
-pub fn lookup(tgid: u32, fd: u32) -> Option<Object> {
+pub fn lookup(tgid: u32, fd: u32) -> Option<(Object, *mut FdEntry)> {
     if let Some(entry) = FDS.get_ptr_mut(&key(tgid, fd)) {
         // SAFETY: `entry` points at a live map value for this call.
         let cached = unsafe { *entry };
         if generation(tgid) == Some(cached.generation) {
-            let mut object = cached.object()?;
+            let mut object = object_of(&cached)?;
             let kind = object.kind;
             // A socket cached before it was connected (or accepted on) has
             // no peer yet; look again until it has one.
@@ -88,14 +95,14 @@ pub fn lookup(tgid: u32, fd: u32) -> Option<Object> {
                 // SAFETY: as above.
                 unsafe { (*entry).peer = now.peer };
             }
-            return Some(object);
+            return Some((object, entry));
         }
     }
     count_walk();
     let resolved = walk(fd as i64);
     remember(tgid, fd, resolved);
     match resolved {
-        Resolved::Followed(object) => Some(object),
+        Resolved::Followed(object) => Some((object, core::ptr::null_mut())),
         Resolved::Ignored | Resolved::Unknown => None,
     }
 }
@@ -111,6 +118,9 @@ pub fn remember(tgid: u32, fd: u32, resolved: Resolved) {
     let Some(generation) = generation(tgid).or_else(|| renew(tgid)) else {
         return;
     };
+    let key = key(tgid, fd);
+    // A stale entry (its generation voided) may still hold counts.
+    retire_counts(tgid, key);
     let entry = FdEntry {
         end,
         peer,
@@ -119,8 +129,9 @@ pub fn remember(tgid: u32, fd: u32, resolved: Resolved) {
         slots,
         kind,
         pad: [0; 7],
+        counts: Default::default(),
     };
-    let _ = FDS.insert(&key(tgid, fd), &entry, 0);
+    let _ = FDS.insert(&key, &entry, 0);
 }
 
 /// The cached channel end behind `fd`, without walking (for `close`, at
@@ -132,28 +143,60 @@ pub fn cached(tgid: u32, fd: u32) -> Option<Object> {
     if generation(tgid) != Some(entry.generation) {
         return None;
     }
-    entry.object()
+    object_of(&entry)
 }
 
-impl FdEntry {
-    /// The channel end this entry remembers; `None` for a descriptor that
-    /// is not followed.
-    #[inline(always)]
-    fn object(&self) -> Option<Object> {
-        Some(Object {
-            kind: ChannelKind::from_u8(self.kind)?,
-            end: self.end,
-            peer: self.peer,
-            pipe: self.pipe,
-            slots: self.slots,
-        })
-    }
+/// The channel end `entry` remembers; `None` for a descriptor that is not
+/// followed.
+#[inline(always)]
+fn object_of(entry: &FdEntry) -> Option<Object> {
+    Some(Object {
+        kind: ChannelKind::from_u8(entry.kind)?,
+        end: entry.end,
+        peer: entry.peer,
+        pipe: entry.pipe,
+        slots: entry.slots,
+    })
 }
 
 /// `fd` was freed or now refers to something else.
 #[inline(always)]
 pub fn forget(tgid: u32, fd: u32) {
-    let _ = FDS.remove(&key(tgid, fd));
+    let key = key(tgid, fd);
+    retire_counts(tgid, key);
+    let _ = FDS.remove(&key);
+}
+
+/// Keeps the entry at `key`, if it holds counts not yet moved, under a
+/// retired key of `tgid` (see [`RETIRED_FD`]), where the agent's next move
+/// finds them. A syscall on another thread that adds to the entry between
+/// the copy and its removal is lost: that needs a descriptor used while
+/// another thread closes it.
+///
+/// Retired numbers are this CPU's own count with the CPU number in the low
+/// byte, as generations are (see [`renew`]): 2^23 per CPU before one
+/// repeats, and every move deletes the ones it emptied.
+#[inline(always)]
+fn retire_counts(tgid: u32, at: u64) {
+    let Some(entry) = FDS.get_ptr(&at) else {
+        return;
+    };
+    // SAFETY: copied out at once from a live map value.
+    let entry = unsafe { *entry };
+    if !entry.holds_counts() {
+        return;
+    }
+    let Some(next) = RETIRED_NEXT.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's own slot of a per-CPU array; the helper has no
+    // preconditions.
+    let number = unsafe {
+        *next = (*next).wrapping_add(1);
+        let cpu = bpf_get_smp_processor_id() & 0xff;
+        RETIRED_FD | ((*next << 8) & (RETIRED_FD - 1)) | cpu
+    };
+    let _ = FDS.insert(&key(tgid, number), &entry, 0);
 }
 
 #[inline(always)]

@@ -4,7 +4,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::helpers::bpf_get_current_comm;
 use resonance_common::{
-    ChannelKind, Direction, EndState, EventKind, FlowKey, HIST_BUCKETS, PIPE_CHECKPOINTS,
+    ChannelKind, Direction, EndState, EventKind, FdEntry, FlowKey, HIST_BUCKETS, PIPE_CHECKPOINTS,
     bucket_index,
 };
 
@@ -12,7 +12,7 @@ use crate::{
     emit::{Destination, Happening, emit, report_addressed},
     fdwalk::{Object, current_ppid, pipe_left_full, pipe_read_full},
     globals::{idle_gap_ns, page_size},
-    maps::{ENDS, FLOWS, ZERO_END, ZERO_FLOW},
+    maps::{ENDS, ENTRY_COUNTS, FLOWS, ZERO_END, ZERO_FLOW},
 };
 
 const BPF_NOEXIST: u64 = 1;
@@ -46,8 +46,9 @@ fn checked_bucket(value_ns: u64) -> Option<usize> {
     (index < HIST_BUCKETS).then_some(index)
 }
 
+/// Adds `value` to a counter other CPUs may move at the same time.
 #[inline(always)]
-fn add(counter: *mut u64, value: u64) {
+pub fn add(counter: *mut u64, value: u64) {
     // SAFETY: `counter` points into a map value that outlives this call;
     // other CPUs may update it at the same time, hence the atomic. The bpf
     // target has no `AtomicU64::fetch_add`; the intrinsic lowers to the BPF
@@ -70,10 +71,11 @@ pub enum FullPipe {
 }
 
 /// Accounts one completed read-like or write-like syscall on descriptor
-/// `fd`; `full`: whether a pipe write met a full pipe; `start_ns`: when the
-/// syscall entered, 0 when not known (the exit-only path), which leaves it
-/// untimed; `to`: where a send named an address, reported when it starts
-/// the flow of a datagram socket without a peer.
+/// `fd`: [`judge`], then [`count_flow`]. `full`: whether a pipe write met a
+/// full pipe; `start_ns`: when the syscall entered, 0 when not known (the
+/// exit-only path), which leaves it untimed; `to`: where a send named an
+/// address, reported when it starts the flow of a datagram socket without
+/// a peer.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn account(
@@ -87,6 +89,15 @@ pub fn account(
     now: u64,
     to: Destination,
 ) {
+    let blocked = judge(object, dir, ret, full, now);
+    count_flow(tgid, fd, object, dir, ret, blocked, start_ns, now, to);
+}
+
+/// Takes the syscall's latency sample into its end's state, and tells
+/// whether it met a full pipe: a write that did (see [`FullPipe`]), or a
+/// read that took a full pipe's worth.
+#[inline(always)]
+pub fn judge(object: Object, dir: Direction, ret: i64, full: FullPipe, now: u64) -> bool {
     let mut pending = None;
     if ret > 0 {
         if object.kind.is_one_way() {
@@ -117,6 +128,68 @@ pub fn account(
         && ret > 0
         && ret as u64 >= object.slots as u64 * page_size()
         && pipe_read_full(object.pipe, ret as u64);
+    blocked || full_read
+}
+
+/// Counts a syscall into its descriptor's cache entry when that is all it
+/// needs: the entry's direction was used within the idle gap, and the
+/// agent moves entry counts (see `resonance_common::fd_entry`). `false`:
+/// count it with [`count_flow`] instead, which makes the flow known and
+/// announces a start; the entry's direction is then marked used, so the
+/// next syscall counts here. A syscall that met a full pipe never comes
+/// here: `FLOWS` counts those, and reports the first of them.
+#[inline(always)]
+pub fn count_in_entry(entry: *mut FdEntry, dir: Direction, ret: i64, now: u64) -> bool {
+    if entry.is_null() || !entry_counts() {
+        return false;
+    }
+    // SAFETY: `entry` points at a live `FDS` value for this call; the
+    // agent's iterator subtracts from the counts on another CPU, hence the
+    // atomic adds.
+    unsafe {
+        let Some(counts) = (*entry).counts.get_mut(dir as usize) else {
+            return false;
+        };
+        let last = counts.last_ns;
+        counts.last_ns = now;
+        if last == 0 || now.saturating_sub(last) > idle_gap_ns() {
+            return false;
+        }
+        add(&raw mut counts.ops, 1);
+        if ret >= 0 {
+            add(&raw mut counts.bytes, ret as u64);
+        } else if is_error(ret) {
+            add(&raw mut counts.errors, 1);
+        }
+    }
+    true
+}
+
+/// Whether the agent moves the counts kept in cache entries.
+#[inline(always)]
+fn entry_counts() -> bool {
+    ENTRY_COUNTS
+        .get_ptr(0)
+        // SAFETY: one 4-byte load from an array slot.
+        .is_some_and(|slot| unsafe { core::ptr::read_volatile(slot) } == 1)
+}
+
+/// Counts a judged syscall (`blocked`: see [`judge`]) in its flow's
+/// `FLOWS` entry, making the flow known and announcing its start (its
+/// first syscall, or the first after an idle gap).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn count_flow(
+    tgid: u32,
+    fd: i32,
+    object: Object,
+    dir: Direction,
+    ret: i64,
+    blocked: bool,
+    start_ns: u64,
+    now: u64,
+    to: Destination,
+) {
     let key = FlowKey {
         tgid,
         kind: object.kind as u8,
@@ -163,7 +236,7 @@ pub fn account(
             }
         }
         add(&raw mut (*stats).ops, 1);
-        if blocked || full_read {
+        if blocked {
             add(&raw mut (*stats).blocked, 1);
             let times = (*stats).blocked;
             if times & times.wrapping_sub(1) == 0 {

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
-use resonance_common::{EndState, ExitPath, FlowKey, FlowStats};
+use resonance_common::{EndState, ExitPath, FdEntry, FlowKey, FlowStats};
 
 /// Flows the agent drains periodically. LRU: a full map forgets the flow
 /// unused longest instead of failing the syscall path.
@@ -49,6 +49,59 @@ pub static FDS: LruHashMap<u64, FdEntry> = LruHashMap::with_max_entries(FD_SLOTS
 #[map(name = "GENS")]
 pub static GENS: Array<u64> = Array::with_max_entries(GEN_SLOTS, 0);
 
+/// Slot 0 is 1 once the agent moves the counts kept in [`FDS`] entries
+/// (see `resonance_common::fd_entry`); until then, and on kernels where its
+/// iterator does not load, every syscall counts in [`FLOWS`] directly.
+/// An array, so the check on every hit is inlined.
+#[map(name = "ENTRY_COUNTS")]
+pub static ENTRY_COUNTS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Each CPU's count of retired keys handed out (see `fdcache::retire`).
+#[map(name = "RETIRED_NEXT")]
+pub static RETIRED_NEXT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// What the hot path hands [`resonance_common::ExitPath::Flow`] (a tail
+/// call passes nothing but the context), per CPU: the tail call runs at
+/// once on the same CPU, with preemption off.
+#[map(name = "FLOW_ARGS")]
+pub static FLOW_ARGS: PerCpuArray<FlowArgs> = PerCpuArray::with_max_entries(1, 0);
+
+/// A syscall to count in [`FLOWS`], judged already (latency taken, full
+/// pipe told). Plain integers only: the tail-called program checks every
+/// byte it decodes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FlowArgs {
+    /// The process.
+    pub tgid: u32,
+    /// The descriptor.
+    pub fd: i32,
+    /// `Object::kind` as a byte.
+    pub kind: u8,
+    /// `Direction` as a byte.
+    pub dir: u8,
+    /// 1 when it met a full pipe (see `flows::judge`).
+    pub blocked: u8,
+    /// Explicit padding.
+    pub pad: [u8; 1],
+    /// `Object::slots`.
+    pub slots: u32,
+    /// `Object::end`.
+    pub end: u64,
+    /// `Object::peer`.
+    pub peer: u64,
+    /// `Object::pipe`.
+    pub pipe: u64,
+    /// The syscall's result (bytes, or -errno).
+    pub ret: i64,
+    /// When it completed.
+    pub now: u64,
+    /// `Destination::address`.
+    pub to_address: u64,
+    /// `Destination::header`.
+    pub to_header: u64,
+}
+
 /// Each CPU's count of generations handed out (see `fdcache::renew`).
 #[map(name = "GEN_NEXT")]
 pub static GEN_NEXT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -62,26 +115,6 @@ pub static FD_WALKS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 pub const FD_SLOTS: u32 = 65_536;
 /// Generation slots; a power of two, so the index is a mask.
 pub const GEN_SLOTS: u32 = 65_536;
-
-/// One cached descriptor.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct FdEntry {
-    /// Channel end id, as `fdwalk::Object::end`.
-    pub end: u64,
-    /// Peer end id (0 = not known yet).
-    pub peer: u64,
-    /// `pipe_inode_info` address for pipes and FIFOs, else 0.
-    pub pipe: u64,
-    /// The process's generation when this was stored.
-    pub generation: u32,
-    /// The pipe's size in slots when resolved (`fdwalk::Object::slots`).
-    pub slots: u32,
-    /// `ChannelKind` as a byte; 0 for an open file that is not followed.
-    pub kind: u8,
-    /// Explicit padding.
-    pub pad: [u8; 7],
-}
 
 /// All-zero templates to insert new entries from: the values are too large
 /// for the 512-byte BPF stack. Never written.

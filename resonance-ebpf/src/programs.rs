@@ -13,6 +13,7 @@
 mod connect;
 mod create;
 mod dispatch;
+mod drain;
 mod io;
 mod lifecycle;
 mod moved;

@@ -55,6 +55,9 @@ pub struct ObserverStats {
     pub flows: u64,
     /// Full-pipe reports left out because nobody took the earlier ones.
     pub pipe_full_dropped: u64,
+    /// Descriptor entries freed with counts not yet moved, whose counts a
+    /// move took before deleting them.
+    pub retired_fd_entries: u64,
 }
 
 /// A process starting to send after an idle gap, and who reads it.
@@ -400,6 +403,7 @@ impl Observer {
     /// Reads the flow maps. A datagram end without a peer that sent to a
     /// Unix address gets the socket bound there as its peer.
     pub fn flows(&mut self) -> Vec<FlowRecord> {
+        self.move_fd_counts();
         let mut flows = Vec::new();
         self.addressed.start_reading();
         for entry in self.probes.flows.iter() {
@@ -437,6 +441,18 @@ impl Observer {
         }
         self.stats.flows = flows.len() as u64;
         flows
+    }
+
+    /// Brings the counts the hot path keeps in descriptor entries into
+    /// `FLOWS` (see `Probes::move_fd_counts`).
+    fn move_fd_counts(&mut self) {
+        match self.probes.move_fd_counts() {
+            None => {}
+            Some(Ok(report)) => self.stats.retired_fd_entries += report.retired,
+            Some(Err(error)) => {
+                log::warn!("moving descriptor counts failed, counting in the flow map: {error}");
+            }
+        }
     }
 
     /// Drops the `FLOWS` entries of processes that are gone and whose flows

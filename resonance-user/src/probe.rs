@@ -3,15 +3,19 @@
 //! `preflight` checks what the machine must offer (privileges, BTF) and
 //! says in one sentence what is missing; `offsets` reads the struct field
 //! offsets the programs need from the running kernel's BTF; `attach` loads
-//! the embedded object with those offsets and attaches every program.
+//! the embedded object with those offsets and attaches every program;
+//! `fd_counts` moves the counts the hot path keeps in descriptor entries
+//! into `FLOWS` before each read.
 //! Dropping the returned [`Probes`] detaches everything.
 
 mod attach;
+mod fd_counts;
 mod offsets;
 mod preflight;
 mod refused;
 
 pub use attach::{AttachStatus, PROBE_MODE_ENV, ProbeMode, ProbeSet, Probes, TRACEPOINTS};
+pub use fd_counts::{FdCountMover, MoveError, MoveReport};
 pub use offsets::{OffsetError, read_offsets};
 pub use preflight::{PreflightError, TRACEFS, VMLINUX_BTF, preflight};
 

@@ -668,6 +668,44 @@ fn reused_descriptor_numbers_count_as_what_they_refer_to_now() {
     );
 }
 
+/// Counts the hot path keeps in a descriptor's cache entry survive the
+/// descriptor being freed before the agent reads them: by close, by dup2
+/// onto it, and by an exec (which voids the whole process's cache).
+#[test]
+fn counts_of_descriptors_freed_before_the_read_are_kept() {
+    use resonance::{ChannelKind, Direction};
+    let _serial = serial();
+    let mut observer = resonance_tests::start_observer();
+    let child = traffic(&["fd-retire"]).spawn().expect("starting fd-retire");
+    let pid = child.id();
+    wait(child, "fd-retire").expect("fd-retire");
+    let flows: Vec<_> = observer
+        .flows()
+        .into_iter()
+        .filter(|f| f.kind == ChannelKind::Pipe && f.pid == pid)
+        .collect();
+    let bytes = |dir: Direction| -> Vec<(u64, u64)> {
+        let mut bytes: Vec<(u64, u64)> = flows
+            .iter()
+            .filter(|f| f.dir == dir)
+            .map(|f| (f.bytes, f.ops))
+            .collect();
+        bytes.sort_unstable();
+        bytes
+    };
+    // (bytes, syscalls) per pipe: C 10 x 30, D 20 x 20, B 10 x 50, A 10 x 100.
+    assert_eq!(
+        bytes(Direction::Send),
+        [(300, 10), (400, 20), (500, 10), (1000, 10)],
+        "{flows:#?}"
+    );
+    assert_eq!(
+        bytes(Direction::Recv),
+        [(300, 10), (500, 10), (1000, 10)],
+        "{flows:#?}"
+    );
+}
+
 /// The probes run in the mode `RESONANCE_PROBE_MODE` forces, and otherwise
 /// in the exit-only tp_btf mode, which every kernel the suite runs on
 /// (5.10 and later) loads: a silent fallback to the classic tracepoints

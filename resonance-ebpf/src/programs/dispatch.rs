@@ -7,8 +7,9 @@
 //! (only `ax` holds the result by then). What that costs: syscalls are not
 //! timed, and full pipes are judged after the write (`fdwalk::pipe_left_full`).
 //! Descriptors are looked up in `fdcache`, so a read on a regular file costs
-//! a hash lookup, and one on a followed channel a lookup and the flow's
-//! counters.
+//! a hash lookup, and one on a followed channel a lookup, its latency state
+//! and atomic adds into the cache entry (`FLOWS` only on a flow's first
+//! syscall, after an idle gap or on a full pipe: [`ExitPath::Flow`]).
 //!
 //! The program itself follows only the read/write family; the rarer
 //! families (descriptor life cycle, splice/tee/sendfile, sendmmsg/recvmmsg)
@@ -32,7 +33,7 @@ use resonance_common::{Direction, EventKind, ExitPath};
 use super::{
     connect::{report_bound, report_connect},
     create::{report_new_fd, report_pair},
-    io::{completed, mmsg_bytes},
+    io::{completed, count_left_flow, mmsg_bytes},
     lifecycle::report_close,
     moved::{Move, moved_exit_only},
     observed_task,
@@ -165,7 +166,9 @@ pub fn exit_moved_raw(ctx: RawTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sys_exit")]
 pub fn exit_mmsg_btf(ctx: BtfTracePointContext) -> i32 {
     let regs: *const u8 = ctx.arg(0);
-    mmsg(&BtfRegs(regs), ctx.arg(1));
+    if let Some(path) = mmsg(&BtfRegs(regs), ctx.arg(1)) {
+        hand_off(&ctx, path);
+    }
     0
 }
 
@@ -173,7 +176,23 @@ pub fn exit_mmsg_btf(ctx: BtfTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn exit_mmsg_raw(ctx: RawTracePointContext) -> i32 {
     let regs: u64 = ctx.arg(0);
-    mmsg(&RawRegs(regs), ctx.arg(1));
+    if let Some(path) = mmsg(&RawRegs(regs), ctx.arg(1)) {
+        hand_off(&ctx, path);
+    }
+    0
+}
+
+/// [`ExitPath::Flow`], tp_btf flavour.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn exit_flow_btf(_ctx: BtfTracePointContext) -> i32 {
+    count_left_flow();
+    0
+}
+
+/// [`ExitPath::Flow`], raw_tp flavour.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn exit_flow_raw(_ctx: RawTracePointContext) -> i32 {
+    count_left_flow();
     0
 }
 
@@ -233,7 +252,7 @@ fn dispatch(regs: &impl Regs, ret: i64) -> Option<ExitPath> {
     if fd > i32::MAX as u64 {
         return None;
     }
-    let object = fdcache::lookup(tgid, fd as u32)?;
+    let (object, entry) = fdcache::lookup(tgid, fd as u32)?;
     let count = if number == nr::WRITE {
         regs.word(offset!(regs_dx))
     } else {
@@ -253,24 +272,20 @@ fn dispatch(regs: &impl Regs, ret: i64) -> Option<ExitPath> {
         },
         _ => Destination::NONE,
     };
-    completed(tgid, fd as i32, object, dir, ret, count, to);
-    None
+    completed(tgid, fd as i32, object, entry, dir, ret, count, to)
 }
 
 /// sendmmsg/recvmmsg (64-bit, as [`dispatch`] checked): they return
-/// messages; the bytes are in the vector.
+/// messages; the bytes are in the vector. Counted in `FLOWS`, never in the
+/// cache entry: they are rare enough, and one count path is simpler.
 #[inline(always)]
-fn mmsg(regs: &impl Regs, ret: i64) {
-    let Some((_, tgid)) = observed_task() else {
-        return;
-    };
+fn mmsg(regs: &impl Regs, ret: i64) -> Option<ExitPath> {
+    let (_, tgid) = observed_task()?;
     let fd = regs.word(offset!(regs_di));
     if fd > i32::MAX as u64 {
-        return;
+        return None;
     }
-    let Some(object) = fdcache::lookup(tgid, fd as u32) else {
-        return;
-    };
+    let (object, _) = fdcache::lookup(tgid, fd as u32)?;
     let dir = if regs.word(offset!(regs_orig_ax)) == nr::SENDMMSG {
         Direction::Send
     } else {
@@ -280,14 +295,21 @@ fn mmsg(regs: &impl Regs, ret: i64) {
     // pipe, a FIFO, a Unix or TCP socket) would walk the loop again.
     let object = opaque(object);
     let ret = if ret > 0 {
-        let Some(bytes) = mmsg_bytes(regs.word(offset!(regs_si)), ret) else {
-            return;
-        };
-        bytes
+        mmsg_bytes(regs.word(offset!(regs_si)), ret)?
     } else {
         ret
     };
-    completed(tgid, fd as i32, object, dir, ret, 0, Destination::NONE);
+    let entry = core::ptr::null_mut();
+    completed(
+        tgid,
+        fd as i32,
+        object,
+        entry,
+        dir,
+        ret,
+        0,
+        Destination::NONE,
+    )
 }
 
 /// splice(in, _, out), tee(in, out), sendfile(out, in) (64-bit, as

@@ -6,22 +6,23 @@
 //! from enter to exit.
 //!
 //! [`completed`] is the same accounting for the exit-only hot path
-//! (`dispatch`), which has no enter.
+//! (`dispatch`), which has no enter, and counts most syscalls in the
+//! descriptor's cache entry.
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use resonance_common::{ChannelKind, Direction};
+use resonance_common::{ChannelKind, Direction, ExitPath, FdEntry};
 
 use super::{arg, observed_task, ret};
 use crate::{
     emit::{Destination, count_in_flight_full},
     fdwalk::{Object, pipe_would_block, resolve},
-    flows::{EAGAIN, FullPipe, account},
+    flows::{EAGAIN, FullPipe, account, count_flow, count_in_entry, judge},
     globals::offset,
-    maps::{IN_FLIGHT, InFlight, Op},
+    maps::{FLOW_ARGS, FlowArgs, IN_FLIGHT, InFlight, Op},
     opaque::opaque,
 };
 
@@ -241,28 +242,115 @@ fn exit(ctx: &TracePointContext) {
 }
 
 /// The exit-only hot path's accounting of a completed read-like or
-/// write-like syscall on `object`, descriptor `fd`. `count` is write()'s
-/// byte count (0 when the syscall has none, e.g. writev), to tell a short
-/// write; `to` where a send named an address.
+/// write-like syscall on `object`, descriptor `fd` (cache entry `entry`,
+/// null when it was just walked). `count` is write()'s byte count (0 when
+/// the syscall has none, e.g. writev), to tell a short write; `to` where a
+/// send named an address.
+///
+/// Most syscalls end here, counted in the entry; the rest are left in
+/// `FLOW_ARGS` for [`ExitPath::Flow`], whose path the caller takes: the
+/// `FLOWS` accounting is verified there alone, not in every state of the
+/// hot program.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn completed(
     tgid: u32,
     fd: i32,
     object: Object,
+    entry: *mut FdEntry,
     dir: Direction,
     ret: i64,
     count: u64,
     to: Destination,
-) {
+) -> Option<ExitPath> {
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let full = if dir != Direction::Send || !object.kind.is_one_way() {
+    let blocked = judge(object, dir, ret, full_pipe(object, dir, ret, count), now);
+    if !blocked && count_in_entry(entry, dir, ret, now) {
+        return None;
+    }
+    let args = FLOW_ARGS.get_ptr_mut(0)?;
+    // SAFETY: this CPU's own slot; the tail call that reads it runs next,
+    // on this CPU.
+    unsafe {
+        *args = FlowArgs {
+            tgid,
+            fd,
+            kind: object.kind as u8,
+            dir: dir as u8,
+            blocked: u8::from(blocked),
+            pad: [0],
+            slots: object.slots,
+            end: object.end,
+            peer: object.peer,
+            pipe: object.pipe,
+            ret,
+            now,
+            to_address: to.address,
+            to_header: to.header,
+        };
+    }
+    Some(ExitPath::Flow)
+}
+
+/// [`completed`] counted in `FLOWS` at once, for a program that accounts
+/// two syscalls' worth (a move is a read and a write) and so cannot hand
+/// either off.
+#[inline(always)]
+pub fn completed_in_flows(tgid: u32, fd: i32, object: Object, dir: Direction, ret: i64) {
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let full = full_pipe(object, dir, ret, 0);
+    account(tgid, fd, object, dir, ret, full, 0, now, Destination::NONE);
+}
+
+/// What the exit alone tells of a full pipe (see [`FullPipe`]).
+#[inline(always)]
+fn full_pipe(object: Object, dir: Direction, ret: i64, count: u64) -> FullPipe {
+    if dir != Direction::Send || !object.kind.is_one_way() {
         FullPipe::No
     } else if ret == -EAGAIN || (ret >= 0 && count != 0 && (ret as u64) < count) {
         FullPipe::Yes
     } else {
         FullPipe::CheckAfter
+    }
+}
+
+/// [`ExitPath::Flow`]: counts in `FLOWS` what [`completed`] left in
+/// `FLOW_ARGS`. No enter time: the exit-only path does not time syscalls.
+#[inline(always)]
+pub fn count_left_flow() {
+    let Some(args) = FLOW_ARGS.get_ptr(0) else {
+        return;
     };
-    // No enter time: the syscall itself is not timed on this path.
-    account(tgid, fd, object, dir, ret, full, 0, now, to);
+    // SAFETY: this CPU's own slot, copied out at once.
+    let args = unsafe { *args };
+    let (Some(kind), Some(dir)) = (
+        ChannelKind::from_u8(args.kind),
+        Direction::from_u8(args.dir),
+    ) else {
+        return;
+    };
+    let object = Object {
+        kind,
+        end: args.end,
+        peer: args.peer,
+        pipe: args.pipe,
+        slots: args.slots,
+    };
+    let to = Destination {
+        address: args.to_address,
+        header: args.to_header,
+    };
+    count_flow(
+        args.tgid,
+        args.fd,
+        object,
+        dir,
+        args.ret,
+        args.blocked != 0,
+        0,
+        args.now,
+        to,
+    );
 }

@@ -10,7 +10,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use resonance_common::Direction;
 
-use super::{arg, io::completed, observed_task, ret};
+use super::{arg, io::completed_in_flows, observed_task, ret};
 use crate::{
     emit::{Destination, count_in_flight_full},
     fdcache,
@@ -60,30 +60,14 @@ pub fn moved_exit_only(tgid: u32, input: u64, output: u64, how: Move, ret: i64) 
     }
     if how == Move::ReadAndWrite
         && input <= i32::MAX as u64
-        && let Some(object) = fdcache::lookup(tgid, input as u32)
+        && let Some((object, _)) = fdcache::lookup(tgid, input as u32)
     {
-        completed(
-            tgid,
-            input as i32,
-            object,
-            Direction::Recv,
-            ret,
-            0,
-            Destination::NONE,
-        );
+        completed_in_flows(tgid, input as i32, object, Direction::Recv, ret);
     }
     if output <= i32::MAX as u64
-        && let Some(object) = fdcache::lookup(tgid, output as u32)
+        && let Some((object, _)) = fdcache::lookup(tgid, output as u32)
     {
-        completed(
-            tgid,
-            output as i32,
-            object,
-            Direction::Send,
-            ret,
-            0,
-            Destination::NONE,
-        );
+        completed_in_flows(tgid, output as i32, object, Direction::Send, ret);
     }
 }
 

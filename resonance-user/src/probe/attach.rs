@@ -8,7 +8,7 @@ use aya::{
 };
 use resonance_common::{EndState, ExitPath, FlowKey, FlowStats, Offsets, ProbeConfig, names};
 
-use super::{ProbeError, preflight::VMLINUX_BTF, refused};
+use super::{FdCountMover, MoveError, MoveReport, ProbeError, preflight::VMLINUX_BTF, refused};
 
 /// The classic mode: which program goes on which tracepoints (program,
 /// category, names).
@@ -164,7 +164,7 @@ pub struct AttachStatus {
 /// every program: the links live in `ebpf`.
 pub struct Probes {
     /// Keeps programs and links alive.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     /// Per-flow counters.
     pub flows: HashMap<MapData, FlowKey, FlowStats>,
     /// Per-end latency state.
@@ -175,6 +175,10 @@ pub struct Probes {
     pub event_drops: PerCpuArray<MapData, u64>,
     /// Descriptor walks the exit-only hot path made on cache misses.
     pub fd_walks: PerCpuArray<MapData, u64>,
+    /// Moves the counts kept in descriptor entries into `flows`; `None`
+    /// in the classic mode, or where the iterator does not load (the hot
+    /// path then counts in `flows` directly).
+    pub fd_counts: Option<FdCountMover>,
     /// The mode the programs run in.
     pub mode: ProbeMode,
     /// What got attached where.
@@ -277,22 +281,58 @@ impl Probes {
                 None
             }
         };
+        let fd_counts = if mode != ProbeMode::Tracepoint && set == ProbeSet::Observer {
+            match FdCountMover::start(&mut ebpf) {
+                Ok(mover) => {
+                    if let Some(program) = ebpf.program(names::MOVE_FD_COUNTS) {
+                        log_verified(program.info().ok(), names::MOVE_FD_COUNTS);
+                    }
+                    log::info!("followed syscalls count in their descriptor's cache entry");
+                    Some(mover)
+                }
+                Err(error) => {
+                    log::warn!(
+                        "every followed syscall will count in the flow map, which costs \
+                         a hash lookup more: {error}"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let flows = take_map(&mut ebpf, names::FLOWS)?;
         let ends = take_map(&mut ebpf, names::ENDS)?;
         let events = take_map(&mut ebpf, names::EVENTS)?;
         let event_drops = take_map(&mut ebpf, names::EVENT_DROPS)?;
         let fd_walks = take_map(&mut ebpf, names::FD_WALKS)?;
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf,
             flows,
             ends,
             events,
             event_drops,
             fd_walks,
+            fd_counts,
             mode,
             attached,
             logger,
         })
+    }
+}
+
+impl Probes {
+    /// Moves the counts kept in descriptor entries into `flows`; `None`
+    /// where they are not kept there. A failed move switches counting in
+    /// entries off, so that nothing more waits where the agent cannot
+    /// reach it; what it left is taken by the next move that works.
+    pub fn move_fd_counts(&mut self) -> Option<Result<MoveReport, MoveError>> {
+        let mover = self.fd_counts.as_mut()?;
+        let result = FdCountMover::run(&self.ebpf);
+        if result.is_err() {
+            mover.switch_off();
+        }
+        Some(result)
     }
 }
 

@@ -90,6 +90,13 @@ fn main() -> Result<()> {
         // fork), for the probes' descriptor cache; prints the forked
         // child's pid
         "fd-reuse" => fd_reuse(),
+        // fd-retire: descriptors freed (close, dup2, exec) right after
+        // writes and reads the probes may still hold in their descriptor
+        // cache (see `fd_retire`)
+        "fd-retire" => fd_retire(),
+        // write-fd FD COUNT SIZE: COUNT writes of SIZE bytes into the
+        // inherited descriptor FD
+        "write-fd" => write_fd(number(1)?, number(2)?, number(3)?),
         // stdin-reader CHUNK DELAY_US: reads stdin to EOF in CHUNK-byte
         // reads, pausing DELAY_US after each, and prints the bytes read,
         // its pipe's capacity (F_GETPIPE_SZ) first and at its largest, and
@@ -677,6 +684,67 @@ fn fd_reuse() -> Result<()> {
             Ok(())
         },
     )
+}
+
+/// One process, whose descriptors are freed just after use, while the
+/// probes may still keep their counts in the descriptor cache: pipe A, ten
+/// 100-byte writes and reads, then both ends closed; pipe B, ten 50-byte
+/// writes and reads, then pipe C's write end dup2'd onto B's write end and
+/// ten 30-byte writes and reads through C; pipe D, ten 20-byte writes, then
+/// an exec of `write-fd` with D's write end, which writes ten more (the
+/// exec voids every cache entry of the process at once).
+fn fd_retire() -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let ten = |size: usize, write: &mut dyn Write, read: &mut dyn Read| -> Result<()> {
+        let mut buffer = vec![0u8; size];
+        for _ in 0..10 {
+            write.write_all(&buffer)?;
+            read.read_exact(&mut buffer)?;
+        }
+        Ok(())
+    };
+    {
+        let (mut a_read, mut a_write) = std::io::pipe()?;
+        ten(100, &mut a_write, &mut a_read)?;
+    }
+    let (mut b_read, mut b_write) = std::io::pipe()?;
+    ten(50, &mut b_write, &mut b_read)?;
+    let (mut c_read, c_write) = std::io::pipe()?;
+    // SAFETY: dup2 onto a descriptor `b_write` owns; from here on it is
+    // pipe C's write end, closed once when `b_write` drops.
+    if unsafe { libc::dup2(c_write.as_raw_fd(), b_write.as_raw_fd()) } < 0 {
+        bail!("dup2: {}", std::io::Error::last_os_error());
+    }
+    drop(c_write);
+    ten(30, &mut b_write, &mut c_read)?;
+    let (d_read, mut d_write) = std::io::pipe()?;
+    for _ in 0..10 {
+        d_write.write_all(&[b'd'; 20])?;
+    }
+    for fd in [d_read.as_raw_fd(), d_write.as_raw_fd()] {
+        // SAFETY: fcntl on descriptors we own: both must survive the exec
+        // (the read end keeps the pipe writable).
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+            bail!("clearing FD_CLOEXEC: {}", std::io::Error::last_os_error());
+        }
+    }
+    let error = std::process::Command::new(std::env::current_exe()?)
+        .args(["write-fd", &d_write.as_raw_fd().to_string(), "10", "20"])
+        .exec();
+    bail!("exec write-fd: {error}")
+}
+
+fn write_fd(fd: u64, count: u64, size: u64) -> Result<()> {
+    use std::os::fd::FromRawFd;
+    let fd = i32::try_from(fd).context("descriptor out of range")?;
+    // SAFETY: the descriptor was inherited for this purpose and is used
+    // only through this file.
+    let mut file = std::fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+    let buffer = vec![b'w'; usize::try_from(size).context("size too large")?];
+    for _ in 0..count {
+        file.write_all(&buffer)?;
+    }
+    Ok(())
 }
 
 /// Writes `count` messages of 1,000 bytes `interval_ms` apart into a pipe
