@@ -4,9 +4,10 @@
 //! The hot path has already looked an entry up to learn what the
 //! descriptor is; adding its syscall's counts there instead of to the
 //! flow's own `FLOWS` entry saves a second hash lookup on every message.
-//! Before it reads `FLOWS`, the agent runs an iterator over `FDS` that moves
-//! every entry's counts into its flow with atomic adds (a count added while
-//! it runs stays for the next move), so what the agent reads stays exact.
+//! Before it reads `FLOWS`, the agent runs a program that walks `FDS` and
+//! moves every entry's counts into its flow with atomic adds (a count added
+//! while it runs stays for the next move), so what the agent reads stays
+//! exact.
 
 /// Counts of one direction of one descriptor, not yet moved to its flow.
 #[repr(C)]

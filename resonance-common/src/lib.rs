@@ -39,12 +39,12 @@ pub mod names {
     /// `LruHashMap<u64, FdEntry>` keyed by [`crate::fd_key`].
     pub const FDS: &str = "FDS";
     /// One slot, set to 1 by the agent once it can move the counts the hot
-    /// path keeps in `FDS` entries (its iterator loaded): `Array<u32>`.
+    /// path keeps in `FDS` entries (its mover loaded): `Array<u32>`.
     /// Until then every syscall counts in `FLOWS` directly.
     pub const ENTRY_COUNTS: &str = "ENTRY_COUNTS";
-    /// The `bpf_map_elem` iterator over `FDS` that moves its counts into
-    /// `FLOWS` and writes the retired keys it emptied for the agent to
-    /// delete.
+    /// The program the agent runs (`BPF_PROG_TEST_RUN`) to move the counts
+    /// in `FDS` entries into `FLOWS` and delete the retired entries it
+    /// emptied.
     pub const MOVE_FD_COUNTS: &str = "move_fd_counts";
     /// Syscalls in flight, keyed by pid_tgid: `HashMap<u64, InFlight>`.
     pub const IN_FLIGHT: &str = "IN_FLIGHT";

@@ -21,7 +21,7 @@
 //! An entry also holds the counts of the syscalls on it not yet moved to
 //! their flow (`resonance_common::fd_entry`). Those must survive the entry
 //! being voided: `close`, `dup2`/`dup3` and a refill over an entry that
-//! holds counts keep it under a retired key instead ([`retire`]), which the
+//! holds counts keep it under a retired key instead ([`retire_counts`]), which the
 //! agent's next move empties and deletes; a generation bump leaves entries
 //! in place, where the move finds them. Only the move takes counts out of
 //! an entry: a second mover would race with it (both reading one count
@@ -167,7 +167,7 @@ pub fn forget(tgid: u32, fd: u32) {
     let _ = FDS.remove(&key);
 }
 
-/// Keeps the entry at `key`, if it holds counts not yet moved, under a
+/// Keeps the entry at `at`, if it holds counts not yet moved, under a
 /// retired key of `tgid` (see [`RETIRED_FD`]), where the agent's next move
 /// finds them. A syscall on another thread that adds to the entry between
 /// the copy and its removal is lost: that needs a descriptor used while

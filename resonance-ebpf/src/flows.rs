@@ -144,7 +144,7 @@ pub fn count_in_entry(entry: *mut FdEntry, dir: Direction, ret: i64, now: u64) -
         return false;
     }
     // SAFETY: `entry` points at a live `FDS` value for this call; the
-    // agent's iterator subtracts from the counts on another CPU, hence the
+    // agent's move subtracts from the counts on another CPU, hence the
     // atomic adds.
     unsafe {
         let Some(counts) = (*entry).counts.get_mut(dir as usize) else {

@@ -51,7 +51,7 @@ pub static GENS: Array<u64> = Array::with_max_entries(GEN_SLOTS, 0);
 
 /// Slot 0 is 1 once the agent moves the counts kept in [`FDS`] entries
 /// (see `resonance_common::fd_entry`); until then, and on kernels where its
-/// iterator does not load, every syscall counts in [`FLOWS`] directly.
+/// mover does not load, every syscall counts in [`FLOWS`] directly.
 /// An array, so the check on every hit is inlined.
 #[map(name = "ENTRY_COUNTS")]
 pub static ENTRY_COUNTS: Array<u32> = Array::with_max_entries(1, 0);

@@ -176,9 +176,9 @@ pub struct Probes {
     /// Descriptor walks the exit-only hot path made on cache misses.
     pub fd_walks: PerCpuArray<MapData, u64>,
     /// Moves the counts kept in descriptor entries into `flows`; `None`
-    /// in the classic mode, or where the iterator does not load (the hot
+    /// in the classic mode, or where the mover does not load (the hot
     /// path then counts in `flows` directly).
-    pub fd_counts: Option<FdCountMover>,
+    fd_counts: Option<FdCountMover>,
     /// The mode the programs run in.
     pub mode: ProbeMode,
     /// What got attached where.
