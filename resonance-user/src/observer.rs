@@ -372,7 +372,10 @@ impl Observer {
         Ok(Some(readiness))
     }
 
-    /// Drains events as they come until `duration` has passed.
+    /// Drains events as they come until `duration` has passed, and moves
+    /// the counts waiting in descriptor entries every second, so that a
+    /// long watch leaves no more in them than a tick of the agent does
+    /// (what the LRU evicts from there is lost).
     pub async fn watch(&mut self, duration: Duration) -> Result<()> {
         let fd = self
             .probes
@@ -385,10 +388,12 @@ impl Observer {
         let readiness =
             unsafe { AsyncFd::register(fd) }.context("registering the ring buffer with tokio")?;
         let deadline = tokio::time::Instant::now() + duration;
+        let mut moves = tokio::time::interval(Duration::from_secs(1));
         loop {
             self.drain_events();
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => break,
+                _ = moves.tick() => self.move_fd_counts(),
                 guard = readiness.readable() => {
                     let mut guard = guard.context("waiting for the ring buffer")?;
                     guard.clear_ready();
