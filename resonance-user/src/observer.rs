@@ -684,6 +684,12 @@ impl Observer {
         self.probes.mode
     }
 
+    /// Whether followed syscalls count in their descriptor's cache entry
+    /// (the mover loaded and has not failed), rather than each in `FLOWS`.
+    pub fn counts_in_entries(&self) -> bool {
+        self.probes.counts_in_entries()
+    }
+
     /// Descriptor walks the hot path has made on cache misses so far, over
     /// all CPUs (0 in the classic mode, which walks at every syscall).
     pub fn fd_walks(&self) -> u64 {

@@ -706,6 +706,32 @@ fn counts_of_descriptors_freed_before_the_read_are_kept() {
     );
 }
 
+/// The exit-only modes count in descriptor cache entries wherever the
+/// kernel can move those counts (`bpf_for_each_map_elem`, 5.13 and later),
+/// and in `FLOWS` alone before that; the classic mode never does. A mover
+/// that silently failed to load would leave the hot path a hash lookup
+/// slower on every message.
+#[test]
+fn descriptor_counts_are_kept_in_entries_where_the_kernel_can_move_them() {
+    use resonance::probe::ProbeMode;
+    let _serial = serial();
+    let observer = resonance_tests::start_observer();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel release");
+    let mut numbers = release.trim().split(['.', '-']).map(|n| n.parse::<u32>());
+    let version = match (numbers.next(), numbers.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor),
+        _ => panic!("cannot read the kernel release {release:?}"),
+    };
+    let expected = observer.mode() != ProbeMode::Tracepoint && version >= (5, 13);
+    println!(
+        "counts in descriptor entries: {} ({} mode, kernel {})",
+        observer.counts_in_entries(),
+        observer.mode(),
+        release.trim()
+    );
+    assert_eq!(observer.counts_in_entries(), expected);
+}
+
 /// The probes run in the mode `RESONANCE_PROBE_MODE` forces, and otherwise
 /// in the exit-only tp_btf mode, which every kernel the suite runs on
 /// (5.10 and later) loads: a silent fallback to the classic tracepoints

@@ -334,6 +334,11 @@ impl Probes {
         }
         Some(result)
     }
+
+    /// Whether the hot path counts in descriptor entries.
+    pub fn counts_in_entries(&self) -> bool {
+        self.fd_counts.as_ref().is_some_and(FdCountMover::is_on)
+    }
 }
 
 /// Attaches the programs of one mode. A failure leaves nothing of this

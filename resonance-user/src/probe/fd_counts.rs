@@ -45,6 +45,7 @@ pub enum MoveError {
 /// itself stays in the `Ebpf` that loaded it.
 pub struct FdCountMover {
     switch: Array<MapData, u32>,
+    on: bool,
 }
 
 /// What one run did.
@@ -74,7 +75,7 @@ impl FdCountMover {
         };
         let mut switch: Array<MapData, u32> = Array::try_from(map).map_err(map_error)?;
         switch.set(0, 1, 0).map_err(map_error)?;
-        Ok(Self { switch })
+        Ok(Self { switch, on: true })
     }
 
     /// Moves every entry's counts into `FLOWS` and deletes the retired
@@ -97,9 +98,17 @@ impl FdCountMover {
     /// in `FLOWS` again (after a move failed: counts left in entries would
     /// not reach the agent until one succeeds).
     pub fn switch_off(&mut self) {
-        if let Err(error) = self.switch.set(0, 0, 0) {
-            log::warn!("could not turn counting in descriptor entries off: {error}");
+        match self.switch.set(0, 0, 0) {
+            Ok(()) => self.on = false,
+            Err(error) => {
+                log::warn!("could not turn counting in descriptor entries off: {error}");
+            }
         }
+    }
+
+    /// Whether the hot path counts in descriptor entries.
+    pub fn is_on(&self) -> bool {
+        self.on
     }
 }
 
