@@ -93,7 +93,11 @@ unsafe fn move_counts(tgid: u32, entry: *mut FdEntry, counts: *mut FdCounts, dir
             Some(stats) => stats,
             None => {
                 // The flow was evicted since its first syscall made it
-                // (its name and parent are gone with it).
+                // (its name and parent are gone with it). Written out
+                // rather than shared with `flows::count_flow` as a helper
+                // returning (entry, made now): with that, the verifier
+                // walked `exit_moved` 459,458 instructions instead of
+                // 101,733 on 6.18.
                 let Some(zero) = ZERO_FLOW.get_ptr(0) else {
                     return;
                 };
