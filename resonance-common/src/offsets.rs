@@ -147,8 +147,10 @@ impl Offsets {
 pub struct ProbeConfig {
     /// The agent's own tgid: its syscalls are not observed.
     pub agent_tgid: u32,
-    /// Explicit padding.
-    pub pad: u32,
+    /// 1: the probes time how long data waits in a pipe and how long a
+    /// socket's request waits for its answer (`EndState`); 0: they leave
+    /// that out, which spares every followed message its end lookup.
+    pub latency: u32,
     /// A flow silent for this long starts anew (emits `FlowStarted`).
     pub idle_gap_ns: u64,
     /// The running kernel's page size: the size of one pipe buffer slot.
@@ -159,7 +161,7 @@ impl ProbeConfig {
     /// What the programs see until the agent sets it.
     pub const ZERO: Self = Self {
         agent_tgid: 0,
-        pad: 0,
+        latency: 0,
         idle_gap_ns: 0,
         page_size: 0,
     };

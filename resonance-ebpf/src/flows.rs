@@ -11,7 +11,7 @@ use resonance_common::{
 use crate::{
     emit::{Destination, Happening, emit, report_addressed},
     fdwalk::{Object, current_ppid, pipe_left_full, pipe_read_full},
-    globals::{idle_gap_ns, page_size},
+    globals::{idle_gap_ns, latency, page_size},
     maps::{ENDS, ENTRY_COUNTS, FLOWS, ZERO_END, ZERO_FLOW},
 };
 
@@ -93,13 +93,15 @@ pub fn account(
     count_flow(tgid, fd, object, dir, ret, blocked, start_ns, now, to);
 }
 
-/// Takes the syscall's latency sample into its end's state, and tells
-/// whether it met a full pipe: a write that did (see [`FullPipe`]), or a
-/// read that took a full pipe's worth.
+/// Takes the syscall's latency sample into its end's state (unless the
+/// agent turned latency off), and tells whether it met a full pipe: a
+/// write that did (see [`FullPipe`]), or a read that took a full pipe's
+/// worth. Without latency the probes do not know what a pipe holds, so
+/// every pipe write reads the pipe's own fill level instead.
 #[inline(always)]
 pub fn judge(object: Object, dir: Direction, ret: i64, full: FullPipe, now: u64) -> bool {
     let mut pending = None;
-    if ret > 0 {
+    if ret > 0 && latency() {
         if object.kind.is_one_way() {
             pending = pipe_latency(object.end, dir, ret as u64, now);
         } else {

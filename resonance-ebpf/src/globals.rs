@@ -33,6 +33,14 @@ pub fn agent_tgid() -> u32 {
     unsafe { core::ptr::read_volatile(&raw const CONFIG.agent_tgid) }
 }
 
+/// Whether the agent wants end latency measured (`ProbeConfig::latency`).
+/// A load-time constant: the verifier drops the branch not taken.
+#[inline(always)]
+pub fn latency() -> bool {
+    // SAFETY: as in `offset!`.
+    unsafe { core::ptr::read_volatile(&raw const CONFIG.latency) == 1 }
+}
+
 /// Silence after which a flow counts as starting anew.
 #[inline(always)]
 pub fn idle_gap_ns() -> u64 {

@@ -85,8 +85,12 @@ impl Agent {
         }
         let observer = Observer::start(&ObserverOptions {
             idle_gap: config.idle_gap,
+            latency: config.measure_latency,
             ..ObserverOptions::default()
         })?;
+        if !config.measure_latency {
+            log::info!("latency is not measured (measure_latency = false)");
+        }
         let metrics = Metrics::new(config.metrics.max_pairs).context("registering metrics")?;
         let grower = PipeGrower::new(
             &config.grow,

@@ -45,6 +45,11 @@ pub struct Config {
         serialize_with = "crate::units::write_duration"
     )]
     pub idle_gap: Duration,
+    /// Whether the probes time how long data waits in pipes and socket
+    /// requests wait for answers. Off spares every followed message one
+    /// kernel hash lookup (docs/observer.md gives what that is worth);
+    /// pairs then have no latency, and scores rank it as middling.
+    pub measure_latency: bool,
     /// Score smoothing.
     pub score: ScoreSettings,
     /// Prometheus label cardinality.
@@ -76,6 +81,7 @@ impl Default for Config {
             tick: Duration::from_secs(1),
             flush_interval: Duration::from_secs(5),
             idle_gap: Duration::from_secs(1),
+            measure_latency: true,
             score: ScoreSettings::default(),
             metrics: MetricsSettings::default(),
             store: StoreConfig::default(),

@@ -30,6 +30,11 @@ pub struct ObserverOptions {
     /// The mode to attach in; `None`: [`ProbeMode::from_env`], else the
     /// best this kernel loads.
     pub mode: Option<ProbeMode>,
+    /// Whether the probes time how long data waits in pipes and how long
+    /// socket requests wait for their answers. Off, every followed message
+    /// costs the kernel one hash lookup less, and interactions carry no
+    /// latency (scores then rank every pair's latency as middling).
+    pub latency: bool,
 }
 
 impl Default for ObserverOptions {
@@ -38,6 +43,7 @@ impl Default for ObserverOptions {
             idle_gap: Duration::from_secs(1),
             probe_set: ProbeSet::Observer,
             mode: None,
+            latency: true,
         }
     }
 }
@@ -155,7 +161,7 @@ impl Observer {
         let offsets = read_offsets(std::path::Path::new(crate::probe::VMLINUX_BTF))?;
         let config = ProbeConfig {
             agent_tgid: std::process::id(),
-            pad: 0,
+            latency: u32::from(options.latency),
             idle_gap_ns: u64::try_from(options.idle_gap.as_nanos()).unwrap_or(u64::MAX),
             page_size: crate::sys::page_size().map_err(ProbeError::PageSize)?,
         };

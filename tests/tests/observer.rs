@@ -821,3 +821,82 @@ fn a_saturated_pipe_reports_how_long_data_sits_not_how_long_it_has_been_busy() {
     );
     assert!(p99 < 250_000_000, "p99 {p99} ns");
 }
+
+/// Latency switched off (`measure_latency = false`): every byte is still
+/// counted and a full pipe still seen, and no wait is reported at all, not
+/// even for a pipe whose reader comes 30 ms late or a server that answers
+/// after 10 ms. A switch that broke the counts, or left a made-up latency
+/// behind, fails here.
+#[test]
+fn without_latency_every_byte_is_counted_and_no_wait_is_reported() {
+    use resonance::{
+        ChannelKind, Direction,
+        observer::{Observer, ObserverOptions},
+    };
+    let _serial = serial();
+    let mut observer = Observer::start(&ObserverOptions {
+        latency: false,
+        ..ObserverOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("the eBPF observer could not start: {e}"));
+
+    let burst = traffic(&["pipe-burst", "8192", "32768", "4096"])
+        .spawn()
+        .expect("starting pipe-burst");
+    let burst_writer = burst.id();
+    wait(burst, "pipe-burst").expect("pipe-burst");
+    let flows = observer.flows();
+    let sends: Vec<_> = flows
+        .iter()
+        .filter(|f| {
+            f.pid == burst_writer && f.dir == Direction::Send && f.kind == ChannelKind::Pipe
+        })
+        .collect();
+    assert_eq!(sends.len(), 1, "{flows:#?}");
+    assert_eq!((sends[0].bytes, sends[0].ops), (32_768, 8), "{sends:#?}");
+    assert!(
+        (1..=7).contains(&sends[0].blocked),
+        "blocked writes into 8 KiB: {}",
+        sends[0].blocked
+    );
+
+    let path = temp_path("no-latency.sock");
+    let server = spawn_ready(
+        traffic(&["unix-server", &path, "5", "100", "5000", "10"]),
+        "server",
+    )
+    .expect("starting the server");
+    let client = traffic(&["unix-client", &path, "5", "100", "5000"])
+        .spawn()
+        .expect("starting the client");
+    let (server_pid, client_pid) = (server.id(), client.id());
+    let paced = traffic(&["pipe-paced", "10", "100", "30"])
+        .spawn()
+        .expect("starting pipe-paced");
+    let pipe_writer = paced.id();
+    wait(client, "client").expect("client");
+    wait(server, "server").expect("server");
+    wait(paced, "pipe-paced").expect("pipe-paced");
+    let _ = std::fs::remove_file(&path);
+    let interactions = observer.interactions();
+    let pipe = interactions
+        .iter()
+        .find(|i| i.src.pid == pipe_writer && i.kind == ChannelKind::Pipe)
+        .expect("the paced writer's pipe");
+    let request = interactions
+        .iter()
+        .find(|i| {
+            i.src.pid == client_pid
+                && i.dst.as_ref().is_some_and(|d| d.pid == server_pid)
+                && i.kind == ChannelKind::UnixStream
+        })
+        .expect("the client's requests");
+    assert_eq!((pipe.bytes, request.bytes), (10_000, 500));
+    assert_eq!(
+        (pipe.latency.count(), request.latency.count()),
+        (0, 0),
+        "pipe {:?}, requests {:?}",
+        pipe.latency.quantile(0.5),
+        request.latency.quantile(0.5)
+    );
+}

@@ -24,6 +24,10 @@ pub struct Args {
     /// first of these this kernel loads; also RESONANCE_PROBE_MODE).
     #[arg(long, value_parser = parse_probe_mode)]
     pub probe_mode: Option<ProbeMode>,
+    /// Leave latency out: the probes then cost every watched message one
+    /// kernel lookup less.
+    #[arg(long)]
+    pub no_latency: bool,
     /// Only records whose source or destination (comm, executable or
     /// address) or kind contains this text.
     #[arg(long)]
@@ -98,6 +102,7 @@ fn parse_probe_mode(value: &str) -> Result<ProbeMode, String> {
 pub fn run(args: Args) -> Result<()> {
     let mut observer = Observer::start(&ObserverOptions {
         mode: args.probe_mode,
+        latency: !args.no_latency,
         ..ObserverOptions::default()
     })?;
     log::info!(

@@ -1,12 +1,13 @@
 //! `cargo xtask bench observer`: what the probes cost the traffic they
 //! watch.
 //!
-//! Five ways of running, in rotating order within each round so drift in the
+//! Six ways of running, in rotating order within each round so drift in the
 //! machine's speed favours none: no probes (the baseline); an empty
 //! `tp_btf/sys_exit` program (the floor of the default mode); empty
 //! programs on the classic syscall tracepoints (the floor of the fallback);
-//! the observer in its default mode (the best this kernel loads); and the
-//! observer forced into the classic tracepoint fallback. Each runs every
+//! the observer in its default mode (the best this kernel loads); the same
+//! without latency; and the observer forced into the classic tracepoint
+//! fallback. Each runs every
 //! workload: 1-byte ping-pongs over a pipe and over a Unix stream
 //! socketpair, pinned to one CPU and not; a 64 KiB pipe stream; real
 //! redis-server + redis-benchmark over a Unix socket, both pinned to one
@@ -91,16 +92,20 @@ enum Mode {
     FloorClassic,
     /// The observer, in the mode it picks.
     Default,
+    /// The same with latency left out (`measure_latency = false`): what
+    /// latency costs is the difference.
+    NoLatency,
     /// The observer, forced onto the classic tracepoints.
     Fallback,
 }
 
 impl Mode {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Without,
         Self::FloorBtf,
         Self::FloorClassic,
         Self::Default,
+        Self::NoLatency,
         Self::Fallback,
     ];
 
@@ -110,6 +115,7 @@ impl Mode {
             Self::FloorBtf => "empty tp_btf",
             Self::FloorClassic => "empty classic",
             Self::Default => "observer",
+            Self::NoLatency => "no latency",
             Self::Fallback => "fallback",
         }
     }
@@ -120,22 +126,24 @@ impl Mode {
             Self::FloorBtf => "floor_tp_btf",
             Self::FloorClassic => "floor_tracepoint",
             Self::Default => "observer",
+            Self::NoLatency => "observer_no_latency",
             Self::Fallback => "observer_tracepoint",
         }
     }
 }
 
 fn attach(mode: Mode) -> Result<Option<Observer>> {
-    let (probe_set, mode) = match mode {
+    let (probe_set, probe_mode) = match mode {
         Mode::Without => return Ok(None),
         Mode::FloorBtf => (ProbeSet::HookFloor, Some(ProbeMode::TpBtf)),
         Mode::FloorClassic => (ProbeSet::HookFloor, Some(ProbeMode::Tracepoint)),
-        Mode::Default => (ProbeSet::Observer, None),
+        Mode::Default | Mode::NoLatency => (ProbeSet::Observer, None),
         Mode::Fallback => (ProbeSet::Observer, Some(ProbeMode::Tracepoint)),
     };
     let options = ObserverOptions {
         probe_set,
-        mode,
+        mode: probe_mode,
+        latency: mode != Mode::NoLatency,
         ..ObserverOptions::default()
     };
     Ok(Some(
