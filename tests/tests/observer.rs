@@ -526,28 +526,34 @@ fn log_lines_suit_the_journal_only_when_stderr_is_the_journal() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Eight 4 KiB writes into a pipe of `capacity` bytes whose reader comes
+/// late, under `observer`: how many of them it counts as blocked, once the
+/// bytes and writes it counted are checked exact.
+fn blocked_writes_of_a_burst(observer: &mut resonance::observer::Observer, capacity: &str) -> u64 {
+    use resonance::{ChannelKind, Direction};
+    let child = traffic(&["pipe-burst", capacity, "32768", "4096"])
+        .spawn()
+        .expect("starting pipe-burst");
+    let writer = child.id();
+    wait(child, "pipe-burst").expect("pipe-burst");
+    let flows = observer.flows();
+    let sends: Vec<_> = flows
+        .iter()
+        .filter(|f| f.pid == writer && f.dir == Direction::Send && f.kind == ChannelKind::Pipe)
+        .collect();
+    assert_eq!(sends.len(), 1, "{flows:#?}");
+    assert_eq!(sends[0].bytes, 32_768, "{sends:#?}");
+    assert_eq!(sends[0].ops, 8, "{sends:#?}");
+    sends[0].blocked
+}
+
 /// Pipe writes that find the pipe too full: counted when a burst outgrows
 /// a small pipe whose reader is late, and never when the pipe holds it.
 #[test]
 fn writes_into_a_full_pipe_count_as_blocked_and_writes_that_fit_do_not() {
-    use resonance::{ChannelKind, Direction};
     let _serial = serial();
-    let blocked_writes = |capacity: &str| -> u64 {
-        let mut observer = resonance_tests::start_observer();
-        let child = traffic(&["pipe-burst", capacity, "32768", "4096"])
-            .spawn()
-            .expect("starting pipe-burst");
-        let writer = child.id();
-        wait(child, "pipe-burst").expect("pipe-burst");
-        let flows = observer.flows();
-        let sends: Vec<_> = flows
-            .iter()
-            .filter(|f| f.pid == writer && f.dir == Direction::Send && f.kind == ChannelKind::Pipe)
-            .collect();
-        assert_eq!(sends.len(), 1, "{flows:#?}");
-        assert_eq!(sends[0].bytes, 32_768, "{sends:#?}");
-        assert_eq!(sends[0].ops, 8, "{sends:#?}");
-        sends[0].blocked
+    let blocked_writes = |capacity: &str| {
+        blocked_writes_of_a_burst(&mut resonance_tests::start_observer(), capacity)
     };
     // Two one-page slots: the third 4 KiB write finds none free while the
     // reader sleeps (the classic mode, which looks at entry, counts at most
@@ -830,7 +836,7 @@ fn a_saturated_pipe_reports_how_long_data_sits_not_how_long_it_has_been_busy() {
 #[test]
 fn without_latency_every_byte_is_counted_and_no_wait_is_reported() {
     use resonance::{
-        ChannelKind, Direction,
+        ChannelKind,
         observer::{Observer, ObserverOptions},
     };
     let _serial = serial();
@@ -840,24 +846,10 @@ fn without_latency_every_byte_is_counted_and_no_wait_is_reported() {
     })
     .unwrap_or_else(|e| panic!("the eBPF observer could not start: {e}"));
 
-    let burst = traffic(&["pipe-burst", "8192", "32768", "4096"])
-        .spawn()
-        .expect("starting pipe-burst");
-    let burst_writer = burst.id();
-    wait(burst, "pipe-burst").expect("pipe-burst");
-    let flows = observer.flows();
-    let sends: Vec<_> = flows
-        .iter()
-        .filter(|f| {
-            f.pid == burst_writer && f.dir == Direction::Send && f.kind == ChannelKind::Pipe
-        })
-        .collect();
-    assert_eq!(sends.len(), 1, "{flows:#?}");
-    assert_eq!((sends[0].bytes, sends[0].ops), (32_768, 8), "{sends:#?}");
+    let blocked = blocked_writes_of_a_burst(&mut observer, "8192");
     assert!(
-        (1..=7).contains(&sends[0].blocked),
-        "blocked writes into 8 KiB: {}",
-        sends[0].blocked
+        (1..=7).contains(&blocked),
+        "blocked writes into 8 KiB: {blocked}"
     );
 
     let path = temp_path("no-latency.sock");
