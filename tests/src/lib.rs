@@ -39,7 +39,13 @@ pub fn serial() -> MutexGuard<'static, ()> {
 /// real kernel, and a machine that cannot load the probes (no root, no BPF,
 /// no BTF) must fail them, never skip them.
 pub fn start_observer() -> Observer {
-    match Observer::start(&ObserverOptions::default()) {
+    start_observer_with(&ObserverOptions::default())
+}
+
+/// [`start_observer`] with options of the test's own (an idle gap, latency
+/// left out).
+pub fn start_observer_with(options: &ObserverOptions) -> Observer {
+    match Observer::start(options) {
         Ok(observer) => observer,
         Err(error) => panic!(
             "the eBPF observer could not start, so this real-kernel test cannot run: {error}"

@@ -835,16 +835,12 @@ fn a_saturated_pipe_reports_how_long_data_sits_not_how_long_it_has_been_busy() {
 /// behind, fails here.
 #[test]
 fn without_latency_every_byte_is_counted_and_no_wait_is_reported() {
-    use resonance::{
-        ChannelKind,
-        observer::{Observer, ObserverOptions},
-    };
+    use resonance::{ChannelKind, observer::ObserverOptions};
     let _serial = serial();
-    let mut observer = Observer::start(&ObserverOptions {
+    let mut observer = resonance_tests::start_observer_with(&ObserverOptions {
         latency: false,
         ..ObserverOptions::default()
-    })
-    .unwrap_or_else(|e| panic!("the eBPF observer could not start: {e}"));
+    });
 
     let blocked = blocked_writes_of_a_burst(&mut observer, "8192");
     assert!(
